@@ -1,1 +1,23 @@
-"""TODO"""
+"""Tools: one public function per C2L-ST step (pretrain, adapt, synthesize, predict, evaluate)."""
+
+from ._adapt import adapt, export_adapter, load_adapter
+from ._augment import concat_augmented
+from ._fidelity import evaluate_composition, evaluate_fidelity
+from ._predict import evaluate_prediction, fit_predictor, predict_expression, prediction_metrics
+from ._pretrain import pretrain
+from ._synthesize import synthesize
+
+__all__: list[str] = [
+    "adapt",
+    "concat_augmented",
+    "evaluate_composition",
+    "evaluate_fidelity",
+    "evaluate_prediction",
+    "export_adapter",
+    "fit_predictor",
+    "load_adapter",
+    "predict_expression",
+    "prediction_metrics",
+    "pretrain",
+    "synthesize",
+]

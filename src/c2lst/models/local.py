@@ -1,0 +1,200 @@
+"""Local adaptation: a gene encoder in the central model's FiLM slot plus LoRA adapters (peft).
+
+The central UNet stays frozen. A :class:`GeneEncoder` maps a prepared expression profile to an offset of the
+null condition embedding (its last layer starts at zero, so an untrained adapter reproduces the central
+model), and LoRA adapters on the attention projections, ``time_emb_proj`` and the decoder's ``conv2`` let the UNet bend
+to the local slide. Condition dropout trains the null branch too, so classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from torch import nn
+
+from .central import CentralModel
+from .store import ADAPTER_FORMAT, numpy_to_tensors, sha256_tensors, tensors_to_numpy
+
+__all__ = ["DEFAULT_TARGETS", "GeneEncoder", "LocalModel", "central_fingerprint"]
+
+#: Module-name patterns (regex, full match) that receive LoRA adapters.
+DEFAULT_TARGETS = r".*(to_q|to_k|to_v|to_out\.0|time_emb_proj|up_blocks.*conv2)$"
+
+
+def central_fingerprint(central: CentralModel) -> str:
+    """Return the sha256 of the central model's own tensors (UNet + null embedding, without adapters)."""
+    state = {k: v for k, v in central.state_dict().items() if "lora_" not in k}
+    state = {k.replace(".base_layer", ""): v for k, v in state.items()}
+    return sha256_tensors(state)
+
+
+class GeneEncoder(nn.Module):
+    """Map a prepared expression profile ``(B, G)`` to a condition offset ``(B, cond_dim)``.
+
+    Inputs are standardised with per-gene statistics of the training spots (buffers), then pass through
+    ``Linear -> SiLU -> LayerNorm -> Linear``. The last layer is zero-initialised.
+    """
+
+    def __init__(self, n_genes: int, cond_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_genes))
+        self.register_buffer("scale", torch.ones(n_genes))
+        self.net = nn.Sequential(
+            nn.Linear(n_genes, hidden), nn.SiLU(), nn.LayerNorm(hidden), nn.Linear(hidden, cond_dim)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def set_statistics(self, expr: np.ndarray) -> None:
+        """Set the standardisation from training expression ``(n, G)``."""
+        expr = torch.as_tensor(np.asarray(expr), dtype=torch.float32)
+        self.mean.copy_(expr.mean(0))
+        self.scale.copy_(expr.std(0, unbiased=False).clamp_min(1e-3))
+
+    def forward(self, expr: torch.Tensor) -> torch.Tensor:
+        """Return the condition offset."""
+        return self.net((expr - self.mean) / self.scale)
+
+
+class LocalModel(nn.Module):
+    """A frozen central model with LoRA adapters and a gene encoder in its condition slot.
+
+    Parameters
+    ----------
+    central
+        The central model. It is deep-copied unless ``copy_central=False``; its weights are frozen.
+    genes
+        The adapter's gene list (order of the expression columns).
+    rank, alpha
+        LoRA rank and scaling (``alpha`` defaults to ``rank``).
+    target_modules
+        Regex of module names receiving LoRA (see :data:`DEFAULT_TARGETS`).
+    hidden
+        Width of the gene encoder's hidden layer.
+    cond_dropout
+        Probability of replacing the condition by the null embedding during training.
+    """
+
+    def __init__(
+        self,
+        central: CentralModel,
+        genes: Sequence[str],
+        *,
+        rank: int = 8,
+        alpha: float | None = None,
+        target_modules: str = DEFAULT_TARGETS,
+        hidden: int = 64,
+        cond_dropout: float = 0.1,
+        copy_central: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.central_sha256 = central_fingerprint(central)
+        self.central = copy.deepcopy(central) if copy_central else central
+        self.central.requires_grad_(False)
+        self.genes = [str(g) for g in genes]
+        self.adapter_config = {
+            "format": ADAPTER_FORMAT,
+            "rank": int(rank),
+            "alpha": float(alpha if alpha is not None else rank),
+            "target_modules": target_modules,
+            "hidden": int(hidden),
+            "cond_dropout": float(cond_dropout),
+            "cond_dim": int(central.cond_dim),
+            "n_genes": len(self.genes),
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            lora = LoraConfig(r=int(rank), lora_alpha=float(alpha or rank), target_modules=target_modules,
+                              init_lora_weights=True)
+            inject_adapter_in_model(lora, self.central.unet)
+            self.encoder = GeneEncoder(len(self.genes), central.cond_dim, hidden)
+        for name, p in self.central.unet.named_parameters():
+            p.requires_grad_("lora_" in name)
+        self.encoder.to(self.central.device)
+
+    # ------------------------------------------------------------------ maths
+    def condition(self, expr: torch.Tensor) -> torch.Tensor:
+        """Return condition embeddings (null embedding + encoder offset) for expression ``(B, G)``."""
+        expr = expr.to(self.central.device, self.central.null_embedding.dtype)
+        return self.central.null_condition(expr.shape[0]) + self.encoder(expr)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: Any = None) -> torch.Tensor:
+        """Predict noise; ``condition`` is ``(expr, drop_mask)``, an embedding tensor, or ``None`` (null)."""
+        if isinstance(condition, tuple):
+            expr, drop = condition
+            emb = self.condition(expr)
+            emb = torch.where(drop[:, None].to(emb.device), self.central.null_condition(emb.shape[0]), emb)
+            condition = emb
+        return self.central(noisy, timesteps, condition)
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> int:
+        """Number of trainable parameters (LoRA + gene encoder)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_report(self) -> dict[str, Any]:
+        """Return trainable counts and their ratio to the UNet's own parameters."""
+        lora = sum(p.numel() for n, p in self.central.unet.named_parameters() if "lora_" in n)
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        unet = sum(p.numel() for n, p in self.central.unet.named_parameters() if "lora_" not in n)
+        return {"lora": lora, "encoder": enc, "trainable": lora + enc, "unet": unet,
+                "ratio": (lora + enc) / unet}
+
+    # ------------------------------------------------------------------ state
+    def adapter_state(self) -> dict[str, np.ndarray]:
+        """Return the adapter weights (LoRA + encoder incl. statistics) as float32 arrays."""
+        lora = get_peft_model_state_dict(self.central.unet)
+        state = {f"lora.{k}": v for k, v in lora.items()}
+        state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        return tensors_to_numpy(state)
+
+    def adapter_sha256(self) -> str:
+        """Return the sha256 of the adapter weights."""
+        return sha256_tensors(self.adapter_state())
+
+    def load_adapter_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load weights produced by :meth:`adapter_state` (exact key set required)."""
+        tensors = numpy_to_tensors(arrays)
+        lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+        enc = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        expected = set(get_peft_model_state_dict(self.central.unet))
+        if set(lora) != expected or set(enc) != set(self.encoder.state_dict()):
+            missing = sorted((expected - set(lora)) | (set(self.encoder.state_dict()) - set(enc)))[:5]
+            raise ValueError(f"adapter weights do not match the adapter architecture (e.g. missing {missing}).")
+        result = set_peft_model_state_dict(self.central.unet, lora)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"adapter weights have unexpected keys {result.unexpected_keys[:5]}.")
+        self.encoder.load_state_dict(enc)
+
+    @classmethod
+    def from_adapter(
+        cls, central: CentralModel, genes: Sequence[str], config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+    ) -> LocalModel:
+        """Rebuild an adapted model from a central model, its gene list, config and weights."""
+        if int(config.get("cond_dim", central.cond_dim)) != central.cond_dim:
+            raise ValueError(
+                f"the adapter was trained for condition width {config['cond_dim']}, the central model has "
+                f"{central.cond_dim}; pass the central model the adapter was trained on."
+            )
+        model = cls(
+            central,
+            genes,
+            rank=int(config["rank"]),
+            alpha=float(config["alpha"]),
+            target_modules=str(config["target_modules"]),
+            hidden=int(config["hidden"]),
+            cond_dropout=float(config["cond_dropout"]),
+        )
+        model.load_adapter_state(arrays)
+        return model.eval()
+
+    def config_json(self) -> str:
+        """Return the adapter configuration as a JSON string."""
+        return json.dumps(self.adapter_config, sort_keys=True)

@@ -1,0 +1,118 @@
+"""The one sampler shared by central sampling and gene-conditioned synthesis (with classifier-free guidance)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+if TYPE_CHECKING:
+    from .central import CentralModel
+
+#: Valid ``scheduler=`` names.
+SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")
+
+
+def make_scheduler(name: str, train_config: dict[str, Any]):
+    """Build an inference scheduler named ``name`` from the training DDPM configuration."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"`scheduler={name!r}` is unknown; valid schedulers are {list(SCHEDULERS)}.")
+    base = DDPMScheduler(**train_config).config
+    if name == "ddpm":
+        return DDPMScheduler.from_config(base)
+    if name == "ddim":
+        return DDIMScheduler.from_config(base)
+    return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def _initial_noise(shape: tuple[int, ...], generator: Any) -> torch.Tensor:
+    """Draw initial noise on the CPU (device independent): one generator for all, or one per sample."""
+    if isinstance(generator, Sequence) and not isinstance(generator, torch.Generator):
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Map images in [-1, 1] of shape ``(n, 3, H, W)`` to uint8 ``(n, H, W, 3)``."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.inference_mode()
+def sample_images(
+    model: CentralModel,
+    n: int,
+    *,
+    steps: int = 25,
+    scheduler: str = "dpmsolver++",
+    condition: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """Run the reverse diffusion for ``n`` samples and return uint8 RGB patches ``(n, H, W, 3)``.
+
+    ``condition`` holds condition embeddings ``(n, cond_dim)`` (``None``: the null embedding). With
+    ``guidance_scale`` not in {0, 1} the conditional and null branches run in one doubled batch and are mixed
+    as ``eps_null + w (eps_cond - eps_null)``; ``w = 1`` runs only the conditional branch and ``w = 0`` only the
+    null branch, so neither wastes a forward pass.
+    """
+    from .._logging import progress as _progress
+
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"`n` must be a positive integer, got {n!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if not np.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+    make_scheduler(scheduler, model.scheduler_config)  # validates the name before any compute
+    per_sample = isinstance(generator, Sequence) and not isinstance(generator, torch.Generator)
+    if per_sample and len(generator) != n:
+        raise ValueError(f"`generator` holds {len(generator)} generators for n={n} samples; pass one per sample.")
+    device, dtype = model.device, model.null_embedding.dtype
+    if condition is not None:
+        condition = torch.as_tensor(condition, dtype=dtype)
+        if condition.shape != (n, model.cond_dim):
+            raise ValueError(f"`condition` must have shape {(n, model.cond_dim)}, got {tuple(condition.shape)}.")
+        if not torch.isfinite(condition).all():
+            raise ValueError("`condition` contains NaN or Inf values.")
+    c, s = int(model.config["in_channels"]), int(model.config["sample_size"])
+    noise = _initial_noise((n, c, s, s), generator)
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, n, batch_size)
+    for start in _progress(starts, enabled=progress and len(starts) > 1, desc="sampling", unit="batch"):
+        stop = min(start + batch_size, n)
+        m = stop - start
+        x = noise[start:stop].to(device=device, dtype=dtype)
+        sched = make_scheduler(scheduler, model.scheduler_config)
+        sched.set_timesteps(steps, device=device)
+        x = x * sched.init_noise_sigma
+        null = model.null_condition(m)
+        cond = null if condition is None else condition[start:stop].to(device)
+        if condition is None or guidance_scale == 0:
+            mode, emb = "single", null
+        elif guidance_scale == 1:
+            mode, emb = "single", cond
+        else:
+            mode, emb = "cfg", torch.cat([null, cond])
+        step_gen = generator[start:stop] if per_sample else generator
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(x, t)
+            if mode == "cfg":
+                eps_null, eps_cond = model(torch.cat([inp, inp]), t.expand(2 * m), emb).chunk(2)
+                eps = eps_null + guidance_scale * (eps_cond - eps_null)
+            else:
+                eps = model(inp, t.expand(m), emb)
+            kwargs = {"generator": step_gen} if scheduler == "ddpm" else {}
+            x = sched.step(eps, t, x, **kwargs).prev_sample
+        out.append(to_uint8(model.decode(x)))
+    model.train(was_training)
+    return np.concatenate(out)

@@ -1,0 +1,315 @@
+"""``tl.adapt``: gene-conditioned local adaptation of a frozen central model (FiLM encoder + LoRA)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .._logging import logger
+from .._utils import (
+    UNS_KEY,
+    c2lst_uns,
+    check_nonneg_float,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    record_lineage,
+    require_obsm,
+    to_jsonable,
+)
+from ..models.central import denoising_loss, patches_to_tensor, to_model_input
+from ..models.local import DEFAULT_TARGETS, LocalModel
+from ..models.store import ADAPTER_FORMAT, load_safetensors, save_safetensors
+from ..models.train import TrainSettings, dihedral, train
+from ._central import resolve_central
+from ._inputs import check_patches
+from ._pretrain import check_output_dir
+
+
+def expression_info(adata: AnnData, expr_key: str) -> tuple[np.ndarray, list[str], dict]:
+    """Return the prepared expression matrix, its genes and its preprocessing record."""
+    expr = require_obsm(adata, expr_key, "expr_key", "run `c2lst.pp.prepare_expression(adata)` first.")
+    record = adata.uns.get(UNS_KEY, {}).get("expr", {}).get(expr_key)
+    if record is None or "genes" not in record:
+        raise KeyError(
+            f"`expr_key={expr_key!r}` has no gene list in `uns['c2lst']['expr']`; run "
+            "`c2lst.pp.prepare_expression(adata)` to create it."
+        )
+    genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
+    expr = np.asarray(expr, dtype=np.float32)
+    if expr.ndim != 2 or expr.shape[1] != len(genes):
+        raise ValueError(f"`obsm[{expr_key!r}]` has shape {expr.shape}, expected (n_obs, {len(genes)}).")
+    if not np.isfinite(expr).all():
+        raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or Inf; fix the counts and re-run `prepare_expression`.")
+    return expr, genes, dict(record)
+
+
+def adapt(
+    adata: AnnData,
+    *,
+    central: Any,
+    expr_key: str = "c2lst_expr",
+    patch_key: str = "c2lst_patch",
+    n_steps: int = 1000,
+    rank: int = 8,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    cond_dropout: float = 0.1,
+    hidden: int = 64,
+    target_modules: str = DEFAULT_TARGETS,
+    seed: int = 0,
+    key_added: str = "c2lst_local",
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    ema: bool = True,
+    mixed_precision: str = "no",
+    device: str | None = None,
+    verify: bool = True,
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Adapt a frozen central model to paired image–gene spots with a gene encoder and LoRA.
+
+    The gene encoder feeds the central UNet's FiLM slot (scale-and-shift of every ResNet block) and LoRA
+    adapters (peft) bend its attention and convolution layers; the central weights stay frozen. Condition
+    dropout trains the null branch so :func:`c2lst.tl.synthesize` can use classifier-free guidance.
+
+    Parameters
+    ----------
+    adata
+        Table with patches in ``obsm[patch_key]`` and prepared expression in ``obsm[expr_key]``.
+    central
+        A :class:`~c2lst.models.CentralModel`, a model directory, or a key of ``uns["c2lst"]["central"]``.
+    expr_key
+        Prepared expression (see :func:`c2lst.pp.prepare_expression`); its genes become the adapter's genes.
+    patch_key
+        Patches (see :func:`c2lst.pp.extract_patches`); their size must match the central model.
+    n_steps, lr, batch_size
+        Optimisation settings. With fewer spots than ``batch_size`` the batch shrinks to the number of spots.
+    rank
+        LoRA rank.
+    cond_dropout
+        Probability of dropping the condition during training (enables classifier-free guidance).
+    hidden
+        Width of the gene encoder.
+    target_modules
+        Regex of UNet module names that receive LoRA.
+    seed
+        Seeds adapter initialisation, batches, augmentation, noise and dropout.
+    key_added
+        The adapter is stored in ``uns["c2lst"]["local"][key_added]``.
+    output_dir
+        Directory for checkpoints (enables resume); ``None`` trains in memory.
+    resume
+        Continue from the newest checkpoint in ``output_dir``.
+    ema
+        Keep and return an exponential moving average of the adapter weights.
+    mixed_precision
+        ``"no"``, ``"bf16"`` or ``"fp16"`` (GPU).
+    device
+        ``"cpu"`` to force the CPU; ``None`` picks CUDA when available.
+    verify
+        Check the central model's sha256 when it is loaded from a path or the registry.
+    progress
+        Show a progress bar with the loss.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``. Sets ``uns["c2lst"]["local"][key_added]``: LoRA and
+    encoder weights (float32 arrays), gene list, configuration, the central model's path and sha256, the
+    expression preprocessing, the training summary and the adapter's sha256; adds a lineage record.
+
+    Examples
+    --------
+    >>> c2lst.tl.adapt(adata, central=model, n_steps=200)
+    >>> adata.uns["c2lst"]["local"]["c2lst_local"]["genes"][:3]
+    """
+    if not isinstance(adata, AnnData):
+        raise TypeError(
+            f"`adata` must be an AnnData, got {type(adata).__name__}; for a SpatialData pass `sdata.tables['table']`."
+        )
+    n_steps = check_positive_int(n_steps, "n_steps")
+    rank = check_positive_int(rank, "rank")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    hidden = check_positive_int(hidden, "hidden")
+    lr = check_positive_float(lr, "lr")
+    cond_dropout = check_nonneg_float(cond_dropout, "cond_dropout")
+    if cond_dropout >= 1:
+        raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}.")
+    seed = check_seed(seed)
+    if adata.n_obs == 0:
+        raise ValueError("`adata` has zero spots; adaptation needs at least one paired image–gene spot.")
+    patches = check_patches(
+        np.asarray(require_obsm(adata, patch_key, "patch_key", "run `c2lst.pp.extract_patches` first.")),
+        f"obsm[{patch_key!r}]",
+    )
+    expr, genes, expr_record = expression_info(adata, expr_key)
+    model_c = resolve_central(central, adata, verify=verify)
+    if patches.shape[1] != model_c.image_size:
+        raise ValueError(
+            f"patches in `obsm[{patch_key!r}]` are {patches.shape[1]} px but the central model makes "
+            f"{model_c.image_size} px images; re-run `c2lst.pp.extract_patches(..., size={model_c.image_size})`."
+        )
+    out = check_output_dir(output_dir)
+    n = adata.n_obs
+    if n < batch_size:
+        logger.warning("adapt: %d spots < batch_size=%d; using batch_size=%d", n, batch_size, n)
+        batch_size = n
+    local = LocalModel(model_c, genes, rank=rank, hidden=hidden, cond_dropout=cond_dropout,
+                       target_modules=target_modules, seed=seed)
+    local.encoder.set_statistics(expr)
+    data_t = patches_to_tensor(patches)
+    if model_c.vae is not None:
+        data_t = torch.cat([local.central.encode(to_model_input(data_t[i : i + 64], model_c.device))
+                            for i in range(0, n, 64)]).cpu()
+    expr_t = torch.from_numpy(expr)
+    scheduler = local.central.noise_scheduler
+
+    def loss_fn(m, gen, dev):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        batch = data_t[idx]
+        x = to_model_input(batch, dev) if batch.dtype == torch.uint8 else batch.to(dev)
+        x = dihedral(x, gen)
+        drop = torch.rand(batch_size, generator=gen) < cond_dropout
+        return denoising_loss(m, scheduler, x, gen, condition=(expr_t[idx].to(dev), drop.to(dev)))
+
+    params = {
+        "expr_key": expr_key, "patch_key": patch_key, "n_steps": n_steps, "rank": rank, "lr": lr,
+        "batch_size": batch_size, "cond_dropout": cond_dropout, "hidden": hidden, "target_modules": target_modules,
+        "ema": bool(ema), "mixed_precision": mixed_precision, "key_added": key_added,
+    }
+    fingerprint = {**params, "function": "adapt", "seed": seed, "n_spots": n, "central": local.central_sha256,
+                   "genes": genes}
+    fingerprint.pop("n_steps")
+    settings = TrainSettings(
+        n_steps=n_steps, batch_size=batch_size, lr=lr, ema=ema, mixed_precision=mixed_precision, seed=seed,
+        output_dir=out, resume=resume, progress=progress, desc="adapt", device=device, fingerprint=fingerprint,
+    )
+    result = train(local, loss_fn, settings)
+    local.eval()
+    summary = {**result.summary(), "n_spots": n, **local.parameter_report()}
+    adata = adata.copy() if copy else adata
+    entry = {
+        "format": ADAPTER_FORMAT,
+        "weights": local.adapter_state(),
+        "genes": np.asarray(genes, dtype=object),
+        "config": local.config_json(),
+        "central_path": _central_path(central, adata, model_c),
+        "central_sha256": local.central_sha256,
+        "central_file_sha256": str(model_c.sha256 or ""),
+        "expr_key": expr_key,
+        "patch_key": patch_key,
+        "expr": json.dumps(to_jsonable({k: v for k, v in expr_record.items() if k != "genes"}), sort_keys=True),
+        "summary": json.dumps(to_jsonable(summary), sort_keys=True),
+        "sha256": local.adapter_sha256(),
+    }
+    c2lst_uns(adata, "local")[key_added] = entry
+    record_lineage(
+        adata, function="c2lst.tl.adapt", parameters=params, seed=seed, input_table=None,
+        model_sha256={"central": local.central_sha256, "adapter": entry["sha256"]},
+    )
+    logger.info("adapt: %d trainable parameters (%.2f%% of the UNet)", summary["trainable"], 100 * summary["ratio"])
+    return adata if copy else None
+
+
+def _central_path(central: Any, adata: AnnData, model) -> str:
+    """Best-effort path of the central model, so ``synthesize(central=None)`` can reload it."""
+    if isinstance(central, str | os.PathLike) and Path(central).exists():
+        return str(Path(central).resolve())
+    registry = adata.uns.get(UNS_KEY, {}).get("central", {})
+    if isinstance(central, str) and central in registry:
+        return str(registry[central].get("path", ""))
+    for entry in registry.values():
+        if model.sha256 and entry.get("sha256") == model.sha256:
+            return str(entry.get("path", ""))
+    return ""
+
+
+def get_adapter(adata: AnnData, key: str) -> dict:
+    """Return the adapter record ``uns["c2lst"]["local"][key]`` or raise a :class:`KeyError` listing the keys."""
+    registry = adata.uns.get(UNS_KEY, {}).get("local", {})
+    if key not in registry:
+        raise KeyError(
+            f"`adapter_key={key!r}` is not in `uns['c2lst']['local']` (keys: {sorted(registry)}); run "
+            "`c2lst.tl.adapt` or `c2lst.tl.load_adapter` first."
+        )
+    return registry[key]
+
+
+def load_local_model(record: dict, central) -> LocalModel:
+    """Rebuild the :class:`LocalModel` stored in an adapter record."""
+    config = json.loads(str(record["config"]))
+    genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
+    return LocalModel.from_adapter(central, genes, config, dict(record["weights"]))
+
+
+def export_adapter(adata: AnnData, path: str | os.PathLike, *, key: str = "c2lst_local") -> Path:
+    """Write the adapter ``uns["c2lst"]["local"][key]`` to a safetensors file.
+
+    Parameters
+    ----------
+    adata
+        Table holding the adapter.
+    path
+        Target ``.safetensors`` file.
+    key
+        Adapter key.
+
+    Returns
+    -------
+    The path written. Weights are tensors; gene list, configuration and provenance are JSON metadata.
+    """
+    record = get_adapter(adata, key)
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"`path={str(path)!r}` must end in '.safetensors'.")
+    meta = {k: str(v) for k, v in record.items() if k not in ("weights", "genes")}
+    meta["genes"] = json.dumps([str(g) for g in np.asarray(record["genes"]).tolist()])
+    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in record["weights"].items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(tensors, path, metadata=meta)
+    return path
+
+
+def load_adapter(
+    adata: AnnData, path: str | os.PathLike, *, key_added: str = "c2lst_local", overwrite: bool = False
+) -> None:
+    """Read an adapter written by :func:`export_adapter` into ``uns["c2lst"]["local"][key_added]``.
+
+    Parameters
+    ----------
+    adata
+        Table to receive the adapter.
+    path
+        A ``.safetensors`` file (pickle-based formats are refused).
+    key_added
+        Adapter key.
+    overwrite
+        Replace an existing adapter of that key.
+    """
+    from safetensors import safe_open
+
+    from ..models.store import sha256_tensors
+
+    if not overwrite and key_added in adata.uns.get(UNS_KEY, {}).get("local", {}):
+        raise ValueError(f"`key_added={key_added!r}` already holds an adapter; pass `overwrite=True` to replace it.")
+    tensors = load_safetensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"`path={str(path)!r}` is not a c2lst adapter (format {meta.get('format')!r}).")
+    weights = {k: v.numpy() for k, v in tensors.items()}
+    if sha256_tensors(weights) != meta.get("sha256"):
+        raise ValueError(f"`path={str(path)!r}`: adapter weights do not match their recorded sha256 (corrupted?).")
+    record = dict(meta)
+    record["weights"] = weights
+    record["genes"] = np.asarray(json.loads(meta["genes"]), dtype=object)
+    c2lst_uns(adata, "local")[key_added] = record

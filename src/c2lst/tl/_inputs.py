@@ -1,0 +1,76 @@
+"""Collect and validate patch arrays from the objects users pass to ``tl`` functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+
+def _tables_of(obj: Any, patch_key: str) -> list[tuple[str, AnnData]]:
+    """Return ``(name, table)`` pairs of an AnnData or the tables of a SpatialData that hold ``patch_key``."""
+    if isinstance(obj, AnnData):
+        return [("adata", obj)]
+    tables = getattr(obj, "tables", None)
+    if tables is not None:
+        found = [(k, t) for k, t in tables.items() if patch_key in t.obsm]
+        if not found:
+            raise KeyError(
+                f"no table of this SpatialData has `obsm[{patch_key!r}]` (`patch_key`); run "
+                "`c2lst.pp.extract_patches(sdata)` first."
+            )
+        return found
+    raise TypeError(
+        f"`data` items must be SpatialData, AnnData or uint8 arrays (N, H, W, 3), got {type(obj).__name__}."
+    )
+
+
+def check_patches(arr: Any, name: str = "data") -> np.ndarray:
+    """Validate a uint8 RGB patch stack ``(N, H, W, 3)`` with square patches and return it."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"`{name}` patches must be a numpy array (N, H, W, 3), got {type(arr).__name__}.")
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"`{name}` patches must be uint8 RGB (N, H, W, 3), got dtype {arr.dtype}; convert with "
+            "`skimage.util.img_as_ubyte` or re-run `c2lst.pp.extract_patches`."
+        )
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2]:
+        raise ValueError(f"`{name}` patches must have shape (N, H, H, 3), got {arr.shape}.")
+    if arr.shape[0] == 0:
+        raise ValueError(f"`{name}` holds no patches (shape {arr.shape}); pass at least one patch.")
+    return arr
+
+
+def collect_patches(data: Any, patch_key: str) -> tuple[np.ndarray, list[AnnData], list[str]]:
+    """Stack the patches of ``data`` (one object or a list) and return them with the source tables.
+
+    Returns
+    -------
+    patches, tables (AnnData sources, for registration), source names.
+    """
+    items = list(data) if isinstance(data, Sequence) and not isinstance(data, str | np.ndarray) else [data]
+    if not items:
+        raise ValueError("`data` is empty; pass patches, an AnnData/SpatialData with patches, or a list of them.")
+    arrays, tables, names = [], [], []
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            arrays.append(check_patches(item, f"data[{i}]" if len(items) > 1 else "data"))
+            names.append(f"array[{i}]")
+            continue
+        for name, table in _tables_of(item, patch_key):
+            if patch_key not in table.obsm:
+                raise KeyError(
+                    f"`patch_key={patch_key!r}` is not in `obsm` of table {name!r} (keys: {sorted(table.obsm)}); "
+                    "run `c2lst.pp.extract_patches` first."
+                )
+            arrays.append(check_patches(np.asarray(table.obsm[patch_key]), f"obsm[{patch_key!r}] of {name!r}"))
+            tables.append(table)
+            names.append(name)
+    sizes = sorted({a.shape[1] for a in arrays})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"`data` mixes patch sizes {sizes}; extract all slides with the same `size=` in `c2lst.pp.extract_patches`."
+        )
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0], tables, names

@@ -1,0 +1,229 @@
+"""``tl.pretrain``: learn histology morphology from unpaired patches (the *central* model)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._logging import logger
+from .._utils import (
+    c2lst_uns,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    record_lineage,
+)
+from ..models.central import (
+    PRESETS,
+    CentralModel,
+    denoising_loss,
+    patches_to_tensor,
+    preset_config,
+    to_model_input,
+)
+from ..models.train import TrainSettings, train
+from ._inputs import collect_patches
+
+
+def check_output_dir(output_dir: str | os.PathLike | None) -> Path | None:
+    """Create ``output_dir`` if needed and check that it is writable."""
+    if output_dir is None:
+        return None
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".c2lst_write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"`output_dir={str(output_dir)!r}` is not writable ({err.strerror}); pass a directory you can write to."
+        ) from None
+    return path
+
+
+def pretrain(
+    data: Any,
+    *,
+    preset: str = "small",
+    config: dict[str, Any] | None = None,
+    n_steps: int = 2000,
+    batch_size: int = 32,
+    lr: float = 2e-4,
+    ema: bool = True,
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    mixed_precision: str = "no",
+    patch_key: str = "c2lst_patch",
+    key_added: str = "c2lst_central",
+    vae: Any = None,
+    checkpoint_every: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> CentralModel:
+    """Pretrain the central diffusion model on unpaired histology patches.
+
+    One accelerate loop (CPU, one GPU, or several via ``accelerate launch``) with diffusers' DDPM noise
+    schedule and EMA, dihedral augmentation, gradient clipping, a NaN/Inf guard, periodic checkpoints and
+    exact resume.
+
+    Parameters
+    ----------
+    data
+        Patches: a :class:`~spatialdata.SpatialData` or :class:`~anndata.AnnData` with ``obsm[patch_key]``
+        (see :func:`c2lst.pp.extract_patches`), a uint8 array ``(N, H, W, 3)``, or a list of them (several slides
+        or institutions).
+    preset
+        Architecture preset: ``"tiny"`` (tests), ``"small"`` (CPU), ``"base"`` (GPU).
+    config
+        Overrides of the preset's configuration (see :func:`c2lst.models.preset_config`). The model's image
+        size defaults to the patch size.
+    n_steps
+        Optimisation steps.
+    batch_size
+        Patches per step (per process).
+    lr
+        AdamW learning rate.
+    ema
+        Keep an exponential moving average of the weights and return it.
+    output_dir
+        Directory for checkpoints (``checkpoints/``) and the final model (``model/``, see
+        :meth:`~c2lst.models.CentralModel.save_pretrained`). ``None`` trains in memory only.
+    resume
+        Continue from the newest checkpoint in ``output_dir`` when there is one.
+    seed
+        Seeds initialisation, batches, augmentation and noise.
+    mixed_precision
+        ``"no"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU).
+    patch_key
+        Key of the patches in ``obsm``.
+    key_added
+        Key under ``uns["c2lst"]["central"]`` of each AnnData in ``data`` where the model is registered.
+    vae
+        Optional :class:`diffusers.AutoencoderKL` for latent diffusion.
+    checkpoint_every
+        Steps between checkpoints (default: a quarter of ``n_steps``, at most 500).
+    device
+        ``"cpu"`` to force the CPU; ``None`` picks CUDA when available.
+    progress
+        Show a progress bar with the loss.
+
+    Returns
+    -------
+    The trained :class:`~c2lst.models.CentralModel` (EMA weights when ``ema=True``), in eval mode.
+
+    Examples
+    --------
+    >>> import c2lst
+    >>> sdata = c2lst.datasets.simulated_visium(n_spots=100)
+    >>> c2lst.pp.extract_patches(sdata, size=32)
+    >>> model = c2lst.tl.pretrain(sdata, preset="tiny", n_steps=20, batch_size=8)
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"`preset={preset!r}` is unknown; valid presets are {sorted(PRESETS)}.")
+    n_steps = check_positive_int(n_steps, "n_steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr = check_positive_float(lr, "lr")
+    seed = check_seed(seed)
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"`config` must be a dict of preset overrides, got {type(config).__name__}.")
+    patches, tables, names = collect_patches(data, patch_key)
+    overrides = dict(config or {})
+    size = patches.shape[1]
+    if "sample_size" in overrides and overrides["sample_size"] != size:
+        raise ValueError(
+            f"`config['sample_size']={overrides['sample_size']}` does not match the patch size {size}; "
+            "re-extract patches with that `size=` or drop the override."
+        )
+    overrides["sample_size"] = size
+    cfg = preset_config(preset, **overrides)
+    levels = len(cfg["block_out_channels"]) - 1
+    if size % (2**levels):
+        raise ValueError(f"patch size {size} must be divisible by {2**levels} for preset {preset!r}.")
+    out = check_output_dir(output_dir)
+    model = CentralModel.from_preset(preset, vae=vae, seed=seed, **{k: v for k, v in overrides.items()})
+    data_t = patches_to_tensor(patches)
+    if vae is not None:
+        data_t = _encode_all(model, data_t)
+    scheduler = model.noise_scheduler
+    n = data_t.shape[0]
+    if n < batch_size:
+        logger.warning("only %d patches for batch_size=%d; batches repeat patches", n, batch_size)
+
+    def loss_fn(m, gen, dev):
+        from ..models.train import dihedral
+
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        batch = data_t[idx]
+        x = to_model_input(batch, dev) if batch.dtype == torch.uint8 else batch.to(dev)
+        x = dihedral(x, gen)
+        return denoising_loss(m, scheduler, x, gen)
+
+    fingerprint = {
+        "function": "pretrain",
+        "config": cfg,
+        "batch_size": batch_size,
+        "lr": lr,
+        "ema": bool(ema),
+        "seed": seed,
+        "n_patches": int(n),
+        "mixed_precision": mixed_precision,
+    }
+    settings = TrainSettings(
+        n_steps=n_steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema=ema,
+        mixed_precision=mixed_precision,
+        seed=seed,
+        output_dir=out,
+        resume=resume,
+        progress=progress,
+        desc="pretrain",
+        checkpoint_every=checkpoint_every,
+        device=device,
+        fingerprint=fingerprint,
+    )
+    result = train(model, loss_fn, settings)
+    model.eval()
+    model.training_summary = {**result.summary(), "n_patches": int(n), "sources": names, "seed": seed}
+    sha = None
+    if out is not None:
+        sha = model.save_pretrained(out / "model")
+        model.sha256 = sha
+    _register(tables, model, out, sha, key_added, fingerprint, seed)
+    return model
+
+
+def _encode_all(model: CentralModel, data_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    chunks = [model.encode(to_model_input(data_u8[i : i + batch], model.device)) for i in range(0, len(data_u8), batch)]
+    return torch.cat(chunks).cpu()
+
+
+def _register(tables, model: CentralModel, out: Path | None, sha: str | None, key: str, params, seed) -> None:
+    if not tables:
+        return
+    if out is None:
+        logger.warning("`output_dir=None`: the model is registered without a path; save it to reuse it later")
+    entry = {
+        "path": "" if out is None else str((out / "model").resolve()),
+        "sha256": sha or "",
+        "config": json.dumps(model.config, sort_keys=True),
+        "summary": json.dumps(model.training_summary, sort_keys=True),
+    }
+    for table in tables:
+        c2lst_uns(table, "central")[key] = dict(entry)
+        record_lineage(
+            table,
+            function="c2lst.tl.pretrain",
+            parameters=params,
+            seed=seed,
+            input_table=None,
+            model_sha256={"central": sha or ""},
+        )
+

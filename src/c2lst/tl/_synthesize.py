@@ -1,0 +1,209 @@
+"""``tl.synthesize``: generate patches for expression profiles and write them back with lineage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+
+from .._logging import logger
+from .._utils import (
+    check_nonneg_float,
+    check_positive_int,
+    check_seed,
+    get_table,
+    new_run_id,
+    record_lineage,
+)
+from ..models.local import central_fingerprint
+from ..models.sampling import SCHEDULERS
+from ._adapt import get_adapter, load_local_model
+from ._central import resolve_central
+from ._conditions import resolve_conditions
+from ._elements import add_elements, build_elements, existing_names
+
+
+def synthesize(
+    sdata: Any,
+    *,
+    table_key: str = "table",
+    adapter_key: str = "c2lst_local",
+    central: Any = None,
+    conditions: Any = None,
+    n_per_condition: int = 1,
+    guidance_scale: float = 2.0,
+    steps: int = 25,
+    scheduler: str = "dpmsolver++",
+    batch_size: int = 32,
+    seed: int = 0,
+    table_added: str = "c2lst_synthetic",
+    patch_key: str = "c2lst_patch",
+    overwrite: bool = False,
+    verify: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+) -> Any:
+    """Synthesize histology patches conditioned on expression profiles and add them to ``sdata``.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData whose table ``table_key`` holds the adapter (see :func:`c2lst.tl.adapt`).
+    table_key
+        Table holding the adapter and, by default, the conditioning spots.
+    adapter_key
+        Key of the adapter in ``uns["c2lst"]["local"]``.
+    central
+        The central model (object, directory or registry key). ``None`` reloads it from the path recorded
+        by the adapter and checks its sha256.
+    conditions
+        ``None`` (the table's own spots), an AnnData of spots measured on the adapter's genes (prepared with the
+        adapter's recorded preprocessing), a DataFrame with one column per adapter gene, or an array
+        ``(n_profiles, n_genes)``; DataFrame and array values are preprocessed (log-normalised) profiles.
+    n_per_condition
+        Synthetic patches per profile.
+    guidance_scale
+        Classifier-free guidance weight (0: null condition only, 1: condition only, > 1: stronger conditioning).
+    steps
+        Denoising steps.
+    scheduler
+        ``"dpmsolver++"``, ``"ddim"`` or ``"ddpm"``.
+    batch_size
+        Patches per UNet call.
+    seed
+        Synthetic row ``i`` is drawn with seed ``seed + i`` (stored in ``obs["c2lst_seed"]``).
+    table_added
+        Name of the new table; the image is ``f"{table_added}_image"``, the circles ``f"{table_added}_spots"``,
+        both in coordinate system ``table_added``.
+    patch_key
+        ``obsm`` key of the synthetic patches in the new table.
+    overwrite
+        Replace existing elements of those names.
+    verify
+        Check the central model against the sha256 the adapter recorded.
+    device
+        ``"cpu"`` or ``"cuda"``; ``None`` picks CUDA when available.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    The same ``sdata``, augmented with the table, image and circles elements. The table has one row per synthetic
+    spot: ``obs["c2lst_synthetic"]=True``, ``obs["c2lst_parent"]``, ``obs["c2lst_seed"]``, ``obs["c2lst_run_id"]``;
+    ``X`` holds the conditioning expression in **count space** over the adapter's genes (the parent spot's raw
+    counts for table/AnnData conditions; ``expm1`` of log-normalised profiles, i.e. counts per
+    ``target_sum``, for DataFrame/array conditions); ``obsm[expr_key]`` the preprocessed profile the model
+    saw; ``obsm[patch_key]`` the patches; a lineage record in ``uns["c2lst"]["lineage"]``. When ``sdata`` is
+    backed by zarr, the elements are written there too, each atomically.
+
+    Examples
+    --------
+    >>> sdata = c2lst.tl.synthesize(sdata, n_per_condition=2, steps=20)
+    >>> c2lst.pp.extract_patches(sdata, table_key="c2lst_synthetic", key_added="check")
+    """
+    table = get_table(sdata, table_key)
+    record = get_adapter(table, adapter_key)
+    n_per_condition = check_positive_int(n_per_condition, "n_per_condition")
+    steps = check_positive_int(steps, "steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    guidance_scale = check_nonneg_float(guidance_scale, "guidance_scale")
+    seed = check_seed(seed)
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"`scheduler={scheduler!r}` is unknown; valid schedulers are {list(SCHEDULERS)}.")
+    new_names = {table_added, f"{table_added}_image", f"{table_added}_spots"}
+    clash = sorted(new_names & existing_names(sdata))
+    if clash and not overwrite:
+        raise ValueError(
+            f"`table_added={table_added!r}`: elements {clash} already exist; pass `overwrite=True` or another name."
+        )
+    if table_added == table_key:
+        raise ValueError(f"`table_added={table_added!r}` equals `table_key`; choose a new name.")
+    genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
+    expr_params = json.loads(str(record["expr"]))
+    expr_key = str(record.get("expr_key", "")) or _expr_key_of(table, genes)
+    conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key)
+    model_c = _central_for(central, record, table, verify)
+    local = load_local_model(record, model_c)
+    dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else model_c.device)
+    local.to(dev)
+
+    m = conds.expr.shape[0]
+    n = m * n_per_condition
+    cond_idx = np.repeat(np.arange(m), n_per_condition)
+    seeds = seed + np.arange(n, dtype=np.int64)
+    with torch.inference_mode():
+        emb = local.condition(torch.from_numpy(conds.expr[cond_idx]))
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    patches = local.central.sample(
+        n, steps=steps, scheduler=scheduler, condition=emb, guidance_scale=guidance_scale, generator=gens,
+        batch_size=batch_size, progress=progress,
+    )
+    run_id = new_run_id()
+    obs = pd.DataFrame(
+        {
+            "c2lst_synthetic": np.ones(n, dtype=bool),
+            "c2lst_parent": conds.parents[cond_idx],
+            "c2lst_replicate": np.tile(np.arange(n_per_condition), m),
+            "c2lst_seed": seeds,
+            "c2lst_run_id": run_id,
+        },
+        index=[f"{table_added}_{run_id}_{i}" for i in range(n)],
+    )
+    new = AnnData(X=sparse.csr_matrix(conds.counts[cond_idx]), obs=obs, var=pd.DataFrame(index=genes))
+    new.obsm[patch_key] = patches
+    new.obsm[expr_key] = conds.expr[cond_idx].astype(np.float32)
+    new.uns["c2lst"] = {"expr": {expr_key: {**_expr_record(expr_params, genes)}}}
+    params = {
+        "table_key": table_key, "adapter_key": adapter_key, "n_per_condition": n_per_condition,
+        "guidance_scale": guidance_scale, "steps": steps, "scheduler": scheduler, "batch_size": batch_size,
+        "table_added": table_added, "patch_key": patch_key, "conditions": conds.source, "n_conditions": m,
+        "verify": verify,
+    }
+    record_lineage(
+        new, function="c2lst.tl.synthesize", parameters=params, seed=seed, input_table=table_key,
+        model_sha256={"central": str(record["central_sha256"]), "adapter": str(record["sha256"])}, run_id=run_id,
+    )
+    elements = build_elements(patches, new, name=table_added, coordinate_system=table_added)
+    add_elements(sdata, elements, overwrite=overwrite)
+    logger.info("synthesize: %d patches from %d profiles written to %r", n, m, table_added)
+    return sdata
+
+
+def _expr_key_of(table: AnnData, genes: list[str]) -> str:
+    for key, rec in table.uns.get("c2lst", {}).get("expr", {}).items():
+        if [str(g) for g in np.asarray(rec["genes"]).tolist()] == genes:
+            return str(key)
+    return "c2lst_expr"
+
+
+def _expr_record(params: dict, genes: list[str]) -> dict:
+    rec = {k: v for k, v in params.items() if v is not None}
+    rec["genes"] = np.asarray(genes, dtype=str)
+    return rec
+
+
+def _central_for(central: Any, record: dict, table: AnnData, verify: bool):
+    if central is None:
+        path = str(record.get("central_path", ""))
+        if not path:
+            raise ValueError(
+                "the adapter does not record where its central model lives (it was adapted from an in-memory "
+                "model); pass `central=` (a CentralModel or its directory)."
+            )
+        central = path
+    model = resolve_central(central, table, verify=verify)
+    fp = central_fingerprint(model)
+    if fp != str(record["central_sha256"]):
+        msg = (
+            f"the central model's sha256 {fp[:12]}… differs from the one the adapter was trained on "
+            f"({str(record['central_sha256'])[:12]}…)"
+        )
+        if verify:
+            raise ValueError(msg + "; pass the original central model, or `verify=False` to proceed anyway.")
+        logger.warning(msg + "; continuing because verify=False")
+    return model
