@@ -232,7 +232,8 @@ def train(
     seconds = time.perf_counter() - t0
     if ema is not None:
         ema.copy_to(params)
-    accelerator.free_memory()
+    if device.type == "cuda":
+        accelerator.free_memory()
     return TrainResult(losses, len(losses), start, seconds, str(device))
 
 

@@ -59,11 +59,18 @@ def build_elements(
 
 
 def existing_names(sdata: Any) -> set[str]:
-    """Return the names of all elements of ``sdata`` (any kind)."""
+    """Return the names of all elements of ``sdata`` (any kind), in memory and, when backed, on disk."""
     names = set()
     for kind in ("images", "labels", "points", "shapes", "tables"):
         names.update(getattr(sdata, kind).keys())
+    if sdata.is_backed() and sdata.path is not None and Path(sdata.path).exists():
+        names |= _on_disk(sdata)
     return names
+
+
+def existing_names_in_memory(sdata: Any) -> set[str]:
+    """Return the names of the elements ``sdata`` holds in memory."""
+    return {n for kind in ("images", "labels", "points", "shapes", "tables") for n in getattr(sdata, kind)}
 
 
 def add_elements(sdata: Any, elements: dict[str, tuple[str, Any]], *, overwrite: bool) -> None:
@@ -75,9 +82,14 @@ def add_elements(sdata: Any, elements: dict[str, tuple[str, Any]], *, overwrite:
     """
     if overwrite:
         for element_name in elements:
-            if element_name in existing_names(sdata):
-                if sdata.is_backed() and element_name in _on_disk(sdata):
+            on_disk = sdata.is_backed() and element_name in _on_disk(sdata)
+            if on_disk:
+                if element_name not in existing_names_in_memory(sdata):
+                    kind = elements[element_name][0]
+                    shutil.rmtree(Path(sdata.path) / kind / element_name)
+                else:
                     sdata.delete_element_from_disk(element_name)
+            if element_name in existing_names_in_memory(sdata):
                 del sdata[element_name]
     backed = sdata.is_backed() and sdata.path is not None and Path(sdata.path).exists()
     if backed:
@@ -87,6 +99,13 @@ def add_elements(sdata: Any, elements: dict[str, tuple[str, Any]], *, overwrite:
 
 
 def _on_disk(sdata: Any) -> set[str]:
+    # A local store is listed from the file system, not from its (consolidated) zarr metadata: an element an
+    # interrupted write moved into place before the metadata was refreshed is invisible to zarr, and must still
+    # count as existing (it needs `overwrite=True`, and `os.replace` cannot move a folder onto it).
+    root = Path(sdata.path) if sdata.path is not None else None
+    if root is not None and root.is_dir():
+        kinds = [root / kind for kind in ("images", "labels", "points", "shapes", "tables")]
+        return {p.name for d in kinds if d.is_dir() for p in d.iterdir() if p.is_dir()}
     try:
         return {p.split("/")[-1] for p in sdata.elements_paths_on_disk()}
     except Exception:  # noqa: BLE001 - a store that cannot be listed holds nothing we must delete
