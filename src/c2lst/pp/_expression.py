@@ -1,0 +1,267 @@
+"""``pp.prepare_expression``: gene selection and normalisation (via scanpy) into a model-ready matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._logging import logger
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage
+
+TARGET_SUM = 1e4
+NORMALIZE_LOG1P = "normalize_total+log1p"
+AS_IS = "none (input taken as log-normalised)"
+
+
+def _get_matrix(adata: AnnData, layer: str | None, arg: str = "layer"):
+    if layer is None or layer == "X":
+        if adata.X is None:
+            raise ValueError(f"`{arg}=None` selects `adata.X`, which is empty; pass a layer holding counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"`{arg}={layer!r}` is not in `adata.layers` (layers: {sorted(adata.layers)}); pass one of them or None for `.X`."
+        )
+    return adata.layers[layer]
+
+
+def _values(mat: Any) -> np.ndarray:
+    if sparse.issparse(mat):
+        return np.asarray(mat.tocsr().data)
+    return np.asarray(mat)
+
+
+def _check_values(mat: Any, where: str) -> bool:
+    """Raise on NaN/inf or negative values; return whether all values are integers (raw counts)."""
+    vals = _values(mat)
+    if vals.dtype == bool or not np.issubdtype(vals.dtype, np.number):
+        raise TypeError(f"{where} has dtype {vals.dtype}; expected numeric counts or log-normalised values.")
+    if np.issubdtype(vals.dtype, np.integer):
+        if vals.size and vals.min() < 0:
+            raise ValueError(f"{where} holds negative values (min {vals.min()}); pass raw counts (>= 0).")
+        return True
+    if not np.isfinite(vals).all():
+        raise ValueError(
+            f"{where} holds {int((~np.isfinite(vals)).sum())} NaN/inf values; remove or impute them first."
+        )
+    if vals.size and vals.min() < 0:
+        raise ValueError(
+            f"{where} holds negative values (min {float(vals.min())}); pass raw counts or log-normalised values "
+            "(>= 0), not scaled/centred data."
+        )
+    return bool(np.all(vals == np.round(vals)))
+
+
+def _check_genes(genes: Any, var_names: pd.Index, arg: str = "genes") -> list[str]:
+    if isinstance(genes, str) or not isinstance(genes, Sequence | np.ndarray | pd.Index):
+        raise TypeError(f"`{arg}` must be a list of gene names, got {type(genes).__name__}.")
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise ValueError(f"`{arg}` is empty; pass at least one gene name.")
+    if len(set(genes)) != len(genes):
+        dup = sorted({g for g in genes if genes.count(g) > 1})[:10]
+        raise ValueError(f"`{arg}` lists genes more than once: {dup}; pass each gene once.")
+    missing = [g for g in genes if g not in var_names]
+    if missing:
+        raise KeyError(
+            f"`{arg}` has {len(missing)} genes not in `var_names`: {missing[:20]}; pass names present in the table."
+        )
+    return genes
+
+
+def _top(scores: pd.Series, n: int, ascending: bool) -> np.ndarray:
+    """Return the boolean mask of the ``n`` best scores (stable ties, NaN last), in var order."""
+    vals = scores.to_numpy(dtype=np.float64)
+    fill = np.inf if ascending else -np.inf
+    vals = np.where(np.isnan(vals), fill, vals)
+    order = np.argsort(vals if ascending else -vals, kind="stable")[:n]
+    mask = np.zeros(len(vals), dtype=bool)
+    mask[order] = True
+    return mask
+
+
+def prepare_expression(
+    adata: AnnData,
+    *,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 50,
+    layer: str | None = None,
+    key_added: str = "c2lst_expr",
+    copy: bool = False,
+) -> AnnData | None:
+    """Select genes and normalise expression into a model-ready float32 matrix.
+
+    Works on a copy of the counts with scanpy: when the values are raw counts (non-negative integers),
+    highly variable genes are chosen with ``flavor="seurat_v3"`` on the counts, then the counts are normalised
+    with :func:`scanpy.pp.normalize_total` (``target_sum=1e4``, totals over all genes) and
+    :func:`scanpy.pp.log1p`. Non-integer values are taken as already log-normalised (logged at info level):
+    they are used as they are and genes are chosen with ``flavor="seurat"``. ``.X`` is never modified.
+
+    Parameters
+    ----------
+    adata
+        Table with spots as rows and genes as columns.
+    genes
+        Use exactly these genes, in this order, instead of highly variable genes.
+    n_top_genes
+        Number of highly variable genes to keep when ``genes`` is None (kept in ``var`` order).
+    layer
+        Layer holding the counts; ``None`` uses ``.X``.
+    key_added
+        The matrix goes to ``obsm[key_added]``, its genes and normalisation to
+        ``uns["c2lst"]["expr"][key_added]``.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    The modified copy when ``copy=True``, else None. Writes ``obsm[key_added]`` (float32, spots x genes) and
+    ``uns["c2lst"]["expr"][key_added]`` = ``{"genes", "normalization", "target_sum", "layer", "n_top_genes",
+    "flavor"}`` (``target_sum`` is 0.0 when no normalisation was applied).
+
+    Examples
+    --------
+    >>> import c2lst
+    >>> sdata = c2lst.datasets.simulated_visium(n_spots=100)
+    >>> c2lst.pp.prepare_expression(sdata.tables["table"], n_top_genes=20)
+    >>> sdata.tables["table"].obsm["c2lst_expr"].shape
+    (100, 20)
+    """
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"`adata` is empty ({adata.n_obs} x {adata.n_vars}); pass a table with spots and genes."
+        )
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(f"`layer` must be a layer name or None, got {layer!r}.")
+    if not adata.var_names.is_unique:
+        raise ValueError("`adata.var_names` are not unique; call `adata.var_names_make_unique()` first.")
+    mat = _get_matrix(adata, layer)
+    where = f"`layer={layer!r}`" if layer is not None else "`adata.X` (layer=None)"
+    is_counts = _check_values(mat, where)
+    if genes is not None:
+        genes = _check_genes(genes, adata.var_names)
+    else:
+        n_top_genes = check_positive_int(n_top_genes, "n_top_genes")
+        if n_top_genes > adata.n_vars:
+            raise ValueError(
+                f"`n_top_genes={n_top_genes}` exceeds the number of genes ({adata.n_vars}); pass "
+                f"`n_top_genes<={adata.n_vars}` or list the genes with `genes=`."
+            )
+
+    import scanpy as sc
+
+    x = mat.astype(np.float32, copy=True) if sparse.issparse(mat) else np.array(mat, dtype=np.float32)
+    tmp = AnnData(
+        X=x, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=adata.var_names.copy())
+    )
+    flavor = "given"
+    if is_counts:
+        if genes is None:
+            flavor = "seurat_v3"
+            df = sc.pp.highly_variable_genes(tmp, flavor=flavor, n_top_genes=n_top_genes, inplace=False)
+            genes = tmp.var_names[_top(df["highly_variable_rank"], n_top_genes, ascending=True)].tolist()
+        sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
+        sc.pp.log1p(tmp)
+        normalization, target_sum = NORMALIZE_LOG1P, TARGET_SUM
+    else:
+        logger.info(
+            f"prepare_expression: {where} is not integer-valued; taken as log-normalised, used as is."
+        )
+        if genes is None:
+            flavor = "seurat"
+            df = sc.pp.highly_variable_genes(tmp, flavor=flavor, n_top_genes=n_top_genes, inplace=False)
+            genes = tmp.var_names[_top(df["dispersions_norm"], n_top_genes, ascending=False)].tolist()
+        normalization, target_sum = AS_IS, 0.0
+    out = tmp[:, genes].X
+    out = np.asarray(out.toarray() if sparse.issparse(out) else out, dtype=np.float32)
+
+    params = {
+        "genes": np.asarray(genes, dtype=str),
+        "normalization": normalization,
+        "target_sum": float(target_sum),
+        "layer": "X" if layer is None else layer,
+        "n_top_genes": len(genes),
+        "flavor": flavor,
+    }
+    target = adata.copy() if copy else adata
+    target.obsm[key_added] = out
+    c2lst_uns(target, "expr")[key_added] = params
+    record_lineage(
+        target,
+        function="c2lst.pp.prepare_expression",
+        parameters={k: v for k, v in params.items() if k != "genes"} | {"key_added": key_added},
+        seed=None,
+        input_table=None,
+    )
+    return target if copy else None
+
+
+def expression_genes(adata: AnnData, key: str = "c2lst_expr") -> list[str]:
+    """Return the genes, in model order, recorded by :func:`prepare_expression` under ``key``."""
+    return [str(g) for g in expression_params(adata, key)["genes"]]
+
+
+def expression_params(adata: AnnData, key: str = "c2lst_expr") -> dict:
+    """Return the record ``uns["c2lst"]["expr"][key]`` written by :func:`prepare_expression`."""
+    rec = adata.uns.get(UNS_KEY, {}).get("expr", {}).get(key)
+    if rec is None:
+        raise KeyError(
+            f"`key={key!r}` has no expression record in `uns['c2lst']['expr']`; run "
+            f"`c2lst.pp.prepare_expression(adata, key_added={key!r})` first."
+        )
+    return dict(rec)
+
+
+def apply_expression(
+    adata_or_matrix: AnnData | np.ndarray | sparse.spmatrix,
+    *,
+    genes: Sequence[str],
+    params: Mapping[str, Any],
+    totals: np.ndarray | None = None,
+) -> np.ndarray:
+    """Apply a recorded normalisation to another table and return the float32 matrix over ``genes``.
+
+    With an AnnData, genes are matched by name and the totals for ``normalize_total`` are the row sums over all
+    its genes (as in :func:`prepare_expression`). With a matrix, its columns must be ``genes`` in that order and
+    the totals are ``totals`` when given, else the matrix's row sums.
+    """
+    normalization = str(params["normalization"])
+    target_sum = float(params["target_sum"])
+    genes = [str(g) for g in genes]
+    if isinstance(adata_or_matrix, AnnData):
+        layer = str(params.get("layer", "X"))
+        mat = _get_matrix(adata_or_matrix, layer, arg="params['layer']")
+        genes = _check_genes(genes, adata_or_matrix.var_names)
+        _check_values(mat, f"layer {layer!r} of the table")
+        full_totals = np.asarray(mat.sum(axis=1), dtype=np.float64).ravel()
+        sub = mat[:, adata_or_matrix.var_names.get_indexer(genes)]
+    else:
+        sub = adata_or_matrix
+        if sub.ndim != 2 or sub.shape[1] != len(genes):
+            raise ValueError(
+                f"`adata_or_matrix` has shape {sub.shape}; a matrix needs one column per gene ({len(genes)})."
+            )
+        _check_values(sub, "`adata_or_matrix`")
+        full_totals = np.asarray(sub.sum(axis=1), dtype=np.float64).ravel()
+        if totals is not None:
+            full_totals = np.asarray(totals, dtype=np.float64).ravel()
+            if full_totals.shape != (sub.shape[0],):
+                raise ValueError(
+                    f"`totals` must have one value per row ({sub.shape[0]}), got {full_totals.shape}."
+                )
+    sub = np.asarray(sub.toarray() if sparse.issparse(sub) else sub, dtype=np.float64)
+    if normalization == NORMALIZE_LOG1P:
+        scale = np.divide(target_sum, full_totals, out=np.zeros_like(full_totals), where=full_totals > 0)
+        return np.log1p(sub * scale[:, None]).astype(np.float32)
+    if normalization == AS_IS:
+        return sub.astype(np.float32)
+    raise ValueError(f"`params['normalization']={normalization!r}` is not a normalisation c2lst knows.")

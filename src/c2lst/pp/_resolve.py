@@ -1,0 +1,308 @@
+"""Resolve which table, shapes, image and coordinate system :func:`extract_patches` works on.
+
+Everything here is validation and geometry bookkeeping: it reads metadata and shapes, never pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._utils import get_table
+
+_XY = ("x", "y")
+
+
+@dataclass
+class Resolved:
+    """The elements one :func:`extract_patches` call works on, with their geometry in image pixels."""
+
+    table: Any
+    table_key: str
+    shapes_key: str
+    image_key: str
+    coordinate_system: str
+    centres: np.ndarray  # (n, 2) spot centres (x, y) in the shapes' intrinsic units, table row order
+    diameters: np.ndarray  # (n,) spot diameters in the shapes' intrinsic units, table row order
+    shapes_to_image: np.ndarray  # (3, 3) affine: shapes intrinsic (x, y) -> image scale0 continuous pixels
+    offset_map: np.ndarray  # (2, 2) linear: patch offsets (intrinsic units, cs orientation) -> scale0 pixels
+    levels: list  # list of dask arrays (c, y, x), finest first
+    level_shapes: list  # (height, width) of every level
+    channels: int
+    dtype: np.dtype
+
+
+# --------------------------------------------------------------------------- transformations
+def affine_xy(transformation: Any) -> np.ndarray:
+    """Return the 3x3 (x, y) affine matrix of a spatialdata transformation (Identity, Scale, Affine, Sequence…)."""
+    return np.asarray(transformation.to_affine_matrix(input_axes=_XY, output_axes=_XY), dtype=np.float64)
+
+
+def _transformations(element: Any) -> dict:
+    from spatialdata.transformations import get_transformation
+
+    return dict(get_transformation(element, get_all=True))
+
+
+def _equivalent(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    scale = max(1.0, float(np.abs(a[0]).max()))
+    return bool(np.allclose(a[0], b[0], rtol=1e-6, atol=1e-6 * scale) and np.allclose(a[1], b[1], atol=1e-6))
+
+
+def _mapping(shapes_t: Any, image_t: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return (shapes intrinsic -> image pixels affine, patch-offset -> image pixels linear map) through one cs."""
+    a_s, a_i = affine_xy(shapes_t), affine_xy(image_t)
+    if abs(np.linalg.det(a_i[:2, :2])) < 1e-12 or abs(np.linalg.det(a_s[:2, :2])) < 1e-12:
+        raise ValueError("singular transformation")
+    m = np.linalg.solve(a_i, a_s)
+    lin_s = a_s[:2, :2]
+    rot_s = lin_s / np.sqrt(abs(np.linalg.det(lin_s)))
+    # offsets are given in intrinsic units but oriented like the coordinate system's axes
+    offset = m[:2, :2] @ np.linalg.inv(rot_s)
+    return m, offset
+
+
+# --------------------------------------------------------------------------- resolution
+def _table_region(table: Any, table_key: str) -> tuple[str, str, str]:
+    from spatialdata.models import get_table_keys
+
+    try:
+        region, region_key, instance_key = get_table_keys(table)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"`table_key={table_key!r}` names a table without a region annotation "
+            "(`uns['spatialdata_attrs']`); annotate it with "
+            "`spatialdata.models.TableModel.parse(table, region=..., region_key=..., instance_key=...)`."
+        ) from err
+    if region is None or region_key is None or instance_key is None:
+        raise ValueError(
+            f"`table_key={table_key!r}`: the table's region annotation is incomplete "
+            f"(region={region!r}, region_key={region_key!r}, instance_key={instance_key!r}); "
+            "re-annotate it with `spatialdata.models.TableModel.parse(...)`."
+        )
+    regions = [region] if isinstance(region, str) else [str(r) for r in np.atleast_1d(region)]
+    if len(regions) != 1:
+        raise ValueError(
+            f"`table_key={table_key!r}` annotates several regions {regions}; extract_patches works on one "
+            "region at a time: subset the table to one region (and re-annotate it) and pass it as `table_key=`."
+        )
+    return regions[0], str(region_key), str(instance_key)
+
+
+def _shapes_element(sdata: Any, region: str, table_key: str) -> Any:
+    if region in sdata.shapes:
+        return sdata.shapes[region]
+    for kind, word in (("images", "an image"), ("labels", "a labels"), ("points", "a points")):
+        if region in getattr(sdata, kind):
+            raise ValueError(
+                f"`table_key={table_key!r}` annotates {region!r}, which is {word} element, not a shapes "
+                "element; extract_patches needs spots as circles or polygons: pass a table that annotates a "
+                f"shapes element (shapes: {sorted(sdata.shapes)})."
+            )
+    raise KeyError(
+        f"`table_key={table_key!r}` annotates region {region!r}, which is not an element of this SpatialData "
+        f"(shapes: {sorted(sdata.shapes)}); add the shapes or pass another `table_key=`."
+    )
+
+
+def _spot_geometry(shapes: Any, shapes_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return centres (n, 2) and diameters (n,) of circles or polygons (equal-area circle), in shapes order."""
+    geom = shapes.geometry
+    kinds = set(geom.geom_type.unique())
+    if kinds <= {"Point"}:
+        if "radius" not in shapes.columns:
+            raise ValueError(
+                f"Shapes {shapes_key!r} are points without a `radius` column; extract_patches needs circles "
+                "(ShapesModel with `radius`) or polygons."
+            )
+        centres = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()]).astype(np.float64)
+        diameters = 2.0 * shapes["radius"].to_numpy(dtype=np.float64)
+    elif kinds <= {"Polygon", "MultiPolygon"}:
+        cent = geom.centroid
+        centres = np.column_stack([cent.x.to_numpy(), cent.y.to_numpy()]).astype(np.float64)
+        diameters = 2.0 * np.sqrt(geom.area.to_numpy(dtype=np.float64) / np.pi)
+    else:
+        raise ValueError(
+            f"Shapes {shapes_key!r} have geometry types {sorted(kinds)}; extract_patches needs circles "
+            "(points with `radius`) or polygons."
+        )
+    if not (np.isfinite(centres).all() and np.isfinite(diameters).all()) or (diameters <= 0).any():
+        raise ValueError(
+            f"Shapes {shapes_key!r} have non-finite centres or non-positive diameters; fix the shapes element."
+        )
+    return centres, diameters
+
+
+def _table_rows(table: Any, table_key: str, shapes: Any, region: str, region_key: str, instance_key: str):
+    """Return, for every table row, the position of its spot in ``shapes``."""
+    if table.n_obs == 0:
+        raise ValueError(f"`table_key={table_key!r}` names an empty table (0 rows); nothing to extract.")
+    if not table.obs_names.is_unique:
+        dup = table.obs_names[table.obs_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"`table_key={table_key!r}`: the table's obs names are not unique (e.g. {dup}); call "
+            "`table.obs_names_make_unique()` first."
+        )
+    for col in (region_key, instance_key):
+        if col not in table.obs:
+            raise KeyError(
+                f"`table_key={table_key!r}`: column {col!r} named by the region annotation is missing from "
+                "`table.obs`; re-annotate the table with `TableModel.parse(...)`."
+            )
+    other = pd.Index(table.obs[region_key].astype(str).unique()).difference([region])
+    if len(other):
+        raise ValueError(
+            f"`table_key={table_key!r}`: rows annotate regions {other[:5].tolist()} besides {region!r}; "
+            f"subset the table to `obs[{region_key!r}] == {region!r}`."
+        )
+    inst = pd.Index(table.obs[instance_key].to_numpy())
+    if not inst.is_unique:
+        raise ValueError(
+            f"`table_key={table_key!r}`: instance ids in `obs[{instance_key!r}]` are not unique; each row must "
+            "annotate one spot."
+        )
+    if not shapes.index.is_unique:
+        raise ValueError(f"Shapes {region!r} have a non-unique index; make the shapes index unique.")
+    pos = shapes.index.get_indexer(inst)
+    if (pos < 0).any():
+        missing = inst[pos < 0][:5].tolist()
+        raise KeyError(
+            f"`table_key={table_key!r}`: {int((pos < 0).sum())} rows name spots absent from shapes {region!r} "
+            f"(e.g. {missing}); the table's `obs[{instance_key!r}]` must match the shapes index."
+        )
+    return pos
+
+
+def _choose_image(sdata: Any, image_key: str | None, shapes_cs: set, shapes_key: str) -> str:
+    if image_key is not None:
+        if image_key not in sdata.images:
+            raise KeyError(
+                f"`image_key={image_key!r}` is not an image of this SpatialData; available images: "
+                f"{sorted(sdata.images)}. Pass one of them as `image_key=`."
+            )
+        return image_key
+    if len(sdata.images) == 0:
+        raise ValueError(
+            "This SpatialData has no image element; add an image (Image2DModel) to cut patches from."
+        )
+    candidates = {
+        name: sorted(set(_transformations(img)) & shapes_cs)
+        for name, img in sdata.images.items()
+        if set(_transformations(img)) & shapes_cs
+    }
+    if len(candidates) == 1:
+        return next(iter(candidates))
+    if not candidates:
+        all_cs = {name: sorted(_transformations(img)) for name, img in sdata.images.items()}
+        raise ValueError(
+            f"No image shares a coordinate system with shapes {shapes_key!r} (its coordinate systems: "
+            f"{sorted(shapes_cs)}; images: {all_cs}). Register the image with "
+            "`spatialdata.transformations.set_transformation` or pass `image_key=` and `coordinate_system=`."
+        )
+    raise ValueError(
+        f"Several images share a coordinate system with shapes {shapes_key!r}: {candidates}; "
+        "pass the one to cut patches from as `image_key=`."
+    )
+
+
+def _choose_cs(
+    shapes: Any, image: Any, coordinate_system: str | None, shapes_key: str, image_key: str
+) -> tuple[str, np.ndarray, np.ndarray]:
+    ts, ti = _transformations(shapes), _transformations(image)
+    shared = sorted(set(ts) & set(ti))
+    if coordinate_system is not None:
+        if coordinate_system not in shared:
+            raise ValueError(
+                f"`coordinate_system={coordinate_system!r}` is not shared by shapes {shapes_key!r} "
+                f"(coordinate systems: {sorted(ts)}) and image {image_key!r} (coordinate systems: {sorted(ti)}); "
+                f"shared: {shared}. Pass one of the shared ones, or None to choose automatically."
+            )
+        shared = [coordinate_system]
+    if not shared:
+        raise ValueError(
+            f"Image {image_key!r} (coordinate systems: {sorted(ti)}) and shapes {shapes_key!r} (coordinate "
+            f"systems: {sorted(ts)}) share no coordinate system; register both in one with "
+            "`spatialdata.transformations.set_transformation`, or pass another `image_key=`."
+        )
+    maps = {}
+    for cs in shared:
+        try:
+            maps[cs] = _mapping(ts[cs], ti[cs])
+        except ValueError as err:
+            raise ValueError(
+                f"The transformation of shapes {shapes_key!r} or image {image_key!r} to coordinate system "
+                f"{cs!r} is singular or not 2-D (x, y); fix it with `set_transformation`."
+            ) from err
+    first = next(iter(maps.values()))
+    if all(_equivalent(first, mp) for mp in maps.values()):
+        cs = "global" if "global" in maps else shared[0]
+        return cs, *maps[cs]
+    raise ValueError(
+        f"Image {image_key!r} and shapes {shapes_key!r} share several coordinate systems that map them "
+        f"differently: {shared}; pass one as `coordinate_system=`."
+    )
+
+
+def _levels(image: Any, image_key: str) -> tuple[list, list]:
+    from spatialdata.models import get_axes_names
+
+    axes = tuple(get_axes_names(image))
+    if "z" in axes:
+        raise ValueError(
+            f"`image_key={image_key!r}` is a 3-D image (axes {axes}); extract_patches needs a 2-D RGB image "
+            "(c, y, x): project or select one z-plane into a new Image2DModel element first."
+        )
+    if axes != ("c", "y", "x"):
+        raise ValueError(f"`image_key={image_key!r}` has axes {axes}; expected ('c', 'y', 'x').")
+    if hasattr(image, "children") and len(image.children):  # DataTree pyramid
+        names = sorted(image.children, key=lambda s: int("".join(ch for ch in s if ch.isdigit()) or 0))
+        arrays = [next(iter(image[name].ds.data_vars.values())) for name in names]
+    else:
+        arrays = [image]
+    levels = [a.data for a in arrays]
+    shapes = [(int(a.sizes["y"]), int(a.sizes["x"])) for a in arrays]
+    return levels, shapes
+
+
+def resolve(sdata: Any, *, table_key: str, image_key: str | None, coordinate_system: str | None) -> Resolved:
+    """Resolve table, shapes, image and coordinate system; raise with the candidates when ambiguous."""
+    table = get_table(sdata, table_key)
+    region, region_key, instance_key = _table_region(table, table_key)
+    shapes = _shapes_element(sdata, region, table_key)
+    rows = _table_rows(table, table_key, shapes, region, region_key, instance_key)
+    centres, diameters = _spot_geometry(shapes, region)
+    shapes_cs = set(_transformations(shapes))
+    image_key = _choose_image(sdata, image_key, shapes_cs, region)
+    image = sdata.images[image_key]
+    cs, m, offset = _choose_cs(shapes, image, coordinate_system, region, image_key)
+    levels, level_shapes = _levels(image, image_key)
+    channels = int(levels[0].shape[0])
+    if channels not in (3, 4):
+        raise ValueError(
+            f"`image_key={image_key!r}` has {channels} channel(s); extract_patches needs an RGB (3) or RGBA (4) "
+            "image. For a single-channel/fluorescence image, build an RGB rendering as a new image element."
+        )
+    dtype = np.dtype(levels[0].dtype)
+    if not (dtype == np.uint8 or dtype == np.uint16 or np.issubdtype(dtype, np.floating)):
+        raise TypeError(
+            f"`image_key={image_key!r}` has dtype {dtype}; extract_patches accepts uint8, uint16 or float "
+            "([0, 1]) images: convert the image, e.g. with `skimage.util.img_as_ubyte`."
+        )
+    return Resolved(
+        table=table,
+        table_key=table_key,
+        shapes_key=region,
+        image_key=image_key,
+        coordinate_system=cs,
+        centres=centres[rows],
+        diameters=diameters[rows],
+        shapes_to_image=m,
+        offset_map=offset,
+        levels=levels,
+        level_shapes=level_shapes,
+        channels=channels,
+        dtype=dtype,
+    )
