@@ -32,17 +32,31 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    corpus = [c2lst.datasets.simulated_visium(n_spots=args.spots, seed=s, stain=st)
-              for s, st in ((11, "institution_a"), (12, "institution_b"))]
+    corpus = [
+        c2lst.datasets.simulated_visium(n_spots=args.spots, seed=s, stain=st)
+        for s, st in ((11, "institution_a"), (12, "institution_b"))
+    ]
     local = c2lst.datasets.simulated_visium(n_spots=args.spots, seed=args.seed)
     for sd in [*corpus, local]:
         c2lst.pp.extract_patches(sd, size=args.size, progress=False)
     c2lst.pp.prepare_expression(local.tables["table"], n_top_genes=30)
-    central = c2lst.tl.pretrain(corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3,
-                                seed=args.seed, progress=False)
+    central = c2lst.tl.pretrain(
+        corpus,
+        preset=args.preset,
+        n_steps=args.pretrain_steps,
+        batch_size=16,
+        lr=1e-3,
+        seed=args.seed,
+        progress=False,
+    )
     curve = c2lst.tl.budget_curve(
-        local, central=central, fractions=(0.25, 1.0), n_repeats=args.repeats,
-        synthetic_per_spot=args.synthetic_per_spot, seed=args.seed, progress=False,
+        local,
+        central=central,
+        fractions=(0.25, 1.0),
+        n_repeats=args.repeats,
+        synthetic_per_spot=args.synthetic_per_spot,
+        seed=args.seed,
+        progress=False,
         adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3},
         synthesize_kwargs={"steps": args.synth_steps},
         predictor_kwargs={"n_epochs": args.epochs},
@@ -55,12 +69,20 @@ def main() -> None:
         row = table[(table["condition"] == cond) & (table["fraction"] == frac)]
         return float(row["mean"].iloc[0])
 
-    r25, r25s, r100, r100s = mean("real", 0.25), mean("real+synthetic", 0.25), mean("real", 1.0), mean(
-        "real+synthetic", 1.0)
-    print(f"25% real {r25:.3f} | 25% real+synthetic {r25s:.3f} | 100% real {r100:.3f} | "
-          f"100% real+synthetic {r100s:.3f}")
-    print(f"ratio (25% real+synthetic) / (100% real) = {r25s / r100:.3f}; goal >= 1: "
-          f"{'met' if r25s >= r100 else 'missed'}")
+    r25, r25s, r100, r100s = (
+        mean("real", 0.25),
+        mean("real+synthetic", 0.25),
+        mean("real", 1.0),
+        mean("real+synthetic", 1.0),
+    )
+    print(
+        f"25% real {r25:.3f} | 25% real+synthetic {r25s:.3f} | 100% real {r100:.3f} | "
+        f"100% real+synthetic {r100s:.3f}"
+    )
+    print(
+        f"ratio (25% real+synthetic) / (100% real) = {r25s / r100:.3f}; goal >= 1: "
+        f"{'met' if r25s >= r100 else 'missed'}"
+    )
     out = {
         "benchmark": "budget",
         "spots": args.spots,

@@ -73,9 +73,17 @@ def main() -> None:
     plain = plain_loop(plain_model, data, args.train_steps, args.batch, 1e-4)
     res = {}
     for ema in (False, True):
-        c2lst.tl.pretrain(patches, preset=args.preset, n_steps=3, batch_size=args.batch, ema=ema, progress=False)
-        m = c2lst.tl.pretrain(patches, preset=args.preset, n_steps=args.train_steps, batch_size=args.batch,
-                              ema=ema, progress=False)
+        c2lst.tl.pretrain(
+            patches, preset=args.preset, n_steps=3, batch_size=args.batch, ema=ema, progress=False
+        )
+        m = c2lst.tl.pretrain(
+            patches,
+            preset=args.preset,
+            n_steps=args.train_steps,
+            batch_size=args.batch,
+            ema=ema,
+            progress=False,
+        )
         res[ema] = m.training_summary["steps"] / m.training_summary["seconds"]
 
     # (b) sampling overhead
@@ -93,10 +101,16 @@ def main() -> None:
         model.sample(n, steps=2, scheduler=sched, generator=torch.Generator().manual_seed(0), batch_size=n)
     raw()
     t_raw = time_it(raw)
-    t_ours = time_it(lambda: model.sample(n, steps=steps, scheduler="ddpm", batch_size=n,
-                                          generator=torch.Generator().manual_seed(0)))
-    t_dpm = time_it(lambda: model.sample(n, steps=steps, scheduler="dpmsolver++", batch_size=n,
-                                         generator=torch.Generator().manual_seed(0)))
+    t_ours = time_it(
+        lambda: model.sample(
+            n, steps=steps, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0)
+        )
+    )
+    t_dpm = time_it(
+        lambda: model.sample(
+            n, steps=steps, scheduler="dpmsolver++", batch_size=n, generator=torch.Generator().manual_seed(0)
+        )
+    )
 
     class _Unet(torch.nn.Module):  # stock pipeline needs an unconditional UNet call: bind the null embedding
         def __init__(self, unet):
@@ -108,19 +122,30 @@ def main() -> None:
 
     pipe = DDPMPipeline(unet=_Unet(model.unet), scheduler=DDPMScheduler(**model.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
-    t_pipe = time_it(lambda: pipe(batch_size=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-                                  output_type="np"))
+    t_pipe = time_it(
+        lambda: pipe(
+            batch_size=n,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
+    )
 
     # (c) CPU options for sampling
     options = {}
     cl = CentralModel.from_preset(args.preset, seed=0).eval()
     cl.unet.to(memory_format=torch.channels_last)
-    options["channels_last"] = t_ours / time_it(lambda: cl.sample(n, steps=steps, scheduler="ddpm", batch_size=n,
-                                                                  generator=torch.Generator().manual_seed(0)))
+    options["channels_last"] = t_ours / time_it(
+        lambda: cl.sample(
+            n, steps=steps, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0)
+        )
+    )
 
     def bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            model.sample(n, steps=steps, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0))
+            model.sample(
+                n, steps=steps, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0)
+            )
 
     bf16()
     options["bf16_autocast"] = t_ours / time_it(bf16)
@@ -129,26 +154,41 @@ def main() -> None:
         comp.unet = torch.compile(comp.unet)
         comp.sample(n, steps=2, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0))
         options["torch_compile"] = t_ours / time_it(
-            lambda: comp.sample(n, steps=steps, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0))
+            lambda: comp.sample(
+                n, steps=steps, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0)
+            )
         )
-    except Exception as err:  # noqa: BLE001 - compile needs a C++ toolchain; report instead of failing
+    except Exception as err:
         options["torch_compile"] = f"unavailable: {type(err).__name__}"
 
     out = {
         "benchmark": "central",
         "preset": args.preset,
         "torch_threads": torch.get_num_threads(),
-        "train_steps_per_s": {"plain_diffusers": plain, "pretrain_no_ema": res[False], "pretrain_ema": res[True]},
+        "train_steps_per_s": {
+            "plain_diffusers": plain,
+            "pretrain_no_ema": res[False],
+            "pretrain_ema": res[True],
+        },
         "train_ratio_vs_plain": {"no_ema": res[False] / plain, "ema": res[True] / plain},
-        "sample_s": {"raw_unet": t_raw, "c2lst_ddpm": t_ours, "c2lst_dpmsolver++": t_dpm, "DDPMPipeline": t_pipe},
+        "sample_s": {
+            "raw_unet": t_raw,
+            "c2lst_ddpm": t_ours,
+            "c2lst_dpmsolver++": t_dpm,
+            "DDPMPipeline": t_pipe,
+        },
         "sample_ratio_vs_raw_unet": t_ours / t_raw,
         "sample_ratio_vs_DDPMPipeline": t_ours / t_pipe,
         "speedup_of_options": options,
     }
-    print(f"training steps/s: plain {plain:.2f}, pretrain {res[False]:.2f} (ratio {res[False] / plain:.3f}), "
-          f"with EMA {res[True]:.2f} (ratio {res[True] / plain:.3f})")
-    print(f"sampling {n}x{steps} steps: raw UNet {t_raw:.2f}s, c2lst {t_ours:.2f}s (x{t_ours / t_raw:.3f} raw), "
-          f"DDPMPipeline {t_pipe:.2f}s (c2lst/pipeline {t_ours / t_pipe:.3f}), dpmsolver++ {t_dpm:.2f}s")
+    print(
+        f"training steps/s: plain {plain:.2f}, pretrain {res[False]:.2f} (ratio {res[False] / plain:.3f}), "
+        f"with EMA {res[True]:.2f} (ratio {res[True] / plain:.3f})"
+    )
+    print(
+        f"sampling {n}x{steps} steps: raw UNet {t_raw:.2f}s, c2lst {t_ours:.2f}s (x{t_ours / t_raw:.3f} raw), "
+        f"DDPMPipeline {t_pipe:.2f}s (c2lst/pipeline {t_ours / t_pipe:.3f}), dpmsolver++ {t_dpm:.2f}s"
+    )
     print("speed-up of CPU options on sampling (>1 helps):", options)
     print(json.dumps(out, default=float))
 

@@ -27,7 +27,9 @@ from c2lst.models.central import denoising_loss
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer state (AdamW: two moments per trainable parameter)."""
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    return sum(
+        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
+    )
 
 
 def step_time(module, params, x, cond, n: int = 5) -> tuple[float, int]:
@@ -60,15 +62,18 @@ def main() -> None:
     t_start = time.perf_counter()
 
     # data: a central corpus from two other "institutions" and the local slide
-    corpus = [c2lst.datasets.simulated_visium(n_spots=args.spots, seed=s, stain=st)
-              for s, st in ((11, "institution_a"), (12, "institution_b"))]
+    corpus = [
+        c2lst.datasets.simulated_visium(n_spots=args.spots, seed=s, stain=st)
+        for s, st in ((11, "institution_a"), (12, "institution_b"))
+    ]
     local = c2lst.datasets.simulated_visium(n_spots=args.spots, seed=0)
     for sd in [*corpus, local]:
         c2lst.pp.extract_patches(sd, size=size, progress=False)
     table = local.tables["table"]
     c2lst.pp.prepare_expression(table, n_top_genes=30)
-    central = c2lst.tl.pretrain(corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3,
-                                progress=False)
+    central = c2lst.tl.pretrain(
+        corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3, progress=False
+    )
     c2lst.tl.adapt(table, central=central, n_steps=args.adapt_steps, batch_size=16, lr=1e-3, progress=False)
     t_train = time.perf_counter() - t_start
 
@@ -76,8 +81,9 @@ def main() -> None:
     n = table.n_obs
     bs = 32
     t0 = time.perf_counter()
-    c2lst.tl.synthesize(local, central=central, steps=args.steps, guidance_scale=args.guidance, batch_size=bs,
-                        progress=False)
+    c2lst.tl.synthesize(
+        local, central=central, steps=args.steps, guidance_scale=args.guidance, batch_size=bs, progress=False
+    )
     t_syn = time.perf_counter() - t0
     syn = local.tables["c2lst_synthetic"]
     unet = central.unet.eval()
@@ -98,8 +104,12 @@ def main() -> None:
     xb = torch.rand(16, 3, size, size) * 2 - 1
     expr = torch.from_numpy(np.asarray(table.obsm["c2lst_expr"][:16]))
     local_model = LocalModel(CentralModel.from_preset(args.preset, seed=0), genes)
-    t_ad, mem_ad = step_time(local_model, [p for p in local_model.parameters() if p.requires_grad], xb,
-                             (expr, torch.zeros(16, dtype=torch.bool)))
+    t_ad, mem_ad = step_time(
+        local_model,
+        [p for p in local_model.parameters() if p.requires_grad],
+        xb,
+        (expr, torch.zeros(16, dtype=torch.bool)),
+    )
     full = CentralModel.from_preset(args.preset, seed=0)
     t_full, mem_full = step_time(full, list(full.parameters()), xb, None)
 
@@ -110,7 +120,9 @@ def main() -> None:
     rho_real = rho.get("real_n_nuclei_vs_true_n_cells", float("nan"))
     # a shuffled-parent control shows the correlation is not an artefact of the measurement
     rng = np.random.default_rng(0)
-    rho_shuffled = float(stats.spearmanr(comp["synthetic_n_nuclei"], rng.permutation(comp["true_n_cells"]))[0])
+    rho_shuffled = float(
+        stats.spearmanr(comp["synthetic_n_nuclei"], rng.permutation(comp["true_n_cells"]))[0]
+    )
     truth = comp["true_n_cells"].to_numpy()
 
     out = {
@@ -130,14 +142,18 @@ def main() -> None:
         "spearman_synthetic_nuclei_vs_truth": rho_syn,
         "spearman_real_nuclei_vs_truth": rho_real,
         "spearman_shuffled_control": rho_shuffled,
-        "n_truth_pairs": int(len(truth)),
+        "n_truth_pairs": len(truth),
         "train_s": t_train,
     }
     print(f"(a) synthesis {t_syn:.1f}s vs raw UNet {t_raw:.1f}s for the same forwards: x{t_syn / t_raw:.3f}")
-    print(f"(b) adapter vs full fine-tuning: step time x{t_ad / t_full:.3f}, optimizer state "
-          f"{mem_ad / 2**20:.2f} MiB vs {mem_full / 2**20:.2f} MiB (x{mem_ad / mem_full:.3f})")
-    print(f"(c) Spearman(nuclei in synthetic patch, true cells under parent) = {rho_syn:.3f} "
-          f"(real patches: {rho_real:.3f}; shuffled control: {rho_shuffled:.3f})")
+    print(
+        f"(b) adapter vs full fine-tuning: step time x{t_ad / t_full:.3f}, optimizer state "
+        f"{mem_ad / 2**20:.2f} MiB vs {mem_full / 2**20:.2f} MiB (x{mem_ad / mem_full:.3f})"
+    )
+    print(
+        f"(c) Spearman(nuclei in synthetic patch, true cells under parent) = {rho_syn:.3f} "
+        f"(real patches: {rho_real:.3f}; shuffled control: {rho_shuffled:.3f})"
+    )
     print(json.dumps(out, default=float))
 
 

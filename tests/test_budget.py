@@ -16,7 +16,7 @@ from c2lst.tl._budget import spatial_split
 
 def test_spatial_split_holds_out_whole_blocks():
     rng = np.random.default_rng(0)
-    coords = rng.random((400, 2)) * 1000
+    coords = np.vstack([rng.random((400, 2)) * 1000, [[0, 0], [1000, 1000]]])  # extent exactly [0, 1000]
     test = spatial_split(coords, test_fraction=0.25, n_blocks=4, seed=1)
     assert 0.2 <= test.mean() <= 0.5
     cells = np.minimum(coords / 1000 * 4, 3).astype(int)
@@ -30,13 +30,27 @@ def test_spatial_split_holds_out_whole_blocks():
 def test_budget_curve_runs_and_plans(sim_sdata, tiny_central):
     central, _ = tiny_central
     curve = c2lst.tl.budget_curve(
-        sim_sdata, central=central, fractions=(0.5, 1.0), n_repeats=2, synthetic_per_spot=1,
-        adapt_kwargs={"n_steps": 2, "batch_size": 8}, synthesize_kwargs={"steps": 2},
-        predictor_kwargs={"n_epochs": 1}, progress=False,
+        sim_sdata,
+        central=central,
+        fractions=(0.5, 1.0),
+        n_repeats=2,
+        synthetic_per_spot=1,
+        adapt_kwargs={"n_steps": 2, "batch_size": 8},
+        synthesize_kwargs={"steps": 2},
+        predictor_kwargs={"n_epochs": 1},
+        progress=False,
     )
     assert set(curve["condition"]) == {"real", "real+synthetic"}
     assert len(curve) == 2 * 2 * 2
-    assert set(curve.columns) >= {"fraction", "repeat", "condition", "n_real", "n_synthetic", "pearson_r", "mse"}
+    assert set(curve.columns) >= {
+        "fraction",
+        "repeat",
+        "condition",
+        "n_real",
+        "n_synthetic",
+        "pearson_r",
+        "mse",
+    }
     aug = curve[curve["condition"] == "real+synthetic"]
     np.testing.assert_array_equal(aug["n_synthetic"].to_numpy(), aug["n_real"].to_numpy())
     assert (curve.loc[curve["condition"] == "real", "n_synthetic"] == 0).all()
@@ -91,9 +105,13 @@ def test_plan_budget_bad_input():
 
 
 def test_cli_help_and_version():
-    out = subprocess.run([sys.executable, "-m", "c2lst", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "c2lst", "--help"], capture_output=True, text=True, check=True
+    )
     assert "demo" in out.stdout and "pretrain" in out.stdout and "synthesize" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "c2lst", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "c2lst", "--version"], capture_output=True, text=True, check=True
+    )
     assert c2lst.__version__ in out.stdout
 
 
@@ -102,7 +120,22 @@ def test_cli_pretrain(tmp_path):
     sd.write(tmp_path / "s.zarr")
     from c2lst._cli import main
 
-    assert main(["pretrain", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "m"), "--preset", "tiny",
-                 "--n-steps", "2", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                str(tmp_path / "s.zarr"),
+                "--out",
+                str(tmp_path / "m"),
+                "--preset",
+                "tiny",
+                "--n-steps",
+                "2",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "m" / "model" / "c2lst.json").read_text())
     assert meta["config"]["preset"] == "tiny"

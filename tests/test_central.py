@@ -68,8 +68,15 @@ def test_save_load_same_bytes(tiny_central, tmp_path):
 
 def test_resume_is_exact(tmp_path, monkeypatch):
     data = _patches()
-    full = c2lst.tl.pretrain(data, preset="tiny", n_steps=10, batch_size=4, output_dir=tmp_path / "a",
-                             checkpoint_every=5, progress=False)
+    full = c2lst.tl.pretrain(
+        data,
+        preset="tiny",
+        n_steps=10,
+        batch_size=4,
+        output_dir=tmp_path / "a",
+        checkpoint_every=5,
+        progress=False,
+    )
     import c2lst.tl._pretrain as mod
 
     real = mod.train
@@ -79,11 +86,25 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         return real(model, loss_fn, settings)
 
     monkeypatch.setattr(mod, "train", interrupted)
-    c2lst.tl.pretrain(data, preset="tiny", n_steps=10, batch_size=4, output_dir=tmp_path / "b",
-                      checkpoint_every=5, progress=False)
+    c2lst.tl.pretrain(
+        data,
+        preset="tiny",
+        n_steps=10,
+        batch_size=4,
+        output_dir=tmp_path / "b",
+        checkpoint_every=5,
+        progress=False,
+    )
     monkeypatch.setattr(mod, "train", real)
-    resumed = c2lst.tl.pretrain(data, preset="tiny", n_steps=10, batch_size=4, output_dir=tmp_path / "b",
-                                checkpoint_every=5, progress=False)
+    resumed = c2lst.tl.pretrain(
+        data,
+        preset="tiny",
+        n_steps=10,
+        batch_size=4,
+        output_dir=tmp_path / "b",
+        checkpoint_every=5,
+        progress=False,
+    )
     assert resumed.training_summary["resumed_from"] == 5
     sa, sb = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -93,15 +114,22 @@ def test_resume_different_config_refused(tmp_path):
     data = _patches()
     c2lst.tl.pretrain(data, preset="tiny", n_steps=2, batch_size=4, output_dir=tmp_path, progress=False)
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    with pytest.raises(ValueError, match="different run configuration.*batch_size"):
+    with pytest.raises(ValueError, match=r"different run configuration.*batch_size"):
         c2lst.tl.pretrain(data, preset="tiny", n_steps=4, batch_size=8, output_dir=tmp_path, progress=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
 def test_from_pretrained_plain_diffusers_unet(tmp_path):
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       layers_per_block=1, norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
     unet.save_pretrained(tmp_path / "unet_dir")
     model = CentralModel.from_pretrained(tmp_path / "unet_dir")
     assert model.cond_dim == 64 and model.image_size == 32
@@ -115,12 +143,26 @@ def test_from_pretrained_plain_diffusers_unet(tmp_path):
 
 def test_latent_mode_with_tiny_vae(tmp_path):
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=32)
-    model = c2lst.tl.pretrain(_patches(16), preset="tiny", config={"block_out_channels": [16, 32, 64],
-                              "norm_num_groups": 8}, vae=vae, n_steps=3, batch_size=4, output_dir=tmp_path,
-                              progress=False)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    model = c2lst.tl.pretrain(
+        _patches(16),
+        preset="tiny",
+        config={"block_out_channels": [16, 32, 64], "norm_num_groups": 8},
+        vae=vae,
+        n_steps=3,
+        batch_size=4,
+        output_dir=tmp_path,
+        progress=False,
+    )
     assert model.config["latent"] and model.config["sample_size"] == 16 and model.config["in_channels"] == 4
     out = model.sample(2, steps=3, generator=_gen())
     assert out.shape == (2, 32, 32, 3)
@@ -137,8 +179,15 @@ def test_pretrain_on_real_ihc_patches():
 def test_several_slides_and_registration(sim_sdata, tmp_path):
     other = c2lst.datasets.simulated_visium(n_spots=20, seed=3, stain="institution_a")
     c2lst.pp.extract_patches(other, size=32, progress=False)
-    model = c2lst.tl.pretrain([sim_sdata, other], preset="tiny", n_steps=2, batch_size=4, output_dir=tmp_path,
-                              progress=False, key_added="multi")
+    model = c2lst.tl.pretrain(
+        [sim_sdata, other],
+        preset="tiny",
+        n_steps=2,
+        batch_size=4,
+        output_dir=tmp_path,
+        progress=False,
+        key_added="multi",
+    )
     assert model.training_summary["n_patches"] == sim_sdata.tables["table"].n_obs + 20
     for sd in (sim_sdata, other):
         reg = sd.tables["table"].uns["c2lst"]["central"]["multi"]
@@ -146,8 +195,9 @@ def test_several_slides_and_registration(sim_sdata, tmp_path):
 
 
 def test_bf16_on_cpu_runs():
-    model = c2lst.tl.pretrain(_patches(8), preset="tiny", n_steps=2, batch_size=4, mixed_precision="bf16",
-                              progress=False)
+    model = c2lst.tl.pretrain(
+        _patches(8), preset="tiny", n_steps=2, batch_size=4, mixed_precision="bf16", progress=False
+    )
     assert np.isfinite(model.training_summary["loss_last"])
 
 
@@ -185,10 +235,20 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
         (np.zeros((0, 32, 32, 3), np.uint8), {}, ValueError, "no patches"),
         (np.zeros((4, 32, 32, 3), np.float32), {}, TypeError, "uint8"),
         (np.zeros((4, 32, 32), np.uint8), {}, ValueError, "shape"),
-        ([np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 64, 64, 3), np.uint8)], {}, ValueError, "mixes patch sizes"),
+        (
+            [np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 64, 64, 3), np.uint8)],
+            {},
+            ValueError,
+            "mixes patch sizes",
+        ),
         (np.zeros((4, 32, 32, 3), np.uint8), {"n_steps": 0}, ValueError, "n_steps"),
         (np.zeros((4, 32, 32, 3), np.uint8), {"batch_size": -1}, ValueError, "batch_size"),
-        (np.zeros((4, 32, 32, 3), np.uint8), {"preset": "huge"}, ValueError, r"preset.*\['base', 'small', 'tiny'\]"),
+        (
+            np.zeros((4, 32, 32, 3), np.uint8),
+            {"preset": "huge"},
+            ValueError,
+            r"preset.*\['base', 'small', 'tiny'\]",
+        ),
         (np.zeros((4, 32, 32, 3), np.uint8), {"mixed_precision": "fp8"}, ValueError, "mixed_precision"),
         (ad.AnnData(np.zeros((3, 2), np.float32)), {}, KeyError, "extract_patches"),
         ("not data", {}, TypeError, "data"),
@@ -204,8 +264,9 @@ def test_output_dir_not_writable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="output_dir"):
-        c2lst.tl.pretrain(_patches(4), preset="tiny", n_steps=1, batch_size=2, output_dir=blocker / "sub",
-                          progress=False)
+        c2lst.tl.pretrain(
+            _patches(4), preset="tiny", n_steps=1, batch_size=2, output_dir=blocker / "sub", progress=False
+        )
 
 
 def test_from_pretrained_refuses_bad_paths(tmp_path, tiny_central):
@@ -242,7 +303,7 @@ def test_sha256_mismatch_detected(tiny_central, tmp_path):
 
 def test_sample_bad_input(tiny_central):
     model, _ = tiny_central
-    with pytest.raises(ValueError, match="scheduler.*dpmsolver"):
+    with pytest.raises(ValueError, match=r"scheduler.*dpmsolver"):
         model.sample(1, scheduler="euler")
     with pytest.raises(ValueError, match="guidance_scale"):
         model.sample(1, guidance_scale=-1)

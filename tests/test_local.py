@@ -38,12 +38,14 @@ def test_untrained_adapter_null_branch_equals_central(tiny_central):
     local = LocalModel(central, ["a", "b", "c"])
     expr = torch.randn(2, 3)
     ref = central.sample(2, steps=3, generator=[_gen(1), _gen(2)])
-    null = local.central.sample(2, steps=3, condition=local.condition(expr).detach(), guidance_scale=0.0,
-                                generator=[_gen(1), _gen(2)])
+    null = local.central.sample(
+        2, steps=3, condition=local.condition(expr).detach(), guidance_scale=0.0, generator=[_gen(1), _gen(2)]
+    )
     np.testing.assert_array_equal(ref, null)
     # zero-initialised encoder output and LoRA: even the conditional branch equals the central model
-    cond = local.central.sample(2, steps=3, condition=local.condition(expr).detach(), guidance_scale=1.0,
-                                generator=[_gen(1), _gen(2)])
+    cond = local.central.sample(
+        2, steps=3, condition=local.condition(expr).detach(), guidance_scale=1.0, generator=[_gen(1), _gen(2)]
+    )
     np.testing.assert_array_equal(ref, cond)
 
 
@@ -51,7 +53,9 @@ def test_adapt_stores_adapter(adapted_base):
     rec = adapted_base.uns["c2lst"]["local"]["c2lst_local"]
     assert list(rec["genes"]) == list(adapted_base.uns["c2lst"]["expr"]["c2lst_expr"]["genes"])
     assert all(v.dtype == np.float32 for v in rec["weights"].values())
-    assert any(k.startswith("lora.") for k in rec["weights"]) and any(k.startswith("encoder.") for k in rec["weights"])
+    assert any(k.startswith("lora.") for k in rec["weights"]) and any(
+        k.startswith("encoder.") for k in rec["weights"]
+    )
     summary = json.loads(rec["summary"])
     assert summary["steps"] == 6 and summary["ratio"] < 0.10
     assert len(rec["sha256"]) == 64 and len(rec["central_sha256"]) == 64 and rec["central_path"]
@@ -63,8 +67,14 @@ def test_guidance_changes_output_and_zero_is_null(adapted_sdata, tiny_central):
     central, _ = tiny_central
     outs = {}
     for g in (0.0, 1.0, 3.0):
-        sd = c2lst.tl.synthesize(adapted_sdata, guidance_scale=g, steps=3, table_added=f"s{int(g)}",
-                                 conditions=adapted_sdata.tables["table"][:4].copy(), progress=False)
+        sd = c2lst.tl.synthesize(
+            adapted_sdata,
+            guidance_scale=g,
+            steps=3,
+            table_added=f"s{int(g)}",
+            conditions=adapted_sdata.tables["table"][:4].copy(),
+            progress=False,
+        )
         outs[g] = sd.tables[f"s{int(g)}"].obsm["c2lst_patch"]
     assert not np.array_equal(outs[1.0], outs[3.0])
     # guidance 0 = the adapted model's null branch: the central model + LoRA with the null embedding
@@ -90,8 +100,16 @@ def test_synthesize_writes_elements_and_lineage(adapted_sdata, tmp_path):
     parent = syn.obs["c2lst_parent"].iloc[0]
     np.testing.assert_allclose(syn.X[0].toarray().ravel(), src[parent, syn.var_names].X.toarray().ravel())
     rec = lineage(syn)[-1]
-    for key in ("run_id", "function", "c2lst_version", "parameters", "seed", "input_table", "model_sha256",
-                "created"):
+    for key in (
+        "run_id",
+        "function",
+        "c2lst_version",
+        "parameters",
+        "seed",
+        "input_table",
+        "model_sha256",
+        "created",
+    ):
         assert key in rec
     assert rec["function"] == "c2lst.tl.synthesize" and rec["seed"] == 7 and rec["input_table"] == "table"
     assert rec["parameters"]["n_per_condition"] == 2 and set(rec["model_sha256"]) == {"central", "adapter"}
@@ -108,7 +126,7 @@ def test_synthesize_writes_elements_and_lineage(adapted_sdata, tmp_path):
 
 
 def test_adapter_round_trip_through_zarr_same_bytes(adapted_sdata, tmp_path, tiny_central):
-    _, path = tiny_central
+    _ = tiny_central
     adapted_sdata.write(tmp_path / "a.zarr")
     back = spatialdata.read_zarr(tmp_path / "a.zarr")
     kw = {"steps": 3, "seed": 3, "progress": False, "conditions": adapted_sdata.tables["table"][:3].copy()}
@@ -121,8 +139,10 @@ def test_adapter_round_trip_through_zarr_same_bytes(adapted_sdata, tmp_path, tin
     other = ad.AnnData(t.X.copy(), obs=t.obs.copy(), var=t.var.copy())
     other.obsm["c2lst_patch"] = t.obsm["c2lst_patch"]
     c2lst.tl.load_adapter(other, f)
-    np.testing.assert_array_equal(other.uns["c2lst"]["local"]["c2lst_local"]["weights"]["encoder.mean"],
-                                  t.uns["c2lst"]["local"]["c2lst_local"]["weights"]["encoder.mean"])
+    np.testing.assert_array_equal(
+        other.uns["c2lst"]["local"]["c2lst_local"]["weights"]["encoder.mean"],
+        t.uns["c2lst"]["local"]["c2lst_local"]["weights"]["encoder.mean"],
+    )
     with pytest.raises(ValueError, match="overwrite"):
         c2lst.tl.load_adapter(other, f)
 
@@ -207,10 +227,16 @@ def test_synthesize_existing_table_needs_overwrite(adapted_sdata):
 
 def test_central_sha_mismatch(adapted_sdata):
     other = CentralModel.from_preset("tiny", seed=123)
-    with pytest.raises(ValueError, match="sha256.*verify=False"):
+    with pytest.raises(ValueError, match=r"sha256.*verify=False"):
         c2lst.tl.synthesize(adapted_sdata, central=other, steps=1, progress=False)
-    c2lst.tl.synthesize(adapted_sdata, central=other, verify=False, steps=1, progress=False,
-                        conditions=np.zeros((1, 20), np.float32))
+    c2lst.tl.synthesize(
+        adapted_sdata,
+        central=other,
+        verify=False,
+        steps=1,
+        progress=False,
+        conditions=np.zeros((1, 20), np.float32),
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 def _parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    p = argparse.ArgumentParser(prog="c2lst", description="Central-to-Local adaptive diffusion for spatial omics.")
+    p = argparse.ArgumentParser(
+        prog="c2lst", description="Central-to-Local adaptive diffusion for spatial omics."
+    )
     p.add_argument("--version", action="version", version=f"c2lst {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -62,15 +64,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sd in slides:
             if not any("c2lst_patch" in t.obsm for t in sd.tables.values()):
                 pp.extract_patches(sd, size=size)
-        model = tl.pretrain(slides, preset=args.preset, n_steps=args.n_steps, batch_size=args.batch_size, lr=args.lr,
-                            output_dir=args.out, mixed_precision=args.mixed_precision, seed=args.seed)
+        model = tl.pretrain(
+            slides,
+            preset=args.preset,
+            n_steps=args.n_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            output_dir=args.out,
+            mixed_precision=args.mixed_precision,
+            seed=args.seed,
+        )
         print(f"central model written to {args.out}/model (sha256 {model.sha256})")
         return 0
     if args.command == "synthesize":
         sd = spatialdata.read_zarr(args.zarr)
-        tl.synthesize(sd, table_key=args.table_key, adapter_key=args.adapter_key, central=args.central,
-                      n_per_condition=args.n_per_condition, guidance_scale=args.guidance_scale, steps=args.steps,
-                      seed=args.seed, table_added=args.table_added)
+        tl.synthesize(
+            sd,
+            table_key=args.table_key,
+            adapter_key=args.adapter_key,
+            central=args.central,
+            n_per_condition=args.n_per_condition,
+            guidance_scale=args.guidance_scale,
+            steps=args.steps,
+            seed=args.seed,
+            table_added=args.table_added,
+        )
         print(f"wrote table {args.table_added!r} (+ image and circles) into {args.zarr}")
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands

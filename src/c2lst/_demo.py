@@ -34,7 +34,9 @@ QUICK = DemoSettings(60, 100, 32, "tiny", 60, 40, 10, (0.25, 1.0), 2, 20, 8, 8, 
 FULL = DemoSettings(250, 300, 32, "tiny", 800, 300, 20, (0.1, 0.25, 0.5, 1.0), 3, 120, 15, 25, 2)
 
 
-def run_demo(out: str | Path = "c2lst_demo", *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path = "c2lst_demo", *, quick: bool = False, seed: int = 0, progress: bool = True
+) -> dict:
     """Run the demo and return its figures (also written to ``out/report.md`` and ``out/summary.json``).
 
     Steps: simulate a central corpus from two "institutions" (other stains) and a local slide; extract
@@ -69,19 +71,37 @@ def run_demo(out: str | Path = "c2lst_demo", *, quick: bool = False, seed: int =
     pp.prepare_expression(table, n_top_genes=30)
     lap("simulate + extract")
 
-    central = tl.pretrain(corpus, preset=cfg.preset, n_steps=cfg.pretrain_steps, batch_size=16, lr=1e-3,
-                          output_dir=out / "central", resume=False, seed=seed, progress=progress)
+    central = tl.pretrain(
+        corpus,
+        preset=cfg.preset,
+        n_steps=cfg.pretrain_steps,
+        batch_size=16,
+        lr=1e-3,
+        output_dir=out / "central",
+        resume=False,
+        seed=seed,
+        progress=progress,
+    )
     lap("pretrain central")
-    tl.adapt(table, central=central, n_steps=cfg.adapt_steps, batch_size=16, lr=1e-3, seed=seed, progress=progress)
+    tl.adapt(
+        table, central=central, n_steps=cfg.adapt_steps, batch_size=16, lr=1e-3, seed=seed, progress=progress
+    )
     adapter = json.loads(table.uns["c2lst"]["local"]["c2lst_local"]["summary"])
     lap("adapt")
-    tl.synthesize(local, central=central, steps=cfg.synth_steps, n_per_condition=1, seed=seed, progress=progress)
+    tl.synthesize(
+        local, central=central, steps=cfg.synth_steps, n_per_condition=1, seed=seed, progress=progress
+    )
     syn = local.tables["c2lst_synthetic"]
     lap("synthesize")
 
     curve = tl.budget_curve(
-        local, central=central, fractions=cfg.fractions, n_repeats=cfg.repeats,
-        synthetic_per_spot=cfg.synthetic_per_spot, seed=seed, progress=progress,
+        local,
+        central=central,
+        fractions=cfg.fractions,
+        n_repeats=cfg.repeats,
+        synthetic_per_spot=cfg.synthetic_per_spot,
+        seed=seed,
+        progress=progress,
         adapt_kwargs={"n_steps": cfg.budget_adapt_steps, "lr": 1e-3},
         synthesize_kwargs={"steps": cfg.budget_synth_steps},
         predictor_kwargs={"n_epochs": cfg.predictor_epochs},
@@ -123,7 +143,9 @@ def run_demo(out: str | Path = "c2lst_demo", *, quick: bool = False, seed: int =
         "seed": seed,
         "timings_s": timings,
         "total_s": round(time.perf_counter() - t0, 1),
-        "central": {k: central.training_summary.get(k) for k in ("loss_first", "loss_last", "steps", "n_patches")},
+        "central": {
+            k: central.training_summary.get(k) for k in ("loss_first", "loss_last", "steps", "n_patches")
+        },
         "central_parameters": central.n_parameters(),
         "adapter": {k: adapter.get(k) for k in ("loss_first", "loss_last", "trainable", "unet", "ratio")},
         "fidelity_synthetic": _scalars(fid_syn),
@@ -185,8 +207,10 @@ def _report(s: dict, plan: dict, zarr_path: Path) -> str:
         "|---|---|---|---|---|",
     ]
     for _, row in tbl.iterrows():
-        lines.append(f"| {row['condition']} | {row['fraction']:.2f} | {row['mean']:.3f} | "
-                     f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {row['n']} |")
+        lines.append(
+            f"| {row['condition']} | {row['fraction']:.2f} | {row['mean']:.3f} | "
+            f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {row['n']} |"
+        )
     frac = plan["fraction"]
     lines += [
         "",

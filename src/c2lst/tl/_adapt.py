@@ -26,7 +26,7 @@ from .._utils import (
 from ..models.central import denoising_loss, patches_to_tensor, to_model_input
 from ..models.local import DEFAULT_TARGETS, LocalModel
 from ..models.store import ADAPTER_FORMAT, load_safetensors, save_safetensors
-from ..models.train import TrainSettings, dihedral, train
+from ..models.train import TrainSettings, check_mixed_precision, dihedral, train
 from ._central import resolve_central
 from ._inputs import check_patches
 from ._pretrain import check_output_dir
@@ -46,7 +46,9 @@ def expression_info(adata: AnnData, expr_key: str) -> tuple[np.ndarray, list[str
     if expr.ndim != 2 or expr.shape[1] != len(genes):
         raise ValueError(f"`obsm[{expr_key!r}]` has shape {expr.shape}, expected (n_obs, {len(genes)}).")
     if not np.isfinite(expr).all():
-        raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or Inf; fix the counts and re-run `prepare_expression`.")
+        raise ValueError(
+            f"`obsm[{expr_key!r}]` contains NaN or Inf; fix the counts and re-run `prepare_expression`."
+        )
     return expr, genes, dict(record)
 
 
@@ -145,6 +147,7 @@ def adapt(
     if cond_dropout >= 1:
         raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}.")
     seed = check_seed(seed)
+    mixed_precision = check_mixed_precision(mixed_precision, device)
     if adata.n_obs == 0:
         raise ValueError("`adata` has zero spots; adaptation needs at least one paired image–gene spot.")
     patches = check_patches(
@@ -163,13 +166,24 @@ def adapt(
     if n < batch_size:
         logger.warning("adapt: %d spots < batch_size=%d; using batch_size=%d", n, batch_size, n)
         batch_size = n
-    local = LocalModel(model_c, genes, rank=rank, hidden=hidden, cond_dropout=cond_dropout,
-                       target_modules=target_modules, seed=seed)
+    local = LocalModel(
+        model_c,
+        genes,
+        rank=rank,
+        hidden=hidden,
+        cond_dropout=cond_dropout,
+        target_modules=target_modules,
+        seed=seed,
+    )
     local.encoder.set_statistics(expr)
     data_t = patches_to_tensor(patches)
     if model_c.vae is not None:
-        data_t = torch.cat([local.central.encode(to_model_input(data_t[i : i + 64], model_c.device))
-                            for i in range(0, n, 64)]).cpu()
+        data_t = torch.cat(
+            [
+                local.central.encode(to_model_input(data_t[i : i + 64], model_c.device))
+                for i in range(0, n, 64)
+            ]
+        ).cpu()
     expr_t = torch.from_numpy(expr)
     scheduler = local.central.noise_scheduler
 
@@ -182,16 +196,41 @@ def adapt(
         return denoising_loss(m, scheduler, x, gen, condition=(expr_t[idx].to(dev), drop.to(dev)))
 
     params = {
-        "expr_key": expr_key, "patch_key": patch_key, "n_steps": n_steps, "rank": rank, "lr": lr,
-        "batch_size": batch_size, "cond_dropout": cond_dropout, "hidden": hidden, "target_modules": target_modules,
-        "ema": bool(ema), "mixed_precision": mixed_precision, "key_added": key_added,
+        "expr_key": expr_key,
+        "patch_key": patch_key,
+        "n_steps": n_steps,
+        "rank": rank,
+        "lr": lr,
+        "batch_size": batch_size,
+        "cond_dropout": cond_dropout,
+        "hidden": hidden,
+        "target_modules": target_modules,
+        "ema": bool(ema),
+        "mixed_precision": mixed_precision,
+        "key_added": key_added,
     }
-    fingerprint = {**params, "function": "adapt", "seed": seed, "n_spots": n, "central": local.central_sha256,
-                   "genes": genes}
+    fingerprint = {
+        **params,
+        "function": "adapt",
+        "seed": seed,
+        "n_spots": n,
+        "central": local.central_sha256,
+        "genes": genes,
+    }
     fingerprint.pop("n_steps")
     settings = TrainSettings(
-        n_steps=n_steps, batch_size=batch_size, lr=lr, ema=ema, mixed_precision=mixed_precision, seed=seed,
-        output_dir=out, resume=resume, progress=progress, desc="adapt", device=device, fingerprint=fingerprint,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema=ema,
+        mixed_precision=mixed_precision,
+        seed=seed,
+        output_dir=out,
+        resume=resume,
+        progress=progress,
+        desc="adapt",
+        device=device,
+        fingerprint=fingerprint,
     )
     result = train(local, loss_fn, settings)
     local.eval()
@@ -207,16 +246,24 @@ def adapt(
         "central_file_sha256": str(model_c.sha256 or ""),
         "expr_key": expr_key,
         "patch_key": patch_key,
-        "expr": json.dumps(to_jsonable({k: v for k, v in expr_record.items() if k != "genes"}), sort_keys=True),
+        "expr": json.dumps(
+            to_jsonable({k: v for k, v in expr_record.items() if k != "genes"}), sort_keys=True
+        ),
         "summary": json.dumps(to_jsonable(summary), sort_keys=True),
         "sha256": local.adapter_sha256(),
     }
     c2lst_uns(adata, "local")[key_added] = entry
     record_lineage(
-        adata, function="c2lst.tl.adapt", parameters=params, seed=seed, input_table=None,
+        adata,
+        function="c2lst.tl.adapt",
+        parameters=params,
+        seed=seed,
+        input_table=None,
         model_sha256={"central": local.central_sha256, "adapter": entry["sha256"]},
     )
-    logger.info("adapt: %d trainable parameters (%.2f%% of the UNet)", summary["trainable"], 100 * summary["ratio"])
+    logger.info(
+        "adapt: %d trainable parameters (%.2f%% of the UNet)", summary["trainable"], 100 * summary["ratio"]
+    )
     return adata if copy else None
 
 
@@ -233,12 +280,12 @@ def _central_path(central: Any, adata: AnnData, model) -> str:
     return ""
 
 
-def get_adapter(adata: AnnData, key: str) -> dict:
+def get_adapter(adata: AnnData, key: str, arg: str = "adapter_key") -> dict:
     """Return the adapter record ``uns["c2lst"]["local"][key]`` or raise a :class:`KeyError` listing the keys."""
     registry = adata.uns.get(UNS_KEY, {}).get("local", {})
     if key not in registry:
         raise KeyError(
-            f"`adapter_key={key!r}` is not in `uns['c2lst']['local']` (keys: {sorted(registry)}); run "
+            f"`{arg}={key!r}` is not in `uns['c2lst']['local']` (keys: {sorted(registry)}); run "
             "`c2lst.tl.adapt` or `c2lst.tl.load_adapter` first."
         )
     return registry[key]
@@ -267,7 +314,7 @@ def export_adapter(adata: AnnData, path: str | os.PathLike, *, key: str = "c2lst
     -------
     The path written. Weights are tensors; gene list, configuration and provenance are JSON metadata.
     """
-    record = get_adapter(adata, key)
+    record = get_adapter(adata, key, arg="key")
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"`path={str(path)!r}` must end in '.safetensors'.")
@@ -300,7 +347,9 @@ def load_adapter(
     from ..models.store import sha256_tensors
 
     if not overwrite and key_added in adata.uns.get(UNS_KEY, {}).get("local", {}):
-        raise ValueError(f"`key_added={key_added!r}` already holds an adapter; pass `overwrite=True` to replace it.")
+        raise ValueError(
+            f"`key_added={key_added!r}` already holds an adapter; pass `overwrite=True` to replace it."
+        )
     tensors = load_safetensors(path)
     with safe_open(str(path), framework="pt") as fh:
         meta = dict(fh.metadata() or {})
@@ -308,7 +357,9 @@ def load_adapter(
         raise ValueError(f"`path={str(path)!r}` is not a c2lst adapter (format {meta.get('format')!r}).")
     weights = {k: v.numpy() for k, v in tensors.items()}
     if sha256_tensors(weights) != meta.get("sha256"):
-        raise ValueError(f"`path={str(path)!r}`: adapter weights do not match their recorded sha256 (corrupted?).")
+        raise ValueError(
+            f"`path={str(path)!r}`: adapter weights do not match their recorded sha256 (corrupted?)."
+        )
     record = dict(meta)
     record["weights"] = weights
     record["genes"] = np.asarray(json.loads(meta["genes"]), dtype=object)

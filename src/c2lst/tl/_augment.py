@@ -51,8 +51,11 @@ def concat_augmented(
     missing = [g for g in genes if g not in real.var_names]
     if missing:
         raise KeyError(f"the real table `real_key={real_key!r}` lacks synthetic genes {missing[:10]}.")
-    r = AnnData(X=real[:, genes].X.copy(), obs=pd.DataFrame(index=real.obs_names.copy()),
-                var=pd.DataFrame(index=genes))
+    r = AnnData(
+        X=real[:, genes].X.copy(),
+        obs=pd.DataFrame(index=real.obs_names.copy()),
+        var=pd.DataFrame(index=genes),
+    )
     s = AnnData(X=syn.X.copy(), obs=pd.DataFrame(index=syn.obs_names.copy()), var=pd.DataFrame(index=genes))
     r.obs["c2lst_synthetic"] = False
     r.obs["c2lst_parent"] = np.asarray(real.obs_names, dtype=str)
@@ -70,8 +73,14 @@ def concat_augmented(
         s.obsm["spatial"] = pos.reindex(s.obs["c2lst_parent"]).to_numpy()
     both = ad.concat([r, s], join="inner", merge="same")
     both.obs["c2lst_synthetic"] = both.obs["c2lst_synthetic"].astype(bool)
-    both.uns["c2lst"] = {"augmented": {"real_key": real_key, "synthetic_key": synthetic_key,
-                                       "n_real": int(r.n_obs), "n_synthetic": int(s.n_obs)}}
+    both.uns["c2lst"] = {
+        "augmented": {
+            "real_key": real_key,
+            "synthetic_key": synthetic_key,
+            "n_real": int(r.n_obs),
+            "n_synthetic": int(s.n_obs),
+        }
+    }
     expr = syn.uns.get("c2lst", {}).get("expr")
     if expr:
         both.uns["c2lst"]["expr"] = dict(expr)

@@ -1,4 +1,4 @@
-"""``tl.budget_curve`` / ``tl.plan_budget``: how many real spots does synthesis save?"""
+"""``tl.budget_curve`` and ``tl.plan_budget``: how many real spots does synthesis save."""
 
 from __future__ import annotations
 
@@ -143,7 +143,9 @@ def budget_curve(
     seed = check_seed(seed)
     require_obsm(table, patch_key, "patch_key", "run `c2lst.pp.extract_patches` first.")
     require_obsm(table, expr_key, "expr_key", "run `c2lst.pp.prepare_expression` first.")
-    coords = require_obsm(table, "spatial", "obsm key", "the table needs spot coordinates in obsm['spatial'].")
+    coords = require_obsm(
+        table, "spatial", "obsm key", "the table needs spot coordinates in obsm['spatial']."
+    )
     from spatialdata import SpatialData
 
     from ._central import resolve_central
@@ -178,24 +180,46 @@ def budget_curve(
         real.obs["c2lst_synthetic"] = False
         adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False, **a_kw)
         sd = SpatialData(tables={"train": real})
-        synthesize(sd, table_key="train", central=model, n_per_condition=synthetic_per_spot, seed=rseed,
-                   patch_key=patch_key,
-                   table_added="syn", progress=False, **s_kw)
+        synthesize(
+            sd,
+            table_key="train",
+            central=model,
+            n_per_condition=synthetic_per_spot,
+            seed=rseed,
+            patch_key=patch_key,
+            table_added="syn",
+            progress=False,
+            **s_kw,
+        )
         syn = sd.tables["syn"]
         for cond, tables in (("real", [real]), ("real+synthetic", [real, syn])):
-            pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False, **p_kw)
+            pred = fit_predictor(
+                tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False, **p_kw
+            )
             ev = held.copy()
             predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key)
             evaluate_prediction(ev, expr_key=expr_key, spatial=True)
             rec = ev.uns["c2lst"]["evaluation"]["c2lst_pred"]
-            rows.append({
-                "fraction": f, "repeat": r, "condition": cond, "n_real": int(n_real),
-                "n_synthetic": int(syn.n_obs) if cond != "real" else 0, "n_test": int(test.sum()),
-                "pearson_r": float(rec["mean_pearson_r"]), "mse": float(rec["mean_mse"]),
-                "moran_difference": float(rec.get("mean_abs_moran_difference", math.nan)),
-            })
-        logger.info("budget: fraction %.2f repeat %d: real r=%.3f, +synthetic r=%.3f", f, r,
-                    rows[-2]["pearson_r"], rows[-1]["pearson_r"])
+            rows.append(
+                {
+                    "fraction": f,
+                    "repeat": r,
+                    "condition": cond,
+                    "n_real": int(n_real),
+                    "n_synthetic": int(syn.n_obs) if cond != "real" else 0,
+                    "n_test": int(test.sum()),
+                    "pearson_r": float(rec["mean_pearson_r"]),
+                    "mse": float(rec["mean_mse"]),
+                    "moran_difference": float(rec.get("mean_abs_moran_difference", math.nan)),
+                }
+            )
+        logger.info(
+            "budget: fraction %.2f repeat %d: real r=%.3f, +synthetic r=%.3f",
+            f,
+            r,
+            rows[-2]["pearson_r"],
+            rows[-1]["pearson_r"],
+        )
     return pd.DataFrame(rows)
 
 
@@ -223,13 +247,23 @@ def plan_budget(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float = 0
         raise ValueError(f"`ci={ci}` must be in (0, 1).")
     ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)][metric].to_numpy()
     if len(ref) == 0:
-        raise ValueError("`curve` has no all-real result (fraction 1.0, condition 'real'); include 1.0 in `fractions`.")
+        raise ValueError(
+            "`curve` has no all-real result (fraction 1.0, condition 'real'); include 1.0 in `fractions`."
+        )
     mean, low, high = _mean_ci(ref, ci)
     rows = []
     for (cond, frac), grp in curve.groupby(["condition", "fraction"], sort=True):
         m, lo, hi = _mean_ci(grp[metric].to_numpy(), ci)
-        rows.append({"condition": cond, "fraction": float(frac), "mean": m, "ci_low": lo, "ci_high": hi,
-                     "n": int(len(grp))})
+        rows.append(
+            {
+                "condition": cond,
+                "fraction": float(frac),
+                "mean": m,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": len(grp),
+            }
+        )
     table = pd.DataFrame(rows)
     aug = table[table["condition"] == "real+synthetic"].sort_values("fraction")
     ok = aug[aug["mean"] >= low]

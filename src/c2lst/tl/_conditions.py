@@ -26,7 +26,9 @@ class Conditions:
 def _check_finite(expr: np.ndarray, what: str) -> None:
     if not np.isfinite(expr).all():
         bad = np.where(~np.isfinite(expr).all(1))[0][:5].tolist()
-        raise ValueError(f"`conditions` ({what}) contains NaN or Inf (rows {bad}…); remove or impute those profiles.")
+        raise ValueError(
+            f"`conditions` ({what}) contains NaN or Inf (rows {bad}…); remove or impute those profiles."
+        )
 
 
 def _to_counts(expr: np.ndarray, params: dict) -> np.ndarray:
@@ -74,7 +76,10 @@ def resolve_conditions(
     if isinstance(conditions, AnnData):
         if conditions.n_obs == 0:
             raise ValueError("`conditions` is an empty AnnData; pass at least one expression profile.")
-        return _from_table(conditions, genes, params, expr_key, "anndata")
+        try:
+            return _from_table(conditions, genes, params, expr_key, "anndata")
+        except ValueError as err:
+            raise ValueError(f"`conditions` (AnnData): {err}") from None
     if isinstance(conditions, pd.DataFrame):
         missing = [g for g in genes if g not in conditions.columns]
         if missing:
@@ -86,7 +91,9 @@ def resolve_conditions(
         if expr.shape[0] == 0:
             raise ValueError("`conditions` has no rows; pass at least one expression profile.")
         _check_finite(expr, "dataframe")
-        return Conditions(expr, _to_counts(expr, params), np.asarray(conditions.index, dtype=str), "dataframe")
+        return Conditions(
+            expr, _to_counts(expr, params), np.asarray(conditions.index, dtype=str), "dataframe"
+        )
     if isinstance(conditions, np.ndarray | list):
         expr = np.asarray(conditions, dtype=np.float32)
         if expr.ndim != 2 or expr.shape[1] != len(genes) or expr.shape[0] == 0:

@@ -52,7 +52,9 @@ def collect_patches(data: Any, patch_key: str) -> tuple[np.ndarray, list[AnnData
     """
     items = list(data) if isinstance(data, Sequence) and not isinstance(data, str | np.ndarray) else [data]
     if not items:
-        raise ValueError("`data` is empty; pass patches, an AnnData/SpatialData with patches, or a list of them.")
+        raise ValueError(
+            "`data` is empty; pass patches, an AnnData/SpatialData with patches, or a list of them."
+        )
     arrays, tables, names = [], [], []
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray):
@@ -65,7 +67,9 @@ def collect_patches(data: Any, patch_key: str) -> tuple[np.ndarray, list[AnnData
                     f"`patch_key={patch_key!r}` is not in `obsm` of table {name!r} (keys: {sorted(table.obsm)}); "
                     "run `c2lst.pp.extract_patches` first."
                 )
-            arrays.append(check_patches(np.asarray(table.obsm[patch_key]), f"obsm[{patch_key!r}] of {name!r}"))
+            arrays.append(
+                check_patches(np.asarray(table.obsm[patch_key]), f"obsm[{patch_key!r}] of {name!r}")
+            )
             tables.append(table)
             names.append(name)
     sizes = sorted({a.shape[1] for a in arrays})

@@ -25,7 +25,7 @@ from ..models.central import (
     preset_config,
     to_model_input,
 )
-from ..models.train import TrainSettings, train
+from ..models.train import TrainSettings, check_mixed_precision, train
 from ._inputs import collect_patches
 
 
@@ -130,6 +130,7 @@ def pretrain(
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive_float(lr, "lr")
     seed = check_seed(seed)
+    mixed_precision = check_mixed_precision(mixed_precision, device)
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"`config` must be a dict of preset overrides, got {type(config).__name__}.")
     patches, tables, names = collect_patches(data, patch_key)
@@ -146,7 +147,7 @@ def pretrain(
     if size % (2**levels):
         raise ValueError(f"patch size {size} must be divisible by {2**levels} for preset {preset!r}.")
     out = check_output_dir(output_dir)
-    model = CentralModel.from_preset(preset, vae=vae, seed=seed, **{k: v for k, v in overrides.items()})
+    model = CentralModel.from_preset(preset, vae=vae, seed=seed, **overrides)
     data_t = patches_to_tensor(patches)
     if vae is not None:
         data_t = _encode_all(model, data_t)
@@ -201,7 +202,10 @@ def pretrain(
 
 
 def _encode_all(model: CentralModel, data_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    chunks = [model.encode(to_model_input(data_u8[i : i + batch], model.device)) for i in range(0, len(data_u8), batch)]
+    chunks = [
+        model.encode(to_model_input(data_u8[i : i + batch], model.device))
+        for i in range(0, len(data_u8), batch)
+    ]
     return torch.cat(chunks).cpu()
 
 
@@ -226,4 +230,3 @@ def _register(tables, model: CentralModel, out: Path | None, sha: str | None, ke
             input_table=None,
             model_sha256={"central": sha or ""},
         )
-

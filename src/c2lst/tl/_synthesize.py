@@ -129,7 +129,11 @@ def synthesize(
     conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key)
     model_c = _central_for(central, record, table, verify)
     local = load_local_model(record, model_c)
-    dev = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else model_c.device)
+    dev = (
+        torch.device(device)
+        if device
+        else (torch.device("cuda") if torch.cuda.is_available() else model_c.device)
+    )
     local.to(dev)
 
     m = conds.expr.shape[0]
@@ -140,8 +144,14 @@ def synthesize(
         emb = local.condition(torch.from_numpy(conds.expr[cond_idx]))
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     patches = local.central.sample(
-        n, steps=steps, scheduler=scheduler, condition=emb, guidance_scale=guidance_scale, generator=gens,
-        batch_size=batch_size, progress=progress,
+        n,
+        steps=steps,
+        scheduler=scheduler,
+        condition=emb,
+        guidance_scale=guidance_scale,
+        generator=gens,
+        batch_size=batch_size,
+        progress=progress,
     )
     run_id = new_run_id()
     obs = pd.DataFrame(
@@ -159,14 +169,27 @@ def synthesize(
     new.obsm[expr_key] = conds.expr[cond_idx].astype(np.float32)
     new.uns["c2lst"] = {"expr": {expr_key: {**_expr_record(expr_params, genes)}}}
     params = {
-        "table_key": table_key, "adapter_key": adapter_key, "n_per_condition": n_per_condition,
-        "guidance_scale": guidance_scale, "steps": steps, "scheduler": scheduler, "batch_size": batch_size,
-        "table_added": table_added, "patch_key": patch_key, "conditions": conds.source, "n_conditions": m,
+        "table_key": table_key,
+        "adapter_key": adapter_key,
+        "n_per_condition": n_per_condition,
+        "guidance_scale": guidance_scale,
+        "steps": steps,
+        "scheduler": scheduler,
+        "batch_size": batch_size,
+        "table_added": table_added,
+        "patch_key": patch_key,
+        "conditions": conds.source,
+        "n_conditions": m,
         "verify": verify,
     }
     record_lineage(
-        new, function="c2lst.tl.synthesize", parameters=params, seed=seed, input_table=table_key,
-        model_sha256={"central": str(record["central_sha256"]), "adapter": str(record["sha256"])}, run_id=run_id,
+        new,
+        function="c2lst.tl.synthesize",
+        parameters=params,
+        seed=seed,
+        input_table=table_key,
+        model_sha256={"central": str(record["central_sha256"]), "adapter": str(record["sha256"])},
+        run_id=run_id,
     )
     elements = build_elements(patches, new, name=table_added, coordinate_system=table_added)
     add_elements(sdata, elements, overwrite=overwrite)
