@@ -2,13 +2,16 @@
 
 from ._adapt import adapt, export_adapter, load_adapter
 from ._augment import concat_augmented
+from ._budget import budget_curve, plan_budget
+from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._fidelity import evaluate_composition, evaluate_fidelity
-from ._predict import evaluate_prediction, fit_predictor, predict_expression, prediction_metrics
+from ._predict import fit_predictor, predict_expression
 from ._pretrain import pretrain
 from ._synthesize import synthesize
 
 __all__: list[str] = [
     "adapt",
+    "budget_curve",
     "concat_augmented",
     "evaluate_composition",
     "evaluate_fidelity",
@@ -16,6 +19,7 @@ __all__: list[str] = [
     "export_adapter",
     "fit_predictor",
     "load_adapter",
+    "plan_budget",
     "predict_expression",
     "prediction_metrics",
     "pretrain",

@@ -1,0 +1,401 @@
+"""Offline patch features: morphometric (nuclei, colour, texture) or the output of any torch module.
+
+The morphometric feature space needs no download. For each RGB patch (uint8, ``(S, S, 3)``) it records
+
+* **nuclei** (6): hematoxylin is separated by colour deconvolution (:func:`skimage.color.rgb2hed`), smoothed
+  (Gaussian, ``sigma`` px), thresholded (Otsu over the pooled pixels of the reference set unless a threshold is
+  given), cleaned of objects smaller than ``min_area`` px, split by a distance-transform watershed and
+  measured like :func:`skimage.measure.regionprops` (see :func:`segment_nuclei`): ``n_nuclei``, ``nuclei_area_mean``,
+  ``nuclei_area_std``, ``nuclei_eccentricity_mean``, ``nuclei_hematoxylin_mean`` (mean hematoxylin optical
+  density inside nuclei) and ``nuclei_area_fraction``. Statistics of a patch without nuclei are 0.
+* **colour** (12): per-channel mean and standard deviation in RGB (scaled to [0, 1]) and in HED.
+* **texture** (3): grey-level co-occurrence contrast and homogeneity (16 grey levels, distance 1, averaged
+  over 0° and 90°; identical to :func:`skimage.feature.graycoprops` on the symmetric normalised matrix) and
+  the mean squared Sobel gradient magnitude of the grey image.
+
+All patches of a call are processed as one mosaic (patches stacked with a background row between them), so
+labelling and watershed are single library calls and region statistics one vectorised pass: 1000 patches of
+64 px take about two seconds on one CPU core.
+
+Distances between feature sets (FID, KID) live in :mod:`c2lst.models.distances`. This module is engine
+code: numpy, scipy, scikit-image and torch only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage import color, filters, morphology, segmentation
+
+NUCLEI_FEATURES: tuple[str, ...] = (
+    "n_nuclei",
+    "nuclei_area_mean",
+    "nuclei_area_std",
+    "nuclei_eccentricity_mean",
+    "nuclei_hematoxylin_mean",
+    "nuclei_area_fraction",
+)
+COLOUR_FEATURES: tuple[str, ...] = tuple(
+    f"{space}_{ch}_{stat}"
+    for space, chans in (("rgb", "rgb"), ("hed", "hed"))
+    for ch in chans
+    for stat in ("mean", "std")
+)
+TEXTURE_FEATURES: tuple[str, ...] = ("glcm_contrast", "glcm_homogeneity", "gradient_energy")
+MORPHOMETRIC_FEATURE_NAMES: tuple[str, ...] = NUCLEI_FEATURES + COLOUR_FEATURES + TEXTURE_FEATURES
+"""Names of the columns returned by :func:`morphometric_features`, in order."""
+
+_GLCM_LEVELS = 16
+
+
+def check_patches(patches: Any, name: str = "patches", *, min_n: int = 1) -> np.ndarray:
+    """Return ``patches`` as a uint8 array ``(n, S, S, 3)`` or raise naming ``name``."""
+    if not isinstance(patches, np.ndarray):
+        # dask / zarr / array-likes: materialise once
+        patches = np.asarray(patches)
+    if patches.dtype != np.uint8:
+        raise TypeError(
+            f"`{name}` must be a uint8 RGB array of shape (n, S, S, 3), got dtype {patches.dtype}; "
+            "patches from `c2lst.pp.extract_patches` are uint8."
+        )
+    if patches.ndim != 4 or patches.shape[-1] != 3 or patches.shape[1] != patches.shape[2]:
+        raise ValueError(f"`{name}` must have shape (n, S, S, 3), got {patches.shape}.")
+    if patches.shape[0] < min_n:
+        raise ValueError(f"`{name}` needs at least {min_n} patch(es), got {patches.shape[0]}.")
+    return patches
+
+
+def hematoxylin(patches: np.ndarray) -> np.ndarray:
+    """Return the hematoxylin optical density of uint8 RGB patches, shape ``(n, S, S)``.
+
+    Parameters
+    ----------
+    patches
+        uint8 array ``(n, S, S, 3)``.
+
+    Returns
+    -------
+    float array ``(n, S, S)`` from :func:`skimage.color.rgb2hed`.
+
+    Examples
+    --------
+    >>> h = hematoxylin(np.full((1, 8, 8, 3), 255, np.uint8))
+    >>> float(h.max()) < 1e-6
+    True
+    """
+    patches = check_patches(patches)
+    return color.rgb2hed(patches)[..., 0]
+
+
+def hematoxylin_threshold(patches: np.ndarray, *, sigma: float = 1.0) -> float:
+    """Return the Otsu threshold of the smoothed hematoxylin channel pooled over ``patches``.
+
+    Compute it once on a reference set (the real patches) and pass it as ``threshold=`` to
+    :func:`morphometric_features` for every set you compare, so that all sets share one nuclei definition.
+
+    Parameters
+    ----------
+    patches
+        uint8 array ``(n, S, S, 3)``.
+    sigma
+        Gaussian smoothing (pixels) applied before thresholding.
+
+    Returns
+    -------
+    The threshold in hematoxylin optical-density units.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> t = hematoxylin_threshold(rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    >>> isinstance(t, float)
+    True
+    """
+    return _otsu(_smooth(hematoxylin(patches), sigma))
+
+
+def _otsu(hs: np.ndarray) -> float:
+    if np.ptp(hs) == 0:
+        return float(hs.flat[0])
+    return float(filters.threshold_otsu(hs))
+
+
+def _smooth(h: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(h, sigma=(0, sigma, sigma), mode="nearest") if sigma > 0 else h
+
+
+def _mosaic(stack: np.ndarray) -> np.ndarray:
+    """Stack ``(n, S, S)`` into ``(n * (S + 1), S)`` with a zero row after each patch."""
+    n, s, w = stack.shape
+    return np.pad(stack, ((0, 0), (0, 1), (0, 0))).reshape(n * (s + 1), w)
+
+
+def segment_nuclei(
+    patches: np.ndarray, *, threshold: float | None = None, sigma: float = 1.0, min_area: int = 4
+) -> dict[str, np.ndarray]:
+    """Segment nuclei in every patch and measure them.
+
+    The smoothed hematoxylin channel is thresholded, objects below ``min_area`` px are dropped, touching nuclei
+    are split by a watershed on the distance transform (markers: :func:`skimage.morphology.h_maxima`, h = 1 px),
+    and each nucleus is measured. The measurements equal those of :func:`skimage.measure.regionprops`
+    (``area``, ``eccentricity``, ``intensity_mean`` on the hematoxylin image) but are computed for all nuclei
+    at once from pixel moments, which is ~100x faster than per-region properties.
+
+    Parameters
+    ----------
+    patches
+        uint8 array ``(n, S, S, 3)``.
+    threshold
+        Hematoxylin threshold; ``None`` uses :func:`hematoxylin_threshold` of ``patches``.
+    sigma
+        Gaussian smoothing (pixels) of the hematoxylin channel before thresholding.
+    min_area
+        Objects smaller than this many pixels are discarded.
+
+    Returns
+    -------
+    dict with one entry per nucleus in ``patch`` (index of its patch), ``area``, ``eccentricity``,
+    ``intensity_mean``, and the scalar ``threshold`` used (0-d array).
+
+    Examples
+    --------
+    >>> nuc = segment_nuclei(np.full((2, 16, 16, 3), 255, np.uint8), threshold=0.05)
+    >>> nuc["patch"].size
+    0
+    """
+    patches = check_patches(patches)
+    return _segment(color.rgb2hed(patches)[..., 0], threshold, sigma, min_area)
+
+
+def _segment(h: np.ndarray, threshold: float | None, sigma: float, min_area: int) -> dict[str, np.ndarray]:
+    labels, mosaic_h, thr = _label_nuclei(h, threshold, sigma, min_area)
+    return _region_stats(labels, mosaic_h, h.shape[1], thr)
+
+
+def _label_nuclei(
+    h: np.ndarray, threshold: float | None, sigma: float, min_area: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Label nuclei of a hematoxylin stack ``(n, S, S)`` on its mosaic; return labels, mosaic and threshold."""
+    hs = _smooth(h, sigma)
+    thr = _otsu(hs) if threshold is None else float(threshold)
+    mask = _mosaic(hs > thr)
+    cc, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    small = np.bincount(cc.ravel()) < min_area
+    small[0] = True
+    mask &= ~small[cc]
+    dist = ndimage.distance_transform_edt(mask)
+    # one marker per regional maximum of the distance map deeper than 1 px (merges ridge plateaus)
+    markers, n_markers = ndimage.label(morphology.h_maxima(dist, 1.0), structure=np.ones((3, 3), bool))
+    labels = segmentation.watershed(-dist, markers, mask=mask)
+    orphan = mask & (labels == 0)  # components without a marker keep their own label
+    if orphan.any():
+        extra, _ = ndimage.label(orphan, structure=np.ones((3, 3), bool))
+        labels[orphan] = extra[orphan] + n_markers
+    return labels, _mosaic(h), thr
+
+
+def _region_stats(labels: np.ndarray, intensity: np.ndarray, s: int, thr: float) -> dict[str, np.ndarray]:
+    """Area, eccentricity (regionprops definition) and mean intensity of every label, plus its patch."""
+    lab = labels.ravel()
+    keep = lab > 0
+    lab = lab[keep]
+    rows, cols = np.divmod(np.flatnonzero(keep), labels.shape[1])
+    rows = rows.astype(np.float64)
+    cols = cols.astype(np.float64)
+    n_lab = int(labels.max()) + 1
+
+    def total(w=None):
+        return np.bincount(lab, weights=w, minlength=n_lab)[1:]
+
+    area = total()
+    present = area > 0
+    safe_area = np.maximum(area, 1.0)
+    # two passes (centroid, then central moments) avoid cancellation at large mosaic row numbers
+    mr_all, mc_all = total(rows) / safe_area, total(cols) / safe_area
+    dr = rows - mr_all[lab - 1]
+    dc = cols - mc_all[lab - 1]
+    vr = (total(dr**2) / safe_area)[present]
+    vc = (total(dc**2) / safe_area)[present]
+    cv = (total(dr * dc) / safe_area)[present]
+    mr = mr_all[present]
+    area = area[present]
+
+    def mean(w):
+        return total(w)[present] / area
+
+    half = np.sqrt(((vr - vc) / 2.0) ** 2 + cv**2)
+    l1 = (vr + vc) / 2.0 + half
+    l2 = np.maximum((vr + vc) / 2.0 - half, 0.0)
+    ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / np.where(l1 > 0, l1, 1.0), 0.0, 1.0)), 0.0)
+    return {
+        "patch": (np.floor(mr).astype(np.int64) // (s + 1)),
+        "area": area,
+        "eccentricity": ecc,
+        "intensity_mean": mean(intensity.ravel()[keep].astype(np.float64)),
+        "threshold": np.asarray(thr),
+    }
+
+
+def _nuclei_features(h: np.ndarray, threshold: float | None, sigma: float, min_area: int) -> np.ndarray:
+    n, s = h.shape[:2]
+    nuc = _segment(h, threshold, sigma, min_area)
+    idx = nuc["patch"]
+    count = np.bincount(idx, minlength=n).astype(np.float64)
+    safe = np.maximum(count, 1.0)
+    area_sum = np.bincount(idx, weights=nuc["area"], minlength=n)
+    area_mean = area_sum / safe
+    area_sq = np.bincount(idx, weights=nuc["area"] ** 2, minlength=n) / safe
+    area_std = np.sqrt(np.maximum(area_sq - area_mean**2, 0.0))
+    ecc = np.bincount(idx, weights=nuc["eccentricity"], minlength=n) / safe
+    # hematoxylin mean over all nuclear pixels (area-weighted mean of the per-nucleus means)
+    h_sum = np.bincount(idx, weights=nuc["intensity_mean"] * nuc["area"], minlength=n)
+    h_mean = h_sum / np.maximum(area_sum, 1.0)
+    frac = area_sum / (s * s)
+    return np.stack([count, area_mean, area_std, ecc, h_mean, frac], axis=1)
+
+
+def _colour_features(patches: np.ndarray, hed: np.ndarray) -> np.ndarray:
+    cols = []
+    for img in (patches.astype(np.float32) / 255.0, hed.astype(np.float32)):
+        mean = img.mean(axis=(1, 2), dtype=np.float64)
+        std = img.std(axis=(1, 2), dtype=np.float64)
+        cols.append(np.stack([mean, std], axis=2).reshape(len(patches), 6))
+    return np.concatenate(cols, axis=1).astype(np.float64)
+
+
+def _texture_features(patches: np.ndarray) -> np.ndarray:
+    grey = color.rgb2gray(patches)  # float in [0, 1], shape (n, S, S)
+    q = np.minimum((grey * _GLCM_LEVELS).astype(np.int16), _GLCM_LEVELS - 1)
+    d2 = [
+        ((q[:, :, 1:] - q[:, :, :-1]) ** 2).reshape(len(q), -1).astype(np.float64),  # 0°
+        ((q[:, 1:, :] - q[:, :-1, :]) ** 2).reshape(len(q), -1).astype(np.float64),  # 90°
+    ]
+    contrast = np.mean([d.mean(axis=1) for d in d2], axis=0)
+    homogeneity = np.mean([(1.0 / (1.0 + d)).mean(axis=1) for d in d2], axis=0)
+    gx = ndimage.sobel(grey, axis=1, mode="nearest")
+    gy = ndimage.sobel(grey, axis=2, mode="nearest")
+    energy = (gx**2 + gy**2).mean(axis=(1, 2))
+    return np.stack([contrast, homogeneity, energy], axis=1)
+
+
+def morphometric_features(
+    patches: np.ndarray,
+    *,
+    threshold: float | None = None,
+    sigma: float = 1.0,
+    min_area: int = 4,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Compute the offline morphometric features of RGB patches.
+
+    Parameters
+    ----------
+    patches
+        uint8 array ``(n, S, S, 3)``.
+    threshold
+        Hematoxylin threshold for nuclei; ``None`` uses :func:`hematoxylin_threshold` of ``patches``. Pass the
+        threshold of a reference set to compare several sets in one feature space.
+    sigma
+        Gaussian smoothing (pixels) of the hematoxylin channel before thresholding.
+    min_area
+        Nuclei smaller than this many pixels are discarded.
+    batch_size
+        Patches segmented per mosaic (bounds memory).
+
+    Returns
+    -------
+    float64 array ``(n, 21)``; columns are :data:`MORPHOMETRIC_FEATURE_NAMES`.
+
+    Examples
+    --------
+    >>> x = morphometric_features(np.full((3, 32, 32, 3), 230, np.uint8), threshold=0.05)
+    >>> x.shape, float(x[0, 0])
+    ((3, 21), 0.0)
+    """
+    patches = check_patches(patches)
+    hed_all = None
+    if threshold is None:
+        if len(patches) <= batch_size:
+            hed_all = color.rgb2hed(patches)
+            threshold = _otsu(_smooth(hed_all[..., 0], sigma))
+        else:
+            threshold = hematoxylin_threshold(patches, sigma=sigma)
+    out = np.empty((len(patches), len(MORPHOMETRIC_FEATURE_NAMES)), dtype=np.float64)
+    for start in range(0, len(patches), batch_size):
+        chunk = patches[start : start + batch_size]
+        hed = hed_all if hed_all is not None else color.rgb2hed(chunk)
+        out[start : start + len(chunk)] = np.concatenate(
+            [
+                _nuclei_features(hed[..., 0], threshold, sigma, min_area),
+                _colour_features(chunk, hed),
+                _texture_features(chunk),
+            ],
+            axis=1,
+        )
+    return out
+
+
+def torch_features(
+    patches: np.ndarray, module: Any, *, batch_size: int = 64, device: str | None = None
+) -> np.ndarray:
+    """Embed patches with a user torch module mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``.
+
+    The module is run in eval mode without gradients; wrap any normalisation it expects (e.g. ImageNet mean
+    and std) into the module itself.
+
+    Parameters
+    ----------
+    patches
+        uint8 array ``(n, S, S, 3)``.
+    module
+        A :class:`torch.nn.Module`.
+    batch_size
+        Patches per forward pass.
+    device
+        Torch device; ``None`` uses the module's device.
+
+    Returns
+    -------
+    float64 array ``(n, D)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    >>> torch_features(np.zeros((2, 8, 8, 3), np.uint8), m).shape
+    (2, 4)
+    """
+    import torch
+
+    patches = check_patches(patches)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"the feature extractor must be a torch.nn.Module, got {type(module).__name__}.")
+    if device is None:
+        param = next(iter(module.parameters()), None) if not _has_lazy(module) else None
+        device = param.device if param is not None else "cpu"
+    was_training = module.training
+    module.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(patches), batch_size):
+                x = torch.from_numpy(patches[start : start + batch_size]).to(device)
+                x = x.permute(0, 3, 1, 2).float().div_(255.0)
+                y = module(x)
+                if y.ndim != 2 or y.shape[0] != x.shape[0]:
+                    raise ValueError(
+                        f"the feature extractor must return (B, D) features, got shape {tuple(y.shape)} for a "
+                        f"batch of {x.shape[0]}; add pooling/flatten to the module."
+                    )
+                out.append(y.detach().double().cpu().numpy())
+    finally:
+        module.train(was_training)
+    return np.concatenate(out, axis=0)
+
+
+def _has_lazy(module: Any) -> bool:
+    from torch.nn.parameter import UninitializedParameter
+
+    return any(isinstance(p, UninitializedParameter) for p in module.parameters())

@@ -1,0 +1,131 @@
+"""``pl.budget_curve``: prediction accuracy against the fraction of real spots used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from scipy import stats
+
+from ._utils import check_show_save, finish
+
+_STYLE = {"real": ("tab:gray", "o", "real only"), "real+synthetic": ("tab:red", "s", "real + synthetic")}
+
+
+def summarise_curve(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float = 0.95) -> pd.DataFrame:
+    """Return mean, standard deviation and ``ci`` confidence half-width of ``metric`` per condition and fraction.
+
+    The half-width is Student's t quantile times the standard error over repeats (0 with a single repeat).
+
+    Parameters
+    ----------
+    curve
+        Output of :func:`c2lst.tl.budget_curve`.
+    metric
+        Column to summarise.
+    ci
+        Confidence level in (0, 1).
+
+    Returns
+    -------
+    Columns ``condition``, ``fraction``, ``mean``, ``std``, ``n``, ``ci_low``, ``ci_high``.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"fraction": [1.0, 1.0], "condition": ["real", "real"], "pearson_r": [0.5, 0.7]})
+    >>> summarise_curve(df)["mean"].round(2).tolist()
+    [0.6]
+    """
+    g = curve.groupby(["condition", "fraction"], sort=True)[metric]
+    out = g.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    out["std"] = out["std"].fillna(0.0)
+    dof = np.maximum(out["n"].to_numpy() - 1, 1)
+    half = stats.t.ppf(0.5 + ci / 2, dof) * out["std"].to_numpy() / np.sqrt(out["n"].to_numpy())
+    half = np.where(out["n"].to_numpy() > 1, half, 0.0)
+    out["ci_low"] = out["mean"] - half
+    out["ci_high"] = out["mean"] + half
+    return out
+
+
+def budget_curve(
+    curve: pd.DataFrame,
+    *,
+    metric: str = "pearson_r",
+    ci: float = 0.95,
+    ax: Axes | None = None,
+    title: str | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Plot mean prediction accuracy against the real-spot fraction, real only vs real + synthetic.
+
+    Error bars are the ``ci`` confidence intervals over repeats (Student's t; none with one repeat).
+
+    Parameters
+    ----------
+    curve
+        Output of :func:`c2lst.tl.budget_curve` (columns ``fraction``, ``repeat``, ``condition``, ``metric``).
+    metric
+        Column to plot (``"pearson_r"`` or ``"mse"``).
+    ci
+        Confidence level of the error bars, in (0, 1).
+    ax
+        Draw into this axes instead of a new figure.
+    title
+        Axes title.
+    show
+        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
+    save
+        Write the figure to this path.
+
+    Returns
+    -------
+    The figure.
+
+    Examples
+    --------
+    >>> fig = c2lst.pl.budget_curve(curve)  # doctest: +SKIP
+    """
+    check_show_save(show, save)
+    if not isinstance(curve, pd.DataFrame):
+        raise TypeError(
+            f"`curve` must be the DataFrame of `c2lst.tl.budget_curve`, got {type(curve).__name__}."
+        )
+    missing = [c for c in ("fraction", "condition", metric) if c not in curve.columns]
+    if missing:
+        raise KeyError(
+            f"`curve` lacks columns {missing} (has {list(curve.columns)}); pass the output of "
+            "`c2lst.tl.budget_curve` and a `metric` among its columns."
+        )
+    if curve.empty:
+        raise ValueError("`curve` has no rows; run `c2lst.tl.budget_curve` first.")
+    if not (isinstance(ci, float | int) and 0 < ci < 1):
+        raise ValueError(f"`ci` must be in (0, 1), got {ci!r}.")
+    summary = summarise_curve(curve, metric=metric, ci=ci)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    else:
+        fig = ax.figure
+    for k, (cond, sub) in enumerate(summary.groupby("condition", sort=False)):
+        colour, marker, label = _STYLE.get(cond, (f"C{k}", "^", cond))
+        ax.errorbar(
+            sub["fraction"],
+            sub["mean"],
+            yerr=[sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]],
+            color=colour,
+            marker=marker,
+            capsize=3,
+            label=label,
+        )
+    ax.set_xlabel("fraction of real spots used for training")
+    ax.set_ylabel(f"mean {metric.replace('_', ' ')}" + (" over genes" if metric == "pearson_r" else ""))
+    ax.set_title(
+        title if title is not None else f"spot budget ({round(ci * 100)}% CI over repeats)", fontsize=9
+    )
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return finish(fig, show, save)

@@ -1,0 +1,259 @@
+"""``tl.evaluate_prediction`` and ``tl.prediction_metrics``: per-gene accuracy and spatial coherence."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._logging import logger
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from ._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ac = a - a.mean(axis=0)
+    bc = b - b.mean(axis=0)
+    den = np.sqrt((ac**2).sum(axis=0) * (bc**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (ac * bc).sum(axis=0) / den
+    return np.where(den > 0, r, np.nan)
+
+
+def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np.ndarray:
+    """Return Moran's I of every column of ``values`` on a kNN graph of ``coords`` (squidpy).
+
+    Builds a temporary AnnData, runs the squidpy kNN graph (:func:`squidpy.gr.spatial_neighbors_knn`, or
+    ``spatial_neighbors(coord_type="generic")`` on squidpy < 1.8) and :func:`squidpy.gr.spatial_autocorr`
+    (``mode="moran"``, row-normalised weights, no permutations). Constant columns give NaN.
+
+    Parameters
+    ----------
+    values
+        ``(n, k)`` maps.
+    coords
+        ``(n, 2)`` spatial coordinates.
+    n_neighs
+        Neighbours per spot (capped at ``n - 1``).
+
+    Returns
+    -------
+    ``(k,)`` float array.
+
+    Examples
+    --------
+    >>> xy = np.stack(np.meshgrid(np.arange(8), np.arange(8)), -1).reshape(-1, 2).astype(float)
+    >>> bool(morans_i(xy[:, :1], xy)[0] > 0.5)
+    True
+    """
+    import squidpy as sq
+
+    n, k = values.shape
+    names = [f"m{i}" for i in range(k)]
+    tmp = AnnData(
+        X=np.asarray(values, dtype=np.float64),
+        obs=pd.DataFrame(index=[str(i) for i in range(n)]),
+        var=pd.DataFrame(index=names),
+    )
+    tmp.obsm["spatial"] = np.asarray(coords, dtype=np.float64)
+    k_nn = max(1, min(n_neighs, n - 1))
+    # squidpy reports the graph build through spatialdata's logger at INFO level; keep it quiet here
+    sd_logger = logging.getLogger("spatialdata._logging")
+    level = sd_logger.level
+    sd_logger.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if hasattr(sq.gr, "spatial_neighbors_knn"):  # squidpy >= 1.8 deprecates spatial_neighbors
+                sq.gr.spatial_neighbors_knn(tmp, n_neighs=k_nn)
+            else:
+                sq.gr.spatial_neighbors(tmp, coord_type="generic", n_neighs=k_nn)
+            with np.errstate(all="ignore"):
+                df = sq.gr.spatial_autocorr(
+                    tmp, mode="moran", genes=names, n_perms=None, copy=True, show_progress_bar=False
+                )
+    finally:
+        sd_logger.setLevel(level)
+    return df["I"].reindex(names).to_numpy(dtype=np.float64)
+
+
+def evaluate_prediction(
+    adata: AnnData,
+    *,
+    pred_key: str = "c2lst_pred",
+    expr_key: str = "c2lst_expr",
+    spatial: bool = True,
+    spatial_key: str = "spatial",
+    n_neighs: int = 6,
+    key_added: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Score predicted against observed expression per gene: Pearson r, MSE and spatial coherence.
+
+    Spatial coherence compares Moran's I of the predicted and the observed map of each gene (squidpy's spatial
+    neighbours as a ``n_neighs`` kNN graph + :func:`squidpy.gr.spatial_autocorr`, computed on a temporary
+    AnnData, so ``adata.obsp`` and ``adata.uns`` are untouched; see :func:`morans_i`). Use :func:`c2lst.tl.prediction_metrics`
+    to get the result as a tidy per-gene DataFrame. Evaluate on held-out real spots: select them first
+    (e.g. ``adata[~adata.obs["c2lst_synthetic"]]``).
+
+    Parameters
+    ----------
+    adata
+        Table with ``obsm[pred_key]`` (from :func:`c2lst.tl.predict_expression`) and ``obsm[expr_key]``.
+    pred_key
+        Predictions.
+    expr_key
+        Observed prepared expression.
+    spatial
+        Also compute Moran's I (needs ``obsm[spatial_key]``).
+    spatial_key
+        Spot coordinates.
+    n_neighs
+        Neighbours per spot of the spatial graph.
+    key_added
+        Results go to ``uns["c2lst"]["evaluation"][key_added]``; ``None`` uses ``pred_key``.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    The modified copy when ``copy=True``, else None. The record holds ``genes``, ``pearson_r``, ``mse``,
+    ``mean_pearson_r`` (NaN-ignoring mean over genes), ``median_pearson_r``, ``mean_mse``, ``n_obs`` and, with
+    ``spatial``, ``moran_observed``, ``moran_predicted``, ``moran_difference`` (predicted - observed) and
+    ``mean_abs_moran_difference``; ``run_id`` points to the lineage record.
+
+    Examples
+    --------
+    >>> import c2lst
+    >>> sdata = c2lst.datasets.simulated_visium(n_spots=60)
+    >>> table = sdata.tables["table"]
+    >>> c2lst.pp.prepare_expression(table, n_top_genes=10)
+    >>> c2lst.pp.extract_patches(sdata, size=32, progress=False)
+    >>> model = c2lst.tl.fit_predictor(table, mode="ridge")
+    >>> c2lst.tl.predict_expression(table, predictor=model)
+    >>> c2lst.tl.evaluate_prediction(table)
+    >>> c2lst.tl.prediction_metrics(table).columns.tolist()[:2]
+    ['pearson_r', 'mse']
+    """
+    _check_adata(adata)
+    n_neighs = check_positive_int(n_neighs, "n_neighs")
+    key = pred_key if key_added is None else key_added
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"`key_added` must be a non-empty string or None, got {key_added!r}.")
+    pred = np.asarray(require_obsm(adata, pred_key, "pred_key", _PRED_HINT), dtype=np.float64)
+    rec = adata.uns.get(UNS_KEY, {}).get("pred", {}).get(pred_key, {})
+    if "genes" not in rec:
+        raise KeyError(f"`uns['c2lst']['pred'][{pred_key!r}]` is missing; {_PRED_HINT}")
+    pred_genes = gene_names(rec["genes"])
+    obs_genes = expression_genes(adata, expr_key)
+    missing = [g for g in pred_genes if g not in set(obs_genes)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} predicted genes are not in `obsm[{expr_key!r}]`: {missing[:20]}; evaluate against the "
+            "expression the predictor was trained on."
+        )
+    obs = np.asarray(adata.obsm[expr_key], dtype=np.float64)[:, pd.Index(obs_genes).get_indexer(pred_genes)]
+    if adata.n_obs < 2:
+        raise ValueError(f"`adata` has {adata.n_obs} spot(s); evaluation needs at least 2.")
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(obs))):
+        raise ValueError(f"`obsm[{pred_key!r}]` or `obsm[{expr_key!r}]` contains NaN or inf.")
+    coords = None
+    if spatial:
+        if spatial_key not in adata.obsm:
+            raise KeyError(
+                f"`spatial_key={spatial_key!r}` is not in `adata.obsm` (keys: {sorted(adata.obsm)}); pass the key "
+                "of the spot coordinates or `spatial=False`."
+            )
+        coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
+
+    r = _pearson(pred, obs)
+    mse = ((pred - obs) ** 2).mean(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out: dict[str, Any] = {
+            "genes": pred_genes,
+            "pearson_r": r,
+            "mse": mse,
+            "mean_pearson_r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
+            "median_pearson_r": float(np.nanmedian(r)) if np.isfinite(r).any() else float("nan"),
+            "mean_mse": float(mse.mean()),
+            "n_obs": int(adata.n_obs),
+            "pred_key": pred_key,
+            "expr_key": expr_key,
+            "spatial": bool(spatial),
+        }
+        if spatial:
+            moran = morans_i(np.hstack([obs, pred]), coords, n_neighs=n_neighs)
+            k = len(pred_genes)
+            diff = moran[k:] - moran[:k]
+            out.update(
+                {
+                    "moran_observed": moran[:k],
+                    "moran_predicted": moran[k:],
+                    "moran_difference": diff,
+                    "mean_abs_moran_difference": float(np.nanmean(np.abs(diff)))
+                    if np.isfinite(diff).any()
+                    else float("nan"),
+                    "n_neighs": int(n_neighs),
+                }
+            )
+
+    adata = adata.copy() if copy else adata
+    out["run_id"] = record_lineage(
+        adata,
+        function="c2lst.tl.evaluate_prediction",
+        parameters={
+            "pred_key": pred_key,
+            "expr_key": expr_key,
+            "spatial": spatial,
+            "spatial_key": spatial_key,
+            "n_neighs": n_neighs,
+            "key_added": key,
+        },
+        seed=None,
+        input_table=None,
+    )
+    c2lst_uns(adata, "evaluation")[key] = out
+    logger.info(
+        f"evaluation {key!r}: mean Pearson r {out['mean_pearson_r']:.3f}, mean MSE {out['mean_mse']:.3f}"
+    )
+    return adata if copy else None
+
+
+def prediction_metrics(adata: AnnData, key: str = "c2lst_pred") -> pd.DataFrame:
+    """Return the per-gene metrics stored by :func:`c2lst.tl.evaluate_prediction` as a DataFrame.
+
+    Parameters
+    ----------
+    adata
+        Table evaluated with :func:`c2lst.tl.evaluate_prediction`.
+    key
+        The evaluation's ``key_added`` (default: its ``pred_key``).
+
+    Returns
+    -------
+    One row per gene (index = gene names), columns ``pearson_r``, ``mse`` and, when computed,
+    ``moran_observed``, ``moran_predicted``, ``moran_difference``.
+
+    Examples
+    --------
+    With ``table`` evaluated as in :func:`c2lst.tl.evaluate_prediction`:
+
+    >>> df = c2lst.tl.prediction_metrics(table)  # doctest: +SKIP
+    >>> df.sort_values("pearson_r", ascending=False).head()  # doctest: +SKIP
+    """
+    _check_adata(adata)
+    evals = adata.uns.get(UNS_KEY, {}).get("evaluation", {})
+    if key not in evals:
+        raise KeyError(
+            f"no evaluation {key!r} in `uns['c2lst']['evaluation']` (have: {sorted(evals)}); run "
+            "`c2lst.tl.evaluate_prediction` first."
+        )
+    rec = evals[key]
+    cols = ["pearson_r", "mse", "moran_observed", "moran_predicted", "moran_difference"]
+    data = {c: np.asarray(rec[c], dtype=np.float64) for c in cols if c in rec}
+    return pd.DataFrame(data, index=pd.Index(gene_names(rec["genes"]), name="gene"))

@@ -1,0 +1,260 @@
+"""``tl.fit_predictor`` and ``tl.predict_expression``: the image -> expression skin.
+
+``evaluate_prediction`` (in :mod:`._evaluate_prediction`) is re-exported here: the three steps of the
+predictor form one user-facing unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._logging import logger
+from .._utils import c2lst_uns, check_positive_int, check_seed, record_lineage
+from ..models.predictor import ExpressionPredictor
+from ._evaluate_prediction import evaluate_prediction, prediction_metrics
+from ._tables import (
+    _EXPR_HINT,
+    _check_adata,
+    _gene_diff,
+    _patches,
+    expression_genes,
+    gene_names,
+    synthetic_mask,
+)
+
+__all__ = ["evaluate_prediction", "fit_predictor", "predict_expression", "prediction_metrics"]
+
+
+# --------------------------------------------------------------------------- fit
+def fit_predictor(
+    tables: AnnData | Sequence[AnnData],
+    *,
+    expr_key: str = "c2lst_expr",
+    patch_key: str = "c2lst_patch",
+    include_synthetic: bool = True,
+    mode: str = "cnn",
+    backbone: Any = None,
+    alpha: float | None = None,
+    n_epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> ExpressionPredictor:
+    """Fit an image -> expression predictor on the patches and prepared expression of one or more tables.
+
+    Parameters
+    ----------
+    tables
+        An AnnData or a list of them (e.g. the real table and a synthetic table from :func:`c2lst.tl.synthesize`,
+        or their :func:`c2lst.tl.concat_augmented`). Each needs ``obsm[patch_key]`` and ``obsm[expr_key]`` over
+        the same genes (order may differ; the first table's order is used).
+    expr_key
+        Prepared expression (:func:`c2lst.pp.prepare_expression`), the regression target.
+    patch_key
+        Patches (:func:`c2lst.pp.extract_patches`), the input.
+    include_synthetic
+        Keep rows with ``obs["c2lst_synthetic"] == True``; ``False`` trains on real rows only.
+    mode
+        ``"cnn"`` (small CNN from scratch) or ``"ridge"`` (frozen features + ridge); see
+        :class:`~c2lst.models.predictor.ExpressionPredictor`.
+    backbone
+        Optional :class:`torch.nn.Module` ``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` built with local weights.
+    alpha
+        Ridge penalty; ``None`` chooses it by leave-one-out error.
+    n_epochs, batch_size, lr
+        CNN training settings.
+    seed
+        Seed of initialisation, shuffling and augmentation.
+    device
+        Torch device; ``None`` = cuda if available, else cpu.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    The fitted :class:`~c2lst.models.predictor.ExpressionPredictor`; ``predictor.training`` records
+    ``n_real`` and ``n_synthetic``. The tables are not modified.
+
+    Examples
+    --------
+    >>> import c2lst
+    >>> sdata = c2lst.datasets.simulated_visium(n_spots=60)
+    >>> table = sdata.tables["table"]
+    >>> c2lst.pp.prepare_expression(table, n_top_genes=10)
+    >>> c2lst.pp.extract_patches(sdata, size=32, progress=False)
+    >>> model = c2lst.tl.fit_predictor(table, mode="ridge")
+    >>> model
+    ExpressionPredictor(mode='ridge', features='morphometric', n_genes=10, fitted)
+    """
+    items = (
+        [tables] if isinstance(tables, AnnData) else list(tables) if isinstance(tables, Sequence) else None
+    )
+    if not items:
+        raise TypeError(
+            f"`tables` must be an AnnData or a non-empty list of AnnData, got {type(tables).__name__}"
+            f"{' (empty)' if items == [] else ''}."
+        )
+    for i, t in enumerate(items):
+        _check_adata(t, f"tables[{i}]")
+    n_epochs = check_positive_int(n_epochs, "n_epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    seed = check_seed(seed)
+    if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"`lr` must be a finite number > 0, got {lr!r}.")
+    if mode not in ("cnn", "ridge"):
+        raise ValueError(f"`mode` must be 'cnn' or 'ridge', got {mode!r}.")
+
+    ref_genes = None
+    xs, ys = [], []
+    n_real = n_syn = 0
+    for i, t in enumerate(items):
+        patches = _patches(t, patch_key)
+        genes = expression_genes(t, expr_key)
+        expr = np.asarray(t.obsm[expr_key], dtype=np.float32)
+        if ref_genes is None:
+            ref_genes = genes
+        elif set(genes) != set(ref_genes) or len(genes) != len(ref_genes):
+            raise ValueError(
+                f"`tables[{i}]` has other genes in `obsm[{expr_key!r}]` than `tables[0]` "
+                f"({_gene_diff(ref_genes, genes)}); prepare all tables with the same `genes=`."
+            )
+        else:
+            order = pd.Index(genes).get_indexer(ref_genes)
+            expr = expr[:, order]
+        syn = synthetic_mask(t)
+        keep = np.ones(t.n_obs, dtype=bool) if include_synthetic else ~syn
+        n_real += int((keep & ~syn).sum())
+        n_syn += int((keep & syn).sum())
+        xs.append(patches[keep])
+        ys.append(expr[keep])
+    sizes = sorted({x.shape[1] for x in xs})
+    if len(sizes) > 1:
+        raise ValueError(f"`tables` mix patch sizes {sizes}; extract all tables with the same `size=`.")
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    if len(x) < 2:
+        raise ValueError(
+            f"only {len(x)} usable row(s) in `tables` (include_synthetic={include_synthetic}); need at least 2."
+        )
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or inf; {_EXPR_HINT}")
+    model = ExpressionPredictor(list(ref_genes), mode=mode, backbone=backbone, alpha=alpha)
+    model.fit(
+        x, y, n_epochs=n_epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress
+    )
+    model.training.update(
+        {"n_real": n_real, "n_synthetic": n_syn, "expr_key": expr_key, "patch_key": patch_key}
+    )
+    logger.info(f"fitted {model!r} on {n_real} real + {n_syn} synthetic spots")
+    return model
+
+
+# --------------------------------------------------------------------------- predict
+def predict_expression(
+    adata: AnnData,
+    *,
+    predictor: ExpressionPredictor | str | Path,
+    patch_key: str = "c2lst_patch",
+    expr_key: str = "c2lst_expr",
+    key_added: str = "c2lst_pred",
+    batch_size: int = 256,
+    device: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict expression from the patches of ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Table with ``obsm[patch_key]``.
+    predictor
+        A fitted :class:`~c2lst.models.predictor.ExpressionPredictor` or the directory it was saved to.
+    patch_key
+        Patches (:func:`c2lst.pp.extract_patches`).
+    expr_key
+        When the table has prepared expression under this key, its genes must equal the predictor's genes.
+        Tables without it (image-only slides) are predicted without the check.
+    key_added
+        Predictions go to ``obsm[key_added]`` (float32, spots x genes) and their genes, mode and run id to
+        ``uns["c2lst"]["pred"][key_added]``.
+    batch_size
+        Patches per forward pass.
+    device
+        Torch device; ``None`` = cuda if available, else cpu.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    The modified copy when ``copy=True``, else None.
+
+    Examples
+    --------
+    >>> import c2lst
+    >>> sdata = c2lst.datasets.simulated_visium(n_spots=60)
+    >>> table = sdata.tables["table"]
+    >>> c2lst.pp.prepare_expression(table, n_top_genes=10)
+    >>> c2lst.pp.extract_patches(sdata, size=32, progress=False)
+    >>> model = c2lst.tl.fit_predictor(table, mode="ridge")
+    >>> c2lst.tl.predict_expression(table, predictor=model)
+    >>> table.obsm["c2lst_pred"].shape
+    (60, 10)
+    """
+    _check_adata(adata)
+    if isinstance(predictor, str | Path):
+        predictor = ExpressionPredictor.load(predictor)
+    if not isinstance(predictor, ExpressionPredictor):
+        raise TypeError(
+            f"`predictor` must be an ExpressionPredictor or a saved predictor directory, got {type(predictor).__name__}."
+        )
+    if not predictor.is_fitted:
+        raise ValueError("`predictor` is not fitted; fit it with `c2lst.tl.fit_predictor` first.")
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    patches = _patches(adata, patch_key)
+    if expr_key in adata.obsm:
+        genes = expression_genes(adata, expr_key)
+        if list(genes) != list(predictor.genes):
+            raise ValueError(
+                f"`predictor` was fitted on other genes than `obsm[{expr_key!r}]` of this table "
+                f"({_gene_diff(predictor.genes, genes)}); prepare the table with "
+                f"`c2lst.pp.prepare_expression(adata, genes=predictor.genes)`."
+            )
+    if patches.shape[0] and patches.shape[1] != predictor.patch_size:
+        raise ValueError(
+            f"`obsm[{patch_key!r}]` holds {patches.shape[1]} px patches but the predictor was fitted on "
+            f"{predictor.patch_size} px; re-extract with `c2lst.pp.extract_patches(..., size={predictor.patch_size})`."
+        )
+    pred = predictor.predict(patches, batch_size=batch_size, device=device)
+
+    adata = adata.copy() if copy else adata
+    adata.obsm[key_added] = pred
+    run_id = record_lineage(
+        adata,
+        function="c2lst.tl.predict_expression",
+        parameters={
+            "patch_key": patch_key,
+            "expr_key": expr_key,
+            "key_added": key_added,
+            **predictor.config(),
+        },
+        seed=predictor.training.get("seed"),
+        input_table=None,
+    )
+    c2lst_uns(adata, "pred")[key_added] = {
+        "genes": gene_names(predictor.genes),
+        "mode": predictor.mode,
+        "feature_space": predictor.feature_space,
+        "patch_key": patch_key,
+        "run_id": run_id,
+    }
+    return adata if copy else None

@@ -1,0 +1,73 @@
+"""Generated H&E-like patches with known nuclei, and tiny tables, for the predictor / fidelity / plot tests."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from skimage.draw import disk
+
+BACKGROUND = (235, 160, 205)  # eosin pink
+NUCLEUS = (70, 45, 130)  # hematoxylin purple
+
+
+def disc_patches(n, *, size=32, seed=0, max_nuclei=5, radius=(2, 3), shift=0.0, noise=5.0):
+    """Return ``(patches, counts)``: uint8 patches with ``counts[i]`` separate discs drawn on a pink background."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), np.uint8)
+    counts = np.zeros(n, dtype=int)
+    for i in range(n):
+        img = np.tile(np.asarray(BACKGROUND, float), (size, size, 1))
+        target = rng.integers(0, max_nuclei + 1)
+        placed = []
+        for _ in range(400):
+            if len(placed) == target:
+                break
+            r = int(rng.integers(radius[0], radius[1] + 1))
+            c = rng.integers(r + 1, size - r - 1, 2)
+            if all(np.hypot(*(c - p)) > r + pr + 3 for p, pr in placed):
+                placed.append((c, r))
+                rr, cc = disk(tuple(c), r, shape=(size, size))
+                img[rr, cc] = NUCLEUS
+        counts[i] = len(placed)
+        img += rng.normal(0.0, noise, img.shape) + shift
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out, counts
+
+
+def make_table(n=64, *, size=32, seed=0, genes=("g_nuclei", "g_colour", "g_noise"), expr_key="c2lst_expr"):
+    """Return a table whose first gene is the nuclei count, second the patch brightness, third noise."""
+    rng = np.random.default_rng(seed + 1000)
+    patches, counts = disc_patches(n, size=size, seed=seed)
+    bright = patches.astype(float).mean(axis=(1, 2, 3))
+    expr = np.stack(
+        [
+            counts + rng.normal(0, 0.2, n),
+            (bright - bright.mean()) / (bright.std() + 1e-9) + rng.normal(0, 0.2, n),
+            rng.normal(0, 1, n),
+        ][: len(genes)],
+        axis=1,
+    ).astype(np.float32)
+    side = int(np.ceil(np.sqrt(n)))
+    xy = np.stack([np.arange(n) % side, np.arange(n) // side], axis=1).astype(float) * 100.0
+    adata = ad.AnnData(
+        X=np.zeros((n, len(genes)), np.float32),
+        obs=pd.DataFrame(index=[f"spot_{i}" for i in range(n)]),
+        var=pd.DataFrame(index=list(genes)),
+    )
+    adata.obsm["c2lst_patch"] = patches
+    adata.obsm[expr_key] = expr
+    adata.obsm["spatial"] = xy
+    adata.uns["c2lst"] = {"expr": {expr_key: {"genes": np.asarray(genes, dtype=object)}}}
+    return adata
+
+
+def snapshot(adata):
+    """Return a comparable summary of an AnnData's keys and arrays (to assert it was left unchanged)."""
+    return (
+        sorted(adata.obsm),
+        sorted(adata.obsp),
+        sorted(adata.obs.columns),
+        repr(adata.uns),
+        {k: np.asarray(v).tobytes() for k, v in adata.obsm.items()},
+    )
