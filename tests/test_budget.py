@@ -139,3 +139,18 @@ def test_cli_pretrain(tmp_path):
     )
     meta = json.loads((tmp_path / "m" / "model" / "c2lst.json").read_text())
     assert meta["config"]["preset"] == "tiny"
+
+
+def test_demo_end_to_end_tiny(tmp_path):
+    from c2lst._demo import TEST, run_demo
+
+    summary = run_demo(tmp_path / "demo", settings=TEST, progress=False)
+    for name in ("report.md", "summary.json", "budget_curve.csv", "patches.png", "budget_curve.png",
+                 "gene_correlation.png", "spatial_expression.png"):
+        assert (tmp_path / "demo" / name).is_file(), name
+    import spatialdata
+
+    back = spatialdata.read_zarr(tmp_path / "demo" / "local.zarr")
+    assert "c2lst_synthetic" in back.tables and "local" in back.tables["table"].uns["c2lst"]
+    assert summary["adapter"]["ratio"] < 0.10
+    assert "Spot budget" in (tmp_path / "demo" / "report.md").read_text()

@@ -30,12 +30,18 @@ class DemoSettings:
     synthetic_per_spot: int
 
 
-QUICK = DemoSettings(60, 100, 32, "tiny", 60, 40, 10, (0.25, 1.0), 2, 20, 8, 8, 1)
-FULL = DemoSettings(250, 300, 32, "tiny", 800, 300, 20, (0.1, 0.25, 0.5, 1.0), 3, 120, 15, 25, 2)
+QUICK = DemoSettings(40, 80, 32, "tiny", 40, 20, 6, (0.25, 1.0), 2, 8, 4, 4, 1)
+FULL = DemoSettings(200, 200, 32, "tiny", 400, 150, 10, (0.25, 1.0), 3, 40, 10, 12, 1)
+TEST = DemoSettings(12, 40, 32, "tiny", 2, 2, 2, (0.5, 1.0), 2, 1, 2, 1, 1)
 
 
 def run_demo(
-    out: str | Path = "c2lst_demo", *, quick: bool = False, seed: int = 0, progress: bool = True
+    out: str | Path = "c2lst_demo",
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    settings: DemoSettings | None = None,
 ) -> dict:
     """Run the demo and return its figures (also written to ``out/report.md`` and ``out/summary.json``).
 
@@ -49,7 +55,7 @@ def run_demo(
     import c2lst
     from c2lst import datasets, pl, pp, tl
 
-    cfg = QUICK if quick else FULL
+    cfg = settings or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -140,6 +146,7 @@ def run_demo(
         "c2lst_version": c2lst.__version__,
         "settings": asdict(cfg),
         "quick": quick,
+        "label": "custom" if settings is not None else ("quick" if quick else "full"),
         "seed": seed,
         "timings_s": timings,
         "total_s": round(time.perf_counter() - t0, 1),
@@ -178,7 +185,7 @@ def _report(s: dict, plan: dict, zarr_path: Path) -> str:
     lines = [
         "# c2lst demo report",
         "",
-        f"c2lst {s['c2lst_version']}, {'quick' if s['quick'] else 'full'} settings, seed {s['seed']}, "
+        f"c2lst {s['c2lst_version']}, {s['label']} settings, seed {s['seed']}, "
         f"{s['total_s']:.0f} s in total. All data are simulated (`c2lst.datasets.simulated_visium`).",
         "",
         "## Central model",
