@@ -12,11 +12,16 @@ from scipy import linalg
 
 
 def _standardise(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale both sets by the mean/std of ``a`` (the reference); constant reference columns use pooled std."""
+    """Scale both sets by the mean/std of ``a`` (the reference).
+
+    The reference std is floored at a tenth of the pooled std, so a feature that is (nearly) constant in the
+    reference cannot blow a distance up by orders of magnitude; all-constant columns get unit scale.
+    """
     mean = a.mean(axis=0)
     std = a.std(axis=0)
     pooled = np.concatenate([a, b]).std(axis=0)
-    std = np.where(std > 1e-12, std, np.where(pooled > 1e-12, pooled, 1.0))
+    std = np.maximum(std, 0.1 * pooled)
+    std = np.where(std > 1e-12, std, 1.0)
     return (a - mean) / std, (b - mean) / std
 
 

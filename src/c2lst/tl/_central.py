@@ -26,6 +26,11 @@ def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool 
                     f"`central={central!r}` is registered without a path (it was trained with `output_dir=None`); "
                     "pass the CentralModel object instead."
                 )
+            if not Path(path).is_dir():  # a path read from `.uns` is never looked up on the hub
+                raise FileNotFoundError(
+                    f"`central={central!r}` is registered at {path!r}, which is not a directory; pass the model "
+                    "directory (or the CentralModel object) as `central=`."
+                )
             model = CentralModel.from_pretrained(path, verify=verify)
             recorded = str(entry.get("sha256", ""))
             if verify and recorded and model.sha256 != recorded:
