@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--n", type=int, default=16, help="samples")
     ap.add_argument("--steps", type=int, default=20, help="denoising steps")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile trial (slow to compile)")
     args = ap.parse_args()
     torch.manual_seed(0)
     size = c2lst.models.PRESETS[args.preset]["sample_size"]
@@ -85,6 +86,7 @@ def main() -> None:
             progress=False,
         )
         res[ema] = m.training_summary["steps"] / m.training_summary["seconds"]
+    print(f"[train] plain {plain:.3f} steps/s, pretrain {res[False]:.3f}, with EMA {res[True]:.3f}", flush=True)
 
     # (b) sampling overhead
     model = CentralModel.from_preset(args.preset, seed=0).eval()
@@ -150,6 +152,8 @@ def main() -> None:
     bf16()
     options["bf16_autocast"] = t_ours / time_it(bf16)
     try:
+        if args.no_compile:
+            raise RuntimeError("skipped (--no-compile)")
         comp = CentralModel.from_preset(args.preset, seed=0).eval()
         comp.unet = torch.compile(comp.unet)
         comp.sample(n, steps=2, scheduler="ddpm", batch_size=n, generator=torch.Generator().manual_seed(0))
