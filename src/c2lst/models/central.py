@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from .sampling import SCHEDULERS, sample_images
+from .sampling import sample_images
 from .store import (
     MODEL_FORMAT,
     check_no_pickles,
@@ -364,7 +364,7 @@ class CentralModel(nn.Module):
                 f"`path={str(path)!r}` is a file, not a model directory; pass the directory written by "
                 "`CentralModel.save_pretrained` or `UNet2DModel.save_pretrained`."
             )
-        check_no_pickles(list(local.rglob("*")))
+        check_no_pickles(list(local.rglob("*")), root=local)
         meta_file = local / "c2lst.json"
         if meta_file.is_file():
             try:
@@ -388,8 +388,17 @@ class CentralModel(nn.Module):
                     )
             else:
                 logger.warning("loading %s without sha256 verification (verify=False)", path)
-            unet = UNet2DModel.from_pretrained(local / "unet", use_safetensors=True)
-            vae = AutoencoderKL.from_pretrained(local / "vae", use_safetensors=True) if (local / "vae").is_dir() else None
+            try:
+                unet = UNet2DModel.from_pretrained(local / "unet", use_safetensors=True)
+                vae = (
+                    AutoencoderKL.from_pretrained(local / "vae", use_safetensors=True)
+                    if (local / "vae").is_dir()
+                    else None
+                )
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"`path={str(path)!r}`: could not load the weights from safetensors ({err})."
+                ) from None
             model = cls(meta["config"], unet=unet, vae=vae)
             cond = load_safetensors(local / "c2lst_condition.safetensors")
             if "null_embedding" not in cond or cond["null_embedding"].shape != model.null_embedding.shape:

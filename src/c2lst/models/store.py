@@ -18,11 +18,15 @@ ADAPTER_FORMAT = "c2lst-local-v1"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def check_no_pickles(paths: Iterable[Path]) -> None:
-    """Raise :class:`ValueError` if any of ``paths`` is a pickle-based weight file."""
+def check_no_pickles(paths: Iterable[Path], root: str | Path | None = None) -> None:
+    """Raise :class:`ValueError` if any of ``paths`` is a pickle-based weight file.
+
+    With ``root``, files in a ``checkpoints/`` folder *below* ``root`` are allowed (accelerate's training state,
+    read only on resume and with ``weights_only=True``); a ``checkpoints`` folder above ``root`` does not count.
+    """
     bad = [str(p) for p in paths if Path(p).suffix.lower() in PICKLE_SUFFIXES and Path(p).is_file()]
-    # accelerate's training checkpoints (optimizer.bin) live under checkpoints/ and are read with weights_only
-    bad = [p for p in bad if "checkpoints" not in Path(p).parts]
+    if root is not None:
+        bad = [p for p in bad if "checkpoints" not in Path(p).relative_to(root).parts]
     if bad:
         raise ValueError(
             f"refusing to load pickle-based weight files {bad}: loading them can execute code. Convert them to "

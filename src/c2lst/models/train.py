@@ -103,17 +103,24 @@ def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
+def check_mixed_precision(mixed_precision: Any, device: str | None = None) -> str:
+    """Return ``mixed_precision`` or raise a :class:`ValueError` naming it (call it before anything is written)."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"`mixed_precision={mixed_precision!r}` is invalid; use one of {list(MIXED_PRECISION)}."
+        )
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if cpu and mixed_precision == "fp16":
+        raise ValueError("`mixed_precision='fp16'` needs a GPU; on CPU use 'bf16' or 'no'.")
+    return mixed_precision
+
+
 def _accelerator(settings: TrainSettings):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
-    if settings.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(
-            f"`mixed_precision={settings.mixed_precision!r}` is invalid; use one of {list(MIXED_PRECISION)}."
-        )
+    check_mixed_precision(settings.mixed_precision, settings.device)
     cpu = settings.device == "cpu" or (settings.device is None and not torch.cuda.is_available())
-    if cpu and settings.mixed_precision == "fp16":
-        raise ValueError("`mixed_precision='fp16'` needs a GPU; on CPU use 'bf16' or 'no'.")
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
     elif AcceleratorState._shared_state:
@@ -178,7 +185,14 @@ def train(
     losses: list[float] = []
     start = 0
     if start_ckpt is not None:
-        accelerator.load_state(str(start_ckpt))
+        try:  # accelerate reads its .bin/.pkl files with torch.load(weights_only=True): code-bearing pickles fail
+            accelerator.load_state(str(start_ckpt))
+        except Exception as err:
+            raise ValueError(
+                f"the checkpoint {str(start_ckpt)!r} could not be loaded safely ({type(err).__name__}: "
+                f"{str(err).split('. ')[0]}); it is "
+                "corrupted or was tampered with. Delete it to resume from an earlier one, or pass `resume=False`."
+            ) from None
         state = load_safetensors(start_ckpt / _STATE_FILE)
         start = int(state["step"].item())
         losses = state["losses"].tolist()
@@ -209,8 +223,9 @@ def train(
                 "after the last checkpoint. Lower `lr` or check the input patches for NaN/constant values."
             )
         accelerator.backward(loss)
-        norm = accelerator.clip_grad_norm_(params, settings.grad_clip) if settings.grad_clip else None
-        if norm is not None and not bool(torch.isfinite(torch.as_tensor(norm)).all()):
+        # without clipping (grad_clip=0) the norm is still computed (max_norm=inf scales by 1) for the guard
+        norm = accelerator.clip_grad_norm_(params, settings.grad_clip or float("inf"))
+        if not bool(torch.isfinite(torch.as_tensor(norm)).all()):
             raise TrainingDivergedError(
                 f"the gradients became non-finite at step {step}; training stopped and no weights were saved "
                 "after the last checkpoint. Lower `lr` or `mixed_precision='no'`."

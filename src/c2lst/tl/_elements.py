@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -78,22 +79,17 @@ def add_elements(sdata: Any, elements: dict[str, tuple[str, Any]], *, overwrite:
 
     Each element is first written to a temporary store next to the target and then moved into place with one
     :func:`os.replace` per element, so an interruption leaves every element either complete or absent and the
-    existing elements untouched. The table (which annotates the shapes) moves last.
+    existing elements untouched. The table (which annotates the shapes) moves last. With ``overwrite``, the
+    elements already on disk are deleted (table first) only once their replacements are completely written, so a
+    table never annotates shapes of another run.
     """
     if overwrite:
         for element_name in elements:
-            on_disk = sdata.is_backed() and element_name in _on_disk(sdata)
-            if on_disk:
-                if element_name not in existing_names_in_memory(sdata):
-                    kind = elements[element_name][0]
-                    shutil.rmtree(Path(sdata.path) / kind / element_name)
-                else:
-                    sdata.delete_element_from_disk(element_name)
             if element_name in existing_names_in_memory(sdata):
-                del sdata[element_name]
+                del sdata[element_name]  # it may be lazily backed by the folder that is replaced below
     backed = sdata.is_backed() and sdata.path is not None and Path(sdata.path).exists()
     if backed:
-        _write_atomic(sdata, elements)
+        _write_atomic(sdata, elements, replace=overwrite)
     for element_name, (kind, element) in elements.items():
         getattr(sdata, _KIND[kind])[element_name] = element
 
@@ -108,11 +104,11 @@ def _on_disk(sdata: Any) -> set[str]:
         return {p.name for d in kinds if d.is_dir() for p in d.iterdir() if p.is_dir()}
     try:
         return {p.split("/")[-1] for p in sdata.elements_paths_on_disk()}
-    except Exception:  # noqa: BLE001 - a store that cannot be listed holds nothing we must delete
+    except Exception:
         return set()
 
 
-def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]]) -> None:
+def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: bool = False) -> None:
     from spatialdata import SpatialData
 
     target = Path(sdata.path)
@@ -125,6 +121,13 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]]) -> None:
         order = [n for n, (k, _) in elements.items() if k != "tables"] + [
             n for n, (k, _) in elements.items() if k == "tables"
         ]
+        old = [target / elements[n][0] / n for n in reversed(order)] if replace else []
+        old = [path for path in old if path.exists()]
+        # the new elements are complete in `tmp`: delete their predecessors, the annotating table first
+        if old:
+            _drop_consolidated_metadata(target)  # readers now list folders, not the old elements' metadata
+            for path in old:
+                shutil.rmtree(path)
         for element_name in order:
             kind = elements[element_name][0]
             src, dst_parent = tmp / kind, target / kind
@@ -138,7 +141,23 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
         sdata.write_consolidated_metadata()
-    except Exception as err:  # noqa: BLE001 - elements are on disk; stale consolidated metadata is not fatal
+    except Exception as err:
         from .._logging import logger
 
         logger.warning("could not refresh consolidated metadata of %s: %s", target, err)
+
+
+def _drop_consolidated_metadata(root: Path) -> None:
+    """Remove the consolidated metadata of the store ``root`` (atomically), so readers list its folders.
+
+    Consolidated metadata that still described an element being replaced would make the store unreadable if
+    the process died between deleting the old folder and moving the new one in; it is rewritten at the end.
+    """
+    meta = root / "zarr.json"
+    if meta.is_file():
+        doc = json.loads(meta.read_text())
+        if doc.pop("consolidated_metadata", None) is not None:
+            tmp = root / f".zarr.json.c2lst-{uuid.uuid4().hex[:8]}"
+            tmp.write_text(json.dumps(doc, indent=2))
+            os.replace(tmp, meta)
+    (root / ".zmetadata").unlink(missing_ok=True)  # zarr v2 stores

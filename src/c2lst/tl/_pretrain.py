@@ -195,10 +195,21 @@ def pretrain(
     model.training_summary = {**result.summary(), "n_patches": int(n), "sources": names, "seed": seed}
     sha = None
     if out is not None:
-        sha = model.save_pretrained(out / "model")
+        sha = _save_on_main_process(model, out / "model")
         model.sha256 = sha
     _register(tables, model, out, sha, key_added, fingerprint, seed)
     return model
+
+
+def _save_on_main_process(model: CentralModel, directory: Path) -> str:
+    """Save once (by the main process under ``accelerate launch``) and return the sha256 on every process."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        model.save_pretrained(directory)
+    state.wait_for_everyone()
+    return str(json.loads((directory / "c2lst.json").read_text())["sha256"])
 
 
 def _encode_all(model: CentralModel, data_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:

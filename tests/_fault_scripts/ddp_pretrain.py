@@ -1,0 +1,58 @@
+"""Run ``tl.pretrain`` under ``accelerate launch`` (one process per rank).
+
+Usage: ``ddp_pretrain.py PATCHES.npy OUT N_STEPS [BATCH_SIZE] [CHECKPOINT_EVERY]``.
+
+Used by ``test_scale.py`` and ``benchmarks/bench_scale.py``; prints one JSON line per rank with what the rank saw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+import c2lst
+
+
+def main(patches_file: str, output_dir: str, n_steps: int, batch_size: int = 4, every: int = 0) -> None:
+    """Pretrain the tiny preset on the patches and report the process layout, steps/s and the model sha256."""
+    from accelerate import PartialState
+
+    torch.set_num_threads(1)
+    patches = np.load(patches_file, allow_pickle=False)
+    t0 = time.perf_counter()
+    model = c2lst.tl.pretrain(
+        patches,
+        preset="tiny",
+        n_steps=n_steps,
+        batch_size=batch_size,
+        output_dir=output_dir,
+        checkpoint_every=every or max(1, n_steps // 2),
+        device="cpu",
+        seed=0,
+        progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    state = PartialState()
+    print(
+        json.dumps(
+            {
+                "rank": state.process_index,
+                "world": state.num_processes,
+                "backend": str(state.backend),
+                "sha256": model.sha256,
+                "seconds": seconds,
+                "train_seconds": model.training_summary["seconds"],
+                "steps": n_steps,
+                "batch_size": batch_size,
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], *[int(a) for a in sys.argv[3:6]])
