@@ -32,21 +32,26 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     )
 
 
-def step_time(module, params, x, cond, n: int = 5) -> tuple[float, int]:
-    """Mean seconds per optimisation step and the optimizer-state bytes."""
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    sched = module.central.noise_scheduler if isinstance(module, LocalModel) else module.noise_scheduler
-    times = []
+def step_times(models, x, n: int = 12) -> list[tuple[float, int]]:
+    """Median seconds per optimisation step and optimizer-state bytes for each ``(module, params, cond)``.
+
+    The models take turns step by step, so a change of machine load hits all of them alike.
+    """
+    runs = []
+    for module, params, c in models:
+        sched = module.central.noise_scheduler if isinstance(module, LocalModel) else module.noise_scheduler
+        runs.append((module, torch.optim.AdamW(params, lr=1e-4), sched, c, []))
     for i in range(n + 1):
-        g = torch.Generator().manual_seed(i)
-        t0 = time.perf_counter()
-        loss = denoising_loss(module, sched, x, g, condition=cond)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return float(np.mean(times)), optimizer_state_bytes(opt)
+        for module, opt, sched, c, times in runs:
+            g = torch.Generator().manual_seed(i)
+            t0 = time.perf_counter()
+            loss = denoising_loss(module, sched, x, g, condition=c)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:  # the first step warms up allocations
+                times.append(time.perf_counter() - t0)
+    return [(float(np.median(times)), optimizer_state_bytes(opt)) for _, opt, _, _, times in runs]
 
 
 def main() -> None:
@@ -56,7 +61,10 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=600)
     ap.add_argument("--adapt-steps", type=int, default=400)
     ap.add_argument("--steps", type=int, default=20, help="denoising steps")
-    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--guidance", type=float, nargs="+", default=[2.0],
+                    help="guidance scales; (a) uses the first, (c) is reported for each")
+    ap.add_argument("--raw-batches", type=int, default=None,
+                    help="time the raw UNet on this many batches only and scale per forward (default: all)")
     args = ap.parse_args()
     size = c2lst.models.PRESETS[args.preset]["sample_size"]
     t_start = time.perf_counter()
@@ -82,7 +90,7 @@ def main() -> None:
     bs = 32
     t0 = time.perf_counter()
     c2lst.tl.synthesize(
-        local, central=central, steps=args.steps, guidance_scale=args.guidance, batch_size=bs, progress=False
+        local, central=central, steps=args.steps, guidance_scale=args.guidance[0], batch_size=bs, progress=False
     )
     t_syn = time.perf_counter() - t0
     syn = local.tables["c2lst_synthetic"]
@@ -92,38 +100,52 @@ def main() -> None:
     n_batches = int(np.ceil(n / bs))
     with torch.inference_mode():
         unet(x, torch.full((2 * bs,), 500), class_labels=cond)
+        timed = range(n_batches) if args.raw_batches is None else range(min(args.raw_batches, n_batches))
         t0 = time.perf_counter()
-        for b in range(n_batches):
+        forwards = 0
+        for b in timed:
             m = min(bs, n - b * bs)
             for _ in range(args.steps):
                 unet(x[: 2 * m], torch.full((2 * m,), 500), class_labels=cond[: 2 * m])
-        t_raw = time.perf_counter() - t0
+            forwards += 2 * m * args.steps
+        # normalised per sample-forward, for the 2 * n * steps forwards synthesis made
+        t_raw = (time.perf_counter() - t0) * (2 * n * args.steps) / forwards
 
     # (b) adapter vs full fine-tuning
     genes = list(table.uns["c2lst"]["expr"]["c2lst_expr"]["genes"])
     xb = torch.rand(16, 3, size, size) * 2 - 1
     expr = torch.from_numpy(np.asarray(table.obsm["c2lst_expr"][:16]))
     local_model = LocalModel(CentralModel.from_preset(args.preset, seed=0), genes)
-    t_ad, mem_ad = step_time(
-        local_model,
-        [p for p in local_model.parameters() if p.requires_grad],
-        xb,
-        (expr, torch.zeros(16, dtype=torch.bool)),
-    )
     full = CentralModel.from_preset(args.preset, seed=0)
-    t_full, mem_full = step_time(full, list(full.parameters()), xb, None)
+    (t_ad, mem_ad), (t_full, mem_full) = step_times(
+        [
+            (local_model, [p for p in local_model.parameters() if p.requires_grad],
+             (expr, torch.zeros(16, dtype=torch.bool))),
+            (full, list(full.parameters()), None),
+        ],
+        xb,
+    )
 
     # (c) conditioning: nuclei density of synthesized patches vs ground truth of their parents
-    comp = c2lst.tl.evaluate_composition(table, syn)
-    rho = comp.attrs["spearman"]
-    rho_syn = rho.get("synthetic_n_nuclei_vs_true_n_cells", float("nan"))
-    rho_real = rho.get("real_n_nuclei_vs_true_n_cells", float("nan"))
-    # a shuffled-parent control shows the correlation is not an artefact of the measurement
-    rng = np.random.default_rng(0)
-    rho_shuffled = float(
-        stats.spearmanr(comp["synthetic_n_nuclei"], rng.permutation(comp["true_n_cells"]))[0]
-    )
+    by_guidance = {}
+    for i, w in enumerate(args.guidance):
+        if i:
+            c2lst.tl.synthesize(local, central=central, steps=args.steps, guidance_scale=w, batch_size=bs,
+                                progress=False, overwrite=True)
+            syn = local.tables["c2lst_synthetic"]
+        comp = c2lst.tl.evaluate_composition(table, syn)
+        rho = comp.attrs["spearman"]
+        # a shuffled-parent control shows the correlation is not an artefact of the measurement
+        rng = np.random.default_rng(0)
+        by_guidance[w] = {
+            "synthetic": rho.get("synthetic_n_nuclei_vs_true_n_cells", float("nan")),
+            "real": rho.get("real_n_nuclei_vs_true_n_cells", float("nan")),
+            "shuffled": float(stats.spearmanr(comp["synthetic_n_nuclei"], rng.permutation(comp["true_n_cells"]))[0]),
+            "mean_nuclei_synthetic": float(comp["synthetic_n_nuclei"].mean()),
+            "mean_nuclei_real": float(comp["real_n_nuclei"].mean()),
+        }
     truth = comp["true_n_cells"].to_numpy()
+    rho_syn, rho_real, rho_shuffled = (by_guidance[args.guidance[0]][k] for k in ("synthetic", "real", "shuffled"))
 
     out = {
         "benchmark": "local",
@@ -142,6 +164,8 @@ def main() -> None:
         "spearman_synthetic_nuclei_vs_truth": rho_syn,
         "spearman_real_nuclei_vs_truth": rho_real,
         "spearman_shuffled_control": rho_shuffled,
+        "spearman_by_guidance": by_guidance,
+        "guidance": args.guidance,
         "n_truth_pairs": len(truth),
         "train_s": t_train,
     }
@@ -154,6 +178,9 @@ def main() -> None:
         f"(c) Spearman(nuclei in synthetic patch, true cells under parent) = {rho_syn:.3f} "
         f"(real patches: {rho_real:.3f}; shuffled control: {rho_shuffled:.3f})"
     )
+    for w, r in by_guidance.items():
+        print(f"    guidance {w:g}: synthetic {r['synthetic']:.3f}, shuffled {r['shuffled']:.3f}, "
+              f"mean nuclei synthetic {r['mean_nuclei_synthetic']:.1f} vs real {r['mean_nuclei_real']:.1f}")
     print(json.dumps(out, default=float))
 
 

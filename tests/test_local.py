@@ -49,6 +49,36 @@ def test_untrained_adapter_null_branch_equals_central(tiny_central):
     np.testing.assert_array_equal(ref, cond)
 
 
+def test_fuse_adapters_matches_unfused_forward(tiny_central):
+    from peft.tuners.lora import LoraLayer
+
+    central, _ = tiny_central
+    before = {k: v.clone() for k, v in central.state_dict().items()}
+    local = LocalModel(central, ["a", "b", "c"], seed=0)
+    with torch.no_grad():  # make the adapters non-trivial (LoRA B starts at zero)
+        for name, p in local.named_parameters():
+            if "lora_B" in name or "encoder.net.3" in name:
+                p.copy_(torch.randn(p.shape, generator=_gen(len(name))) * 0.05)
+    local.eval()
+    x = torch.randn(3, 3, 32, 32, generator=_gen(3))
+    t = torch.tensor([10, 500, 900])
+    with torch.inference_mode():
+        emb = local.condition(torch.randn(3, 3, generator=_gen(4)))
+        ref = local(x, t, emb)
+    fused = local.fuse_adapters()
+    assert fused is local and local.fused
+    assert not any(isinstance(m, LoraLayer) for m in local.central.unet.modules())
+    with torch.inference_mode():
+        out = local(x, t, emb)
+    assert not torch.equal(ref, central(x, t, emb.detach()))  # the adapters do change the output
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fused"):
+        local.adapter_state()
+    # the caller's central model is untouched (the local model owns a copy)
+    after = central.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_adapt_stores_adapter(adapted_base):
     rec = adapted_base.uns["c2lst"]["local"]["c2lst_local"]
     assert list(rec["genes"]) == list(adapted_base.uns["c2lst"]["expr"]["c2lst_expr"]["genes"])

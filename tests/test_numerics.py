@@ -95,3 +95,14 @@ def test_pretrain_that_diverges_names_the_step_and_writes_no_model(tmp_path):
     assert _checkpoint_is_finite(newest)
     assert not (tmp_path / "model").exists()
     assert_same(before, snapshot_adata(adata))  # nothing registered in the AnnData
+
+
+def test_dpmsolver_fast_threshold_equals_stock():
+    from diffusers import DPMSolverMultistepScheduler
+
+    from c2lst.models.sampling import make_scheduler
+
+    fast = make_scheduler("dpmsolver++", {"num_train_timesteps": 1000, "clip_sample": True})
+    stock = DPMSolverMultistepScheduler.from_config(fast.config)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    assert torch.equal(fast._threshold_sample(x), stock._threshold_sample(x))

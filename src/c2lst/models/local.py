@@ -118,6 +118,7 @@ class LocalModel(nn.Module):
         for name, p in self.central.unet.named_parameters():
             p.requires_grad_("lora_" in name)
         self.encoder.to(self.central.device)
+        self.fused = False
 
     # ------------------------------------------------------------------ maths
     def condition(self, expr: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,26 @@ class LocalModel(nn.Module):
             emb = torch.where(drop[:, None].to(emb.device), self.central.null_condition(emb.shape[0]), emb)
             condition = emb
         return self.central(noisy, timesteps, condition)
+
+    def fuse_adapters(self) -> LocalModel:
+        """Merge the LoRA weights into the frozen layers and drop the LoRA wrappers, for fast inference.
+
+        After fusing, a UNet forward costs exactly what the central UNet's does (no extra low-rank
+        products, no wrapper calls). The model can no longer be trained or export its adapter state, so fuse
+        only a copy used for sampling (models built by :meth:`from_adapter` own their copy of the central
+        model). Returns ``self``.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.central.unet.named_modules()):
+            if not isinstance(module, LoraLayer):
+                continue
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = self.central.unet.get_submodule(parent_name) if parent_name else self.central.unet
+            setattr(parent, child, module.get_base_layer())
+        self.fused = True
+        return self
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> int:
@@ -150,6 +171,8 @@ class LocalModel(nn.Module):
     # ------------------------------------------------------------------ state
     def adapter_state(self) -> dict[str, np.ndarray]:
         """Return the adapter weights (LoRA + encoder incl. statistics) as float32 arrays."""
+        if self.fused:
+            raise RuntimeError("the adapters were fused into the UNet; their weights can no longer be exported.")
         lora = get_peft_model_state_dict(self.central.unet)
         state = {f"lora.{k}": v for k, v in lora.items()}
         state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})

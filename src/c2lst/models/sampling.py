@@ -28,13 +28,27 @@ def make_scheduler(name: str, train_config: dict[str, Any]):
     # DPM-Solver++ ignores `clip_sample`; `thresholding` with max value 1 is the same clip of the predicted x0.
     # Without it, the cosine schedule's alpha_bar ~ 2e-9 at t = T amplifies noise-prediction errors into
     # saturated noise (seen on real H&E: every patch was pure colour noise while DDPM/DDIM made tissue).
-    return DPMSolverMultistepScheduler.from_config(
+    return _ClippedDPMSolver.from_config(
         base,
         algorithm_type="dpmsolver++",
         solver_order=2,
         thresholding=bool(base.get("clip_sample", False)),
         sample_max_value=float(base.get("clip_sample_range", 1.0)),
     )
+
+
+class _ClippedDPMSolver(DPMSolverMultistepScheduler):
+    """DPM-Solver++ whose x0 thresholding skips the per-image quantile when it cannot matter.
+
+    With ``sample_max_value=1`` the dynamic threshold ``s`` is clamped to ``[1, 1]``, so thresholding is exactly
+    ``clamp(x0, -1, 1)``; the stock implementation still sorts every image for its quantile (~2% of a tiny
+    model's sampling time on CPU).
+    """
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        if float(self.config.sample_max_value) == 1.0:
+            return sample.clamp(-1.0, 1.0)
+        return super()._threshold_sample(sample)
 
 
 def _initial_noise(shape: tuple[int, ...], generator: Any) -> torch.Tensor:

@@ -128,7 +128,8 @@ def synthesize(
     expr_key = str(record.get("expr_key", "")) or _expr_key_of(table, genes)
     conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key)
     model_c = _central_for(central, record, table, verify)
-    local = load_local_model(record, model_c)
+    # the local model owns a copy of the central model, so the LoRA weights can be fused for speed
+    local = load_local_model(record, model_c).fuse_adapters()
     dev = (
         torch.device(device)
         if device
