@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--synth-steps", type=int, default=15)
     ap.add_argument("--synthetic-per-spot", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of the synthesis")
+    ap.add_argument("--mode", default="cnn", choices=["cnn", "ridge"], help="predictor (see tl.fit_predictor)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -58,8 +60,8 @@ def main() -> None:
         seed=args.seed,
         progress=False,
         adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3},
-        synthesize_kwargs={"steps": args.synth_steps},
-        predictor_kwargs={"n_epochs": args.epochs},
+        synthesize_kwargs={"steps": args.synth_steps, "guidance_scale": args.guidance},
+        predictor_kwargs={"mode": args.mode} if args.mode == "ridge" else {"n_epochs": args.epochs},
     )
     plan = c2lst.tl.plan_budget(curve)
     table = plan["table"]
@@ -88,6 +90,8 @@ def main() -> None:
         "spots": args.spots,
         "repeats": args.repeats,
         "preset": args.preset,
+        "predictor": args.mode,
+        "guidance": args.guidance,
         "mean_r": {"real_25": r25, "real_synthetic_25": r25s, "real_100": r100, "real_synthetic_100": r100s},
         "ratio_25syn_vs_100real": r25s / r100,
         "goal_met": bool(r25s >= r100),
