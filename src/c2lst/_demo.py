@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ._utils import quiet_io_warnings
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -139,7 +141,8 @@ def run_demo(
         matplotlib.pyplot.close(fig)
     curve.to_csv(out / "budget_curve.csv", index=False)
     zarr_path = out / "local.zarr"
-    local.write(zarr_path, overwrite=True)
+    with quiet_io_warnings():
+        local.write(zarr_path, overwrite=True)
     lap("figures + zarr")
 
     summary: dict[str, Any] = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import uuid
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -138,3 +140,17 @@ def lineage(adata: Any) -> list[dict]:
                 rec[key] = json.loads(rec[key])
         recs.append(rec)
     return sorted(recs, key=lambda r: r["created"])
+
+
+@contextlib.contextmanager
+def quiet_io_warnings() -> Iterator[None]:
+    """Silence third-party warnings that say nothing about the user's data.
+
+    zarr >= 3 warns once per written array that "autosharding will be the default in the next minor release"
+    (one warning per image scale, table column, ...), and squidpy's docstring helper (docrep) emits
+    ``SyntaxWarning`` on import. Everything else still reaches the user.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*autosharding will be the default", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*is not a valid key", category=SyntaxWarning)
+        yield

@@ -15,6 +15,8 @@ import numpy as np
 from anndata import AnnData
 from shapely.geometry import Point
 
+from .._utils import quiet_io_warnings
+
 _KIND = {"images": "images", "shapes": "shapes", "tables": "tables"}
 
 
@@ -117,7 +119,8 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: 
     for element_name, (kind, element) in elements.items():
         groups[kind][element_name] = element
     try:
-        SpatialData(images=groups["images"], shapes=groups["shapes"], tables=groups["tables"]).write(tmp)
+        with quiet_io_warnings():
+            SpatialData(images=groups["images"], shapes=groups["shapes"], tables=groups["tables"]).write(tmp)
         order = [n for n, (k, _) in elements.items() if k != "tables"] + [
             n for n, (k, _) in elements.items() if k == "tables"
         ]
@@ -140,7 +143,8 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
-        sdata.write_consolidated_metadata()
+        with quiet_io_warnings():
+            sdata.write_consolidated_metadata()
     except Exception as err:
         from .._logging import logger
 

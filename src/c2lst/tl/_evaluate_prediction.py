@@ -11,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, quiet_io_warnings, record_lineage, require_obsm
 from ._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
 
 
@@ -50,7 +50,8 @@ def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np
     >>> bool(morans_i(xy[:, :1], xy)[0] > 0.5)
     True
     """
-    import squidpy as sq
+    with quiet_io_warnings():
+        import squidpy as sq
 
     n, k = values.shape
     names = [f"m{i}" for i in range(k)]
