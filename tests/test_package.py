@@ -1,0 +1,40 @@
+"""Package-level behaviour: lazy subpackages and warning hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import c2lst
+from c2lst._utils import quiet_io_warnings
+
+
+def test_import_is_lazy_and_cli_help_is_light():
+    code = (
+        "import sys, c2lst, c2lst._cli; heavy = {'torch', 'diffusers', 'spatialdata', 'scanpy'} & set(sys.modules);"
+        " assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lazy_attributes():
+    assert {"datasets", "models", "pl", "pp", "tl"} <= set(dir(c2lst))
+    assert c2lst.tl.synthesize.__module__.startswith("c2lst.tl")
+    from c2lst import pl
+
+    assert pl is c2lst.pl
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        c2lst.nope  # noqa: B018
+
+
+def test_quiet_io_warnings_only_drops_known_noise():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_io_warnings():
+            warnings.warn("zarr v3 autosharding will be the default in the next minor release.", UserWarning,
+                          stacklevel=1)
+            warnings.warn("something about your data", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something about your data"]
