@@ -199,7 +199,8 @@ def bench_pretrain(patches: np.ndarray, work: Path, steps: int, batch: int) -> l
         wall = time.perf_counter() - t0
         if proc.returncode:
             raise RuntimeError(proc.stderr[-2000:])
-        ranks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        # one file per rank: ranks share stdout, where their lines can interleave
+        ranks = [json.loads(Path(f"{out}.rank{i}.json").read_text()) for i in range(n)]
         train = max(r["train_seconds"] for r in ranks)
         rows.append(
             {

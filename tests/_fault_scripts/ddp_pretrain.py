@@ -2,7 +2,8 @@
 
 Usage: ``ddp_pretrain.py PATCHES.npy OUT N_STEPS [BATCH_SIZE] [CHECKPOINT_EVERY]``.
 
-Used by ``test_scale.py`` and ``benchmarks/bench_scale.py``; prints one JSON line per rank with what the rank saw.
+Used by ``test_scale.py`` and ``benchmarks/bench_scale.py``; writes what each rank saw as JSON to ``OUT.rank{N}.json`` (and prints it; ranks share stdout, so their
+printed lines can interleave: read the files).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,21 +39,20 @@ def main(patches_file: str, output_dir: str, n_steps: int, batch_size: int = 4, 
     )
     seconds = time.perf_counter() - t0
     state = PartialState()
-    print(
-        json.dumps(
-            {
-                "rank": state.process_index,
-                "world": state.num_processes,
-                "backend": str(state.backend),
-                "sha256": model.sha256,
-                "seconds": seconds,
-                "train_seconds": model.training_summary["seconds"],
-                "steps": n_steps,
-                "batch_size": batch_size,
-            }
-        ),
-        flush=True,
+    report = json.dumps(
+        {
+            "rank": state.process_index,
+            "world": state.num_processes,
+            "backend": str(state.backend),
+            "sha256": model.sha256,
+            "seconds": seconds,
+            "train_seconds": model.training_summary["seconds"],
+            "steps": n_steps,
+            "batch_size": batch_size,
+        }
     )
+    Path(f"{output_dir}.rank{state.process_index}.json").write_text(report)
+    print(report, flush=True)
 
 
 if __name__ == "__main__":
