@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -35,6 +34,9 @@ import numpy as np
 import psutil
 
 DDP_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "_fault_scripts" / "ddp_pretrain.py"
+_spec = importlib.util.spec_from_file_location("ddp_pretrain", DDP_SCRIPT)
+DDP = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(DDP)  # launch_command / read_reports: the script's own command line and report files
 
 
 class PeakRSS:
@@ -161,46 +163,19 @@ def bench_extraction(paths: list[Path], size: int) -> list[dict]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bench_pretrain(patches: np.ndarray, work: Path, steps: int, batch: int) -> list[dict]:
     np.save(work / "patches.npy", patches)
-    accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     rows = []
     for n in (1, 2):
         out = work / f"pretrain_{n}"
-        flags = ["--num_processes", "1"] if n == 1 else ["--multi_gpu", "--num_processes", str(n)]
-        cmd = [
-            str(accelerate),
-            "launch",
-            *flags,
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
-            str(DDP_SCRIPT),
-            str(work / "patches.npy"),
-            str(out),
-            str(steps),
-            str(batch),
-            str(steps),
-        ]
+        cmd = DDP.launch_command(work / "patches.npy", out, steps, batch, steps, processes=n)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=900)
         wall = time.perf_counter() - t0
         if proc.returncode:
             raise RuntimeError(proc.stderr[-2000:])
-        # one file per rank: ranks share stdout, where their lines can interleave
-        ranks = [json.loads(Path(f"{out}.rank{i}.json").read_text()) for i in range(n)]
+        ranks = DDP.read_reports(out, n)
         train = max(r["train_seconds"] for r in ranks)
         rows.append(
             {

@@ -11,10 +11,9 @@ How a user runs them (no c2lst-specific API):
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,10 +80,11 @@ def test_extract_patches_on_a_local_cluster_equals_single_process(slides):
         assert ua == ub
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
@@ -92,32 +92,14 @@ def test_pretrain_under_accelerate_launch_ddp_is_loaded_by_one_process(tmp_path,
     patches = np.asarray(sim_sdata_base.tables["table"].obsm["c2lst_patch"][:16])
     np.save(tmp_path / "patches.npy", patches)
     out = tmp_path / "run"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    if not accelerate.exists():
+    ddp = _load_script("ddp_pretrain")
+    cmd = ddp.launch_command(tmp_path / "patches.npy", out, 4, processes=2)
+    if not Path(cmd[0]).exists():
         pytest.skip(f"the `accelerate` launcher is not installed next to {sys.executable}")
-    cmd = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(SCRIPTS / "ddp_pretrain.py"),
-        str(tmp_path / "patches.npy"),
-        str(out),
-        "4",
-    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"run.rank{i}.json").read_text()) for i in range(2)]
+    ranks = ddp.read_reports(out, 2)
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     assert {(r["world"], r["backend"]) for r in ranks} == {(2, "gloo")}
     assert len({r["sha256"] for r in ranks}) == 1  # DDP kept the replicas identical

@@ -2,13 +2,15 @@
 
 Usage: ``ddp_pretrain.py PATCHES.npy OUT N_STEPS [BATCH_SIZE] [CHECKPOINT_EVERY]``.
 
-Used by ``test_scale.py`` and ``benchmarks/bench_scale.py``; writes what each rank saw as JSON to ``OUT.rank{N}.json`` (and prints it; ranks share stdout, so their
-printed lines can interleave: read the files).
+Used by ``test_scale.py`` and ``benchmarks/bench_scale.py`` through :func:`launch_command` and
+:func:`read_reports`: each rank writes what it saw as JSON to ``OUT.rank{N}.json`` (and prints it; ranks share
+stdout, so their printed lines can interleave: read the files).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,25 @@ import numpy as np
 import torch
 
 import c2lst
+
+
+def launch_command(patches_file: Path, output_dir: Path, *args: int, processes: int) -> list[str]:
+    """Return the ``accelerate launch`` command running this script with ``processes`` CPU processes."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    flags = ["--num_processes", "1"] if processes == 1 else ["--multi_gpu", "--num_processes", str(processes)]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [
+        str(accelerate), "launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(port),
+        str(Path(__file__).resolve()), str(patches_file), str(output_dir), *map(str, args),
+    ]  # fmt: skip
+
+
+def read_reports(output_dir: Path, processes: int) -> list[dict]:
+    """Return the JSON report of every rank of a run into ``output_dir``."""
+    return [json.loads(Path(f"{output_dir}.rank{i}.json").read_text()) for i in range(processes)]
 
 
 def main(patches_file: str, output_dir: str, n_steps: int, batch_size: int = 4, every: int = 0) -> None:
