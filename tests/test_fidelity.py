@@ -277,3 +277,20 @@ def test_real_he_fidelity_detects_a_stain_shift(mouse_brain_patches):
     moved = c2lst.tl.evaluate_fidelity(a, shifted, n_subsets=20)
     assert moved["fid"] > 3 * same["fid"]
     assert moved["kid"] > 3 * max(same["kid"], 0.0) + 0.1
+
+
+def test_morphometric_features_of_a_patch_do_not_depend_on_its_batch_neighbours():
+    """Regression: a 2-D Sobel on the (n, S, S) stack smoothed across patches, so texture leaked between rows."""
+    from scipy import ndimage
+    from skimage import color
+
+    from c2lst.models.features import morphometric_features
+
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    alone = morphometric_features(patches[2:3], threshold=0.05)
+    in_batch = morphometric_features(patches, threshold=0.05)[2:3]
+    np.testing.assert_array_equal(alone, in_batch)
+    grey = color.rgb2gray(patches[2])
+    energy = (ndimage.sobel(grey, 0, mode="nearest") ** 2 + ndimage.sobel(grey, 1, mode="nearest") ** 2).mean()
+    assert in_batch[0, -1] == pytest.approx(energy)

@@ -274,8 +274,11 @@ def _texture_features(patches: np.ndarray) -> np.ndarray:
     ]
     contrast = np.mean([d.mean(axis=1) for d in d2], axis=0)
     homogeneity = np.mean([(1.0 / (1.0 + d)).mean(axis=1) for d in d2], axis=0)
-    gx = ndimage.sobel(grey, axis=1, mode="nearest")
-    gy = ndimage.sobel(grey, axis=2, mode="nearest")
+    # Sobel within each patch: ndimage.sobel on the (n, S, S) stack would also smooth across the patch axis
+    # and mix every patch with its neighbours in the batch
+    d, s = [-1.0, 0.0, 1.0], [1.0, 2.0, 1.0]
+    gx = ndimage.correlate1d(ndimage.correlate1d(grey, d, axis=1, mode="nearest"), s, axis=2, mode="nearest")
+    gy = ndimage.correlate1d(ndimage.correlate1d(grey, d, axis=2, mode="nearest"), s, axis=1, mode="nearest")
     energy = (gx**2 + gy**2).mean(axis=(1, 2))
     return np.stack([contrast, homogeneity, energy], axis=1)
 
