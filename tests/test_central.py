@@ -201,7 +201,7 @@ def test_bf16_on_cpu_runs():
     assert np.isfinite(model.training_summary["loss_last"])
 
 
-@pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim", "ddpm"])
+@pytest.mark.parametrize("scheduler", ["sde-dpmsolver++", "dpmsolver++", "unipc", "ddim", "ddpm"])
 def test_schedulers_and_per_sample_generators(tiny_central, scheduler):
     model, _ = tiny_central
     gens = lambda: [_gen(i) for i in range(3)]  # noqa: E731

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from torch import nn
 
-from .sampling import sample_images
+from .sampling import DEFAULT_SCHEDULER, sample_images
 from .store import (
     MODEL_FORMAT,
     check_no_pickles,
@@ -61,9 +61,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 _SCHEDULER_DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
     "clip_sample": True,
 }
+#: Scheduler settings assumed for a plain diffusers UNet folder without a scheduler config (diffusers' own
+#: default parameterisation).
+_PLAIN_SCHEDULER: dict[str, Any] = {**_SCHEDULER_DEFAULTS, "prediction_type": "epsilon"}
 
 
 def preset_config(preset: str = "small", **overrides: Any) -> dict[str, Any]:
@@ -244,7 +247,7 @@ class CentralModel(nn.Module):
         n: int,
         *,
         steps: int = 25,
-        scheduler: str = "dpmsolver++",
+        scheduler: str = DEFAULT_SCHEDULER,
         condition: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -260,7 +263,8 @@ class CentralModel(nn.Module):
         steps
             Number of denoising steps.
         scheduler
-            ``"dpmsolver++"``, ``"ddim"`` or ``"ddpm"``.
+            One of :data:`~c2lst.models.sampling.SCHEDULERS`: ``"sde-dpmsolver++"`` (default), ``"dpmsolver++"``,
+            ``"unipc"``, ``"ddim"`` or ``"ddpm"`` (the 1000-step ancestral reference with ``steps=1000``).
         condition
             Condition embeddings ``(n, cond_dim)``; ``None`` uses the null embedding.
         guidance_scale
@@ -443,7 +447,7 @@ class CentralModel(nn.Module):
             "layers_per_block": int(c.layers_per_block),
             "norm_num_groups": int(c.norm_num_groups),
             "attention_head_dim": int(c.attention_head_dim or boc[-1]),
-            "scheduler": dict(_SCHEDULER_DEFAULTS),
+            "scheduler": dict(_PLAIN_SCHEDULER),
         }
         return cls(cfg, unet=unet)
 
@@ -457,16 +461,25 @@ def denoising_loss(
     generator: torch.Generator,
     condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Return the epsilon-prediction MSE of ``model`` on ``clean`` samples (already on the model's device).
+    """Return the denoising MSE of ``model`` on ``clean`` samples (already on the model's device).
 
-    Noise and timesteps are drawn on the CPU from ``generator`` so the loss is reproducible on any device.
+    The target follows the scheduler's ``prediction_type``: the noise (``"epsilon"``) or the velocity
+    ``v = sqrt(abar) noise - sqrt(1 - abar) x0`` (``"v_prediction"``). Noise and timesteps are drawn on the CPU
+    from ``generator`` so the loss is reproducible on any device.
     """
     noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     t = t.to(clean.device)
     noisy = scheduler.add_noise(clean, noise, t)
     pred = model(noisy, t, condition)
-    return torch.nn.functional.mse_loss(pred.float(), noise.float())
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, t)
+    else:
+        raise ValueError(f"prediction_type={kind!r} is not supported; use 'epsilon' or 'v_prediction'.")
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
 def patches_to_tensor(patches) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .._utils import (
     record_lineage,
 )
 from ..models.local import central_fingerprint
-from ..models.sampling import SCHEDULERS
+from ..models.sampling import DEFAULT_SCHEDULER, SCHEDULERS
 from ._adapt import get_adapter, load_local_model
 from ._central import resolve_central
 from ._conditions import resolve_conditions
@@ -38,7 +38,7 @@ def synthesize(
     n_per_condition: int = 1,
     guidance_scale: float = 2.0,
     steps: int = 25,
-    scheduler: str = "dpmsolver++",
+    scheduler: str = DEFAULT_SCHEDULER,
     batch_size: int = 32,
     seed: int = 0,
     table_added: str = "c2lst_synthetic",
@@ -72,7 +72,7 @@ def synthesize(
     steps
         Denoising steps.
     scheduler
-        ``"dpmsolver++"``, ``"ddim"`` or ``"ddpm"``.
+        ``"sde-dpmsolver++"`` (default), ``"dpmsolver++"``, ``"unipc"``, ``"ddim"`` or ``"ddpm"``.
     batch_size
         Patches per UNet call.
     seed
