@@ -205,7 +205,8 @@ def test_fit_predictor_aligns_genes_and_filters_synthetic(data):
     assert m.genes == GENES
     assert (m.training["n_real"], m.training["n_synthetic"]) == (160, 40)
     # reordered synthetic rows equal their real parents, so the fit equals a fit on the duplicated real rows
-    dup = ExpressionPredictor(GENES, mode="ridge").fit(
+    # (at the same penalty: the penalty itself is chosen by parent-grouped CV on the real rows)
+    dup = ExpressionPredictor(GENES, mode="ridge", alpha=m.training["alpha"]).fit(
         np.concatenate([train.obsm["c2lst_patch"], train.obsm["c2lst_patch"][:40]]),
         np.concatenate([train.obsm["c2lst_expr"], train.obsm["c2lst_expr"][:40]]),
     )
@@ -417,3 +418,68 @@ def test_records_survive_zarr_and_are_usable_after_reading(ridge_model, tmp_path
     pd.testing.assert_frame_equal(
         c2lst.tl.prediction_metrics(back, "again"), c2lst.tl.prediction_metrics(table)
     )
+
+
+# --------------------------------------------------------------------------- equal compute, weights, groups
+def test_cnn_n_steps_fixes_optimiser_steps_whatever_the_rows(data):
+    train, _ = data
+    p, y = train.obsm["c2lst_patch"], train.obsm["c2lst_expr"]
+    small = ExpressionPredictor(GENES).fit(p[:20], y[:20], n_steps=7, batch_size=8, progress=False)
+    big = ExpressionPredictor(GENES).fit(p, y, n_steps=7, batch_size=8, progress=False)
+    assert small.training["n_steps"] == big.training["n_steps"] == 7
+    by_epochs = ExpressionPredictor(GENES).fit(p[:20], y[:20], n_epochs=2, batch_size=8, progress=False)
+    assert by_epochs.training["n_steps"] == 6  # 2 epochs x ceil(20 / 8)
+
+
+def test_sample_weight_zero_rows_do_not_count(data):
+    train, _ = data
+    p, y = train.obsm["c2lst_patch"][:60], train.obsm["c2lst_expr"][:60]
+    noise = np.random.default_rng(0).normal(size=y.shape).astype(np.float32) * 10
+    w = np.r_[np.ones(40), np.zeros(20)]
+    for mode in ("cnn", "ridge"):
+        kw = {"n_steps": 5, "batch_size": 16, "progress": False} if mode == "cnn" else {}
+        ref = ExpressionPredictor(GENES, mode=mode, alpha=1.0).fit(p[:40], y[:40], **kw)
+        weighted = ExpressionPredictor(GENES, mode=mode, alpha=1.0).fit(
+            p, np.r_[y[:40], noise[40:]], sample_weight=w, **kw
+        )
+        if mode == "ridge":  # the zero-weight rows change nothing in the closed form
+            np.testing.assert_allclose(weighted.predict(p[:8]), ref.predict(p[:8]), rtol=1e-4, atol=1e-4)
+        else:
+            assert np.isfinite(weighted.predict(p[:8])).all()
+    with pytest.raises(ValueError, match="sample_weight"):
+        ExpressionPredictor(GENES).fit(p, y, sample_weight=np.zeros(60))
+    with pytest.raises(ValueError, match="sample_weight"):
+        ExpressionPredictor(GENES).fit(p, y, sample_weight=np.ones(3))
+
+
+def test_grouped_alpha_holds_siblings_out_together():
+    from c2lst.models.ridge import ridge_alpha
+
+    rng = np.random.default_rng(0)
+    x_real = rng.normal(size=(30, 20))
+    z_real = x_real[:, :1] + rng.normal(size=(30, 1))
+    # each real row has 5 exact copies: plain leave-one-out sees the copies and picks almost no penalty
+    x = np.repeat(x_real, 6, axis=0)
+    z = np.repeat(z_real, 6, axis=0)
+    groups = np.repeat(np.arange(30), 6)
+    is_real = np.tile([True, False, False, False, False, False], 30)
+    loo_alpha, loo_err = ridge_alpha(x, z)
+    grp_alpha, grp_err = ridge_alpha(x, z, groups=groups, eval_mask=is_real)
+    assert grp_alpha > loo_alpha
+    assert grp_err > loo_err  # honest held-out error is larger than the leaky one
+
+
+def test_fit_predictor_synthetic_weight_and_steps(data):
+    train, _ = data
+    syn = train[:40].copy()
+    syn.obs_names = [f"syn_{i}" for i in range(40)]
+    syn.obs["c2lst_synthetic"] = True
+    syn.obs["c2lst_parent"] = list(train.obs_names[:40])
+    m = c2lst.tl.fit_predictor([train, syn], synthetic_weight=0.25, n_steps=4, progress=False)
+    assert m.training["synthetic_weight"] == 0.25 and m.training["n_steps"] == 4 and m.training["weighted"]
+    with pytest.raises(ValueError, match="synthetic_weight"):
+        c2lst.tl.fit_predictor([train, syn], synthetic_weight=-1.0, progress=False)
+    with pytest.raises(ValueError, match="n_steps"):
+        c2lst.tl.fit_predictor([train], n_steps=0, progress=False)
+    with pytest.raises(ValueError, match="only synthetic"):
+        c2lst.tl.fit_predictor([syn], synthetic_weight=0.0, progress=False)

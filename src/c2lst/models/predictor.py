@@ -14,7 +14,11 @@ Modes
     :func:`~c2lst.models.features.morphometric_features` or the output of a user ``backbone`` (a
     :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``, e.g. a timm/torchvision
     model built with local weights). Features are standardised; the ridge penalty is chosen by exact
-    leave-one-out error over a grid (closed form from one SVD) unless ``alpha`` is given.
+    leave-one-out error over a grid (closed form from one SVD) unless ``alpha`` is given; with ``groups`` (a
+    real spot and its synthetic children) by grouped K-fold error on the real rows.
+
+Row weights (``sample_weight``) let synthetic rows count less than real ones in both modes. ``n_steps`` fixes
+the CNN's optimiser steps whatever the number of rows, so arms of a comparison get equal compute.
 
 Weights are stored with safetensors next to a JSON config (no pickle); see :meth:`ExpressionPredictor.save`.
 """
@@ -38,7 +42,7 @@ from .._utils import check_nonneg_float, check_positive_float, check_positive_in
 from .._version import __version__
 from . import features as _features
 from ._nets import PatchCNN, _BackboneHead, _init_weights, _state_sha256, default_device, dihedral
-from .ridge import ridge_alpha, ridge_solve
+from .ridge import ridge_alpha, ridge_fit
 
 MODES = ("cnn", "ridge")
 CONFIG_NAME = "predictor_config.json"
@@ -153,10 +157,14 @@ class ExpressionPredictor:
         expression: np.ndarray,
         *,
         n_epochs: int = 30,
+        n_steps: int | None = None,
         batch_size: int = 64,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         augment: bool = True,
+        sample_weight: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
+        eval_mask: np.ndarray | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         progress: bool = True,
@@ -171,6 +179,16 @@ class ExpressionPredictor:
             Prepared expression, columns in the order of :attr:`genes`.
         n_epochs, batch_size, lr, weight_decay, augment
             Training settings of ``mode="cnn"`` (ignored by ridge).
+        n_steps
+            Optimiser steps of ``mode="cnn"``; overrides ``n_epochs``. Fix it to compare training sets of
+            different sizes on equal compute (epochs give more steps to more rows).
+        sample_weight
+            Loss weight per row ``(n,)`` (``None``: all 1), e.g. below 1 for synthetic rows.
+        groups
+            Group label per row for the ridge penalty's grouped cross-validation (``mode="ridge"``, ``alpha``
+            not given): rows of one group (a real spot and its synthetic children) are held out together.
+        eval_mask
+            Rows whose held-out error chooses the ridge penalty (e.g. the real rows); default all.
         seed
             Seed of initialisation, shuffling and augmentation.
         device
@@ -196,17 +214,25 @@ class ExpressionPredictor:
             )
         if not np.all(np.isfinite(y)):
             raise ValueError("`expression` contains NaN or inf; clean or re-prepare the expression first.")
+        if n_steps is not None:
+            n_steps = check_positive_int(n_steps, "n_steps")
+        w = _row_weights(sample_weight, len(patches))
+        for name, value in (("groups", groups), ("eval_mask", eval_mask)):
+            if value is not None and np.shape(value) != (len(patches),):
+                raise ValueError(f"`{name}` must hold one value per patch ({len(patches)}), got {np.shape(value)}.")
         self.patch_size = int(patches.shape[1])
-        mean = y.mean(axis=0)
-        std = y.std(axis=0)
+        mean = w @ y / w.sum()
+        std = np.sqrt(w @ (y - mean) ** 2 / w.sum())
         std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         self._tensors = {"target_mean": torch.from_numpy(mean), "target_std": torch.from_numpy(std)}
         z = (y - mean) / std
         if self.mode == "ridge":
-            self._fit_ridge(patches, z, device)
+            self._fit_ridge(patches, z, device, w, groups, eval_mask)
         else:
-            self._fit_cnn(patches, z, n_epochs, batch_size, lr, weight_decay, augment, seed, device, progress)
+            total = n_steps if n_steps is not None else n_epochs * math.ceil(len(patches) / min(batch_size, len(patches)))
+            self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress)
         self.training["n_train"] = len(patches)
+        self.training["weighted"] = bool(sample_weight is not None)
         self.training["seed"] = int(seed)
         return self
 
@@ -230,7 +256,7 @@ class ExpressionPredictor:
         return x.div_(255.0)
 
     def _fit_cnn(
-        self, patches, z, n_epochs, batch_size, lr, weight_decay, augment, seed, device, bar
+        self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar
     ) -> None:
         dev = default_device(device)
         gen = torch.Generator().manual_seed(int(seed))
@@ -244,7 +270,6 @@ class ExpressionPredictor:
         n = len(patches)
         bs = min(batch_size, n)
         steps_per_epoch = math.ceil(n / bs)  # GroupNorm: a ragged last batch is fine
-        total = n_epochs * steps_per_epoch
         warm = max(1, total // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt,
@@ -256,46 +281,54 @@ class ExpressionPredictor:
         )
         x_all = torch.from_numpy(patches)
         y_all = torch.from_numpy(z)
-        losses = []
+        w_all = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        losses: list[float] = []
         net.train()
-        bar_ = _progress(range(n_epochs), enabled=bar, desc="fit predictor", unit="epoch")
-        for _ in bar_:
-            order = torch.randperm(n, generator=gen)
-            epoch_loss = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * bs : (step + 1) * bs]
-                if len(idx) < 2 < n:  # a user backbone may hold BatchNorm layers
-                    continue
-                x = self._input(x_all[idx])
-                if augment:
-                    x = dihedral(x, torch.randint(0, 8, (len(idx),), generator=gen))
-                pred = net(x.to(dev))
-                loss = torch.nn.functional.mse_loss(pred, y_all[idx].to(dev))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError("predictor loss became NaN/inf; lower `lr` or check the inputs.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                sched.step()
-                epoch_loss += float(loss.detach()) / steps_per_epoch
-            losses.append(epoch_loss)
-            bar_.set_postfix(loss=f"{epoch_loss:.3f}")
+        bar_ = _progress(range(total), enabled=bar, desc="fit predictor", unit="step")
+        order = torch.randperm(n, generator=gen)
+        for step in bar_:
+            pos = step % steps_per_epoch
+            if step and pos == 0:
+                order = torch.randperm(n, generator=gen)
+            idx = order[pos * bs : (pos + 1) * bs]
+            if len(idx) < 2 < n:  # a user backbone may hold BatchNorm layers
+                continue
+            wb = w_all[idx].to(dev)
+            if float(wb.sum()) <= 0:  # a batch of zero-weight rows teaches nothing
+                continue
+            x = self._input(x_all[idx])
+            if augment:
+                x = dihedral(x, torch.randint(0, 8, (len(idx),), generator=gen))
+            pred = net(x.to(dev))
+            per_row = ((pred - y_all[idx].to(dev)) ** 2).mean(dim=1)
+            loss = (per_row * wb).sum() / wb.sum()
+            if not torch.isfinite(loss):
+                raise FloatingPointError("predictor loss became NaN/inf; lower `lr` or check the inputs.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if step % 10 == 0:
+                bar_.set_postfix(loss=f"{losses[-1]:.3f}")
         net.eval()
         self.network = net
         if self.backbone is not None:
             self.backbone_sha256 = _state_sha256(self.backbone)
+        per_epoch = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, len(losses), steps_per_epoch)]
         self.training = {
-            "n_epochs": int(n_epochs),
+            "n_steps": int(total),
+            "n_epochs": round(total / steps_per_epoch, 3),
             "batch_size": int(bs),
             "lr": float(lr),
             "weight_decay": float(weight_decay),
             "augment": bool(augment),
-            "final_loss": losses[-1] if losses else float("nan"),
-            "loss_history": [float(v) for v in losses],
+            "final_loss": per_epoch[-1] if per_epoch else float("nan"),
+            "loss_history": per_epoch,
         }
         logger.info(
-            f"predictor trained: {n_epochs} epochs, final standardised MSE {self.training['final_loss']:.3f}"
+            f"predictor trained: {total} steps, final standardised MSE {self.training['final_loss']:.3f}"
         )
 
     def _features(self, patches: np.ndarray, device: str | torch.device | None) -> np.ndarray:
@@ -303,22 +336,28 @@ class ExpressionPredictor:
             return _features.morphometric_features(patches, threshold=self.threshold)
         return _features.torch_features(patches, self.backbone, device=device)
 
-    def _fit_ridge(self, patches: np.ndarray, z: np.ndarray, device) -> None:
-        if self.backbone is None:
-            self.threshold = _features.hematoxylin_threshold(patches)
+    def _fit_ridge(self, patches: np.ndarray, z: np.ndarray, device, w, groups, eval_mask) -> None:
+        if self.backbone is None:  # zero-weight rows shape nothing, the nuclei threshold included
+            self.threshold = _features.hematoxylin_threshold(patches[w > 0])
         else:
             self.backbone_sha256 = _state_sha256(self.backbone)
         feats = self._features(patches, device)
-        f_mean = feats.mean(axis=0)
-        f_std = feats.std(axis=0)
+        f_mean = w @ feats / w.sum()
+        f_std = np.sqrt(w @ (feats - f_mean) ** 2 / w.sum())
         f_std = np.where(f_std > 1e-12, f_std, 1.0)
         xs = (feats - f_mean) / f_std
-        alpha, loo = ridge_alpha(xs, z) if self.alpha is None else (self.alpha, float("nan"))
-        coef = ridge_solve(xs, z, alpha)
+        plain = groups is None and eval_mask is None and np.all(w == 1)
+        if self.alpha is not None:
+            alpha, loo = self.alpha, float("nan")
+        elif plain:
+            alpha, loo = ridge_alpha(xs, z)
+        else:
+            alpha, loo = ridge_alpha(xs, z, weights=w, groups=groups, eval_mask=eval_mask)
+        coef, intercept = ridge_fit(xs, z, alpha, weights=None if plain else w)
         self._tensors.update(
             {
                 "coef": torch.from_numpy(coef.astype(np.float32)),
-                "intercept": torch.from_numpy(z.mean(axis=0).astype(np.float32)),
+                "intercept": torch.from_numpy(intercept.astype(np.float32)),
                 "feature_mean": torch.from_numpy(f_mean.astype(np.float64)),
                 "feature_std": torch.from_numpy(f_std.astype(np.float64)),
             }
@@ -488,3 +527,15 @@ class ExpressionPredictor:
                 "load the same weights into the backbone."
             )
         return model
+
+
+def _row_weights(sample_weight: Any, n: int) -> np.ndarray:
+    """Return validated row weights ``(n,)`` (all 1 for ``None``)."""
+    if sample_weight is None:
+        return np.ones(n)
+    w = np.asarray(sample_weight, dtype=float)
+    if w.shape != (n,):
+        raise ValueError(f"`sample_weight` must hold one weight per patch ({n}), got shape {w.shape}.")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("`sample_weight` must be finite, non-negative and not all zero.")
+    return w

@@ -1,4 +1,9 @@
-"""Closed-form ridge regression with exact leave-one-out choice of the penalty (one SVD for all candidates)."""
+"""Closed-form ridge regression: weighted fits and the choice of the penalty.
+
+Without weights or groups the penalty is chosen by exact leave-one-out error (one SVD for all candidates).
+With ``groups`` (e.g. a real spot and its synthetic children) it is chosen by grouped K-fold error measured on
+the ``eval_mask`` rows only, so siblings of a held-out row never vote on their own penalty.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,53 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def ridge_solve(x: np.ndarray, z: np.ndarray, alpha: float) -> np.ndarray:
-    """Return ridge coefficients ``(D, G)`` for centred targets ``z`` on standardised features ``x``.
+def _weights(n: int, weights: np.ndarray | None) -> np.ndarray:
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=float).ravel()
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"`weights` must be {n} finite non-negative values with a positive sum.")
+    return w
+
+
+def ridge_fit(
+    x: np.ndarray, z: np.ndarray, alpha: float, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ridge coefficients ``(D, G)`` and intercept ``(G,)`` of ``z ~ x``, rows weighted by ``weights``.
 
     Parameters
     ----------
     x
-        Features ``(n, D)`` (centred by the caller or not: the intercept is the mean of ``z``).
+        Features ``(n, D)``.
     z
         Targets ``(n, G)``.
     alpha
         Penalty.
+    weights
+        Row weights ``(n,)`` (``None``: all 1); the loss is ``sum_i w_i ||z_i - x_i B - b||²``.
 
     Returns
     -------
-    Coefficients ``(D, G)``.
+    ``(coef, intercept)``; predictions are ``x @ coef + intercept``.
+
+    Examples
+    --------
+    >>> x = np.eye(3)
+    >>> coef, b = ridge_fit(x, x, 1e-9)
+    >>> np.allclose(x @ coef + b, x, atol=1e-6)
+    True
+    """
+    w = _weights(len(x), weights)
+    mx = w @ x / w.sum()
+    mz = w @ z / w.sum()
+    sw = np.sqrt(w)[:, None]
+    u, s, vt = np.linalg.svd((x - mx) * sw, full_matrices=False)
+    coef = vt.T @ ((s / (s**2 + alpha))[:, None] * (u.T @ ((z - mz) * sw)))
+    return coef, mz - mx @ coef
+
+
+def ridge_solve(x: np.ndarray, z: np.ndarray, alpha: float) -> np.ndarray:
+    """Return unweighted ridge coefficients ``(D, G)`` (see :func:`ridge_fit` for weights and the intercept).
 
     Examples
     --------
@@ -29,14 +66,25 @@ def ridge_solve(x: np.ndarray, z: np.ndarray, alpha: float) -> np.ndarray:
     >>> ridge_solve(x, x, 1e-9).round(3).shape
     (3, 3)
     """
-    xc = x - x.mean(axis=0)
-    zc = z - z.mean(axis=0)
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    return vt.T @ ((s / (s**2 + alpha))[:, None] * (u.T @ zc))
+    return ridge_fit(x, z, alpha)[0]
 
 
-def ridge_alpha(x: np.ndarray, z: np.ndarray, alphas: Sequence[float] | None = None) -> tuple[float, float]:
-    """Choose the ridge penalty by exact leave-one-out mean squared error (one SVD for all candidates).
+def _default_alphas(n: int, alphas: Sequence[float] | None) -> np.ndarray:
+    # features are standardised, so x.T @ x ~ n
+    return np.asarray(n * np.logspace(-4, 3, 15) if alphas is None else alphas, dtype=float)
+
+
+def ridge_alpha(
+    x: np.ndarray,
+    z: np.ndarray,
+    alphas: Sequence[float] | None = None,
+    *,
+    weights: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    eval_mask: np.ndarray | None = None,
+    n_folds: int = 10,
+) -> tuple[float, float]:
+    """Choose the ridge penalty by held-out mean squared error.
 
     Parameters
     ----------
@@ -45,11 +93,21 @@ def ridge_alpha(x: np.ndarray, z: np.ndarray, alphas: Sequence[float] | None = N
     z
         Targets ``(n, G)``.
     alphas
-        Candidates; default ``n * logspace(-4, 3, 15)`` (features are standardised, so ``x.T @ x ~ n``).
+        Candidates; default ``n * logspace(-4, 3, 15)``.
+    weights
+        Row weights of the fits (see :func:`ridge_fit`).
+    groups
+        Group label per row (e.g. the parent spot of each synthetic row, a real row's own name). Rows of a
+        group are held out together in grouped K-fold cross-validation.
+    eval_mask
+        Rows whose held-out error counts (e.g. the real rows); default all.
+    n_folds
+        Folds of the grouped cross-validation (capped by the number of groups).
 
     Returns
     -------
-    ``(alpha, loo_mse)`` of the best candidate (mean over genes).
+    ``(alpha, mse)`` of the best candidate (mean over genes and evaluated rows). Without ``weights`` and
+    ``groups`` the error is the exact leave-one-out error.
 
     Examples
     --------
@@ -60,8 +118,47 @@ def ridge_alpha(x: np.ndarray, z: np.ndarray, alphas: Sequence[float] | None = N
     True
     """
     n = len(x)
-    if alphas is None:
-        alphas = n * np.logspace(-4, 3, 15)
+    cand = _default_alphas(n, alphas)
+    if weights is None and groups is None and eval_mask is None:
+        return _loo_alpha(x, z, cand)
+    w = _weights(n, weights)
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"`groups` must hold one label per row ({n}), got shape {groups.shape}.")
+    ev = np.ones(n, dtype=bool) if eval_mask is None else np.asarray(eval_mask, dtype=bool)
+    labels, inverse = np.unique(groups, return_inverse=True)
+    k = int(min(max(2, n_folds), len(labels)))
+    if k < 2:
+        raise ValueError("grouped cross-validation needs at least 2 groups.")
+    fold_of_group = np.random.default_rng(0).permutation(len(labels)) % k
+    fold = fold_of_group[inverse]
+    err = np.zeros(len(cand))
+    count = 0
+    for f in range(k):
+        test = (fold == f) & ev
+        train = fold != f
+        if not test.any() or w[train].sum() <= 0:
+            continue
+        wt = w[train]
+        mx = wt @ x[train] / wt.sum()
+        mz = wt @ z[train] / wt.sum()
+        sw = np.sqrt(wt)[:, None]
+        u, s, vt = np.linalg.svd((x[train] - mx) * sw, full_matrices=False)
+        uz = u.T @ ((z[train] - mz) * sw)
+        xt = (x[test] - mx) @ vt.T
+        for j, alpha in enumerate(cand):
+            pred = xt @ ((s / (s**2 + alpha))[:, None] * uz) + mz
+            err[j] += float(((z[test] - pred) ** 2).sum())
+        count += int(test.sum()) * z.shape[1]
+    if count == 0:
+        raise ValueError("no evaluated rows could be held out; pass `eval_mask` with rows in several groups.")
+    best = int(np.argmin(err))
+    return float(cand[best]), float(err[best] / count)
+
+
+def _loo_alpha(x: np.ndarray, z: np.ndarray, alphas: np.ndarray) -> tuple[float, float]:
+    """Exact leave-one-out choice of the penalty (one SVD for all candidates)."""
+    n = len(x)
     xc = x - x.mean(axis=0)
     zc = z - z.mean(axis=0)
     u, s, _ = np.linalg.svd(xc, full_matrices=False)

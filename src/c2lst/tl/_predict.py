@@ -42,6 +42,8 @@ def fit_predictor(
     backbone: Any = None,
     alpha: float | None = None,
     n_epochs: int = 30,
+    n_steps: int | None = None,
+    synthetic_weight: float = 1.0,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -71,6 +73,13 @@ def fit_predictor(
         Ridge penalty; ``None`` chooses it by leave-one-out error.
     n_epochs, batch_size, lr
         CNN training settings.
+    n_steps
+        CNN optimiser steps; overrides ``n_epochs``. Epochs give more steps to more rows, so compare a real
+        and a real+synthetic training set at a fixed ``n_steps`` (as :func:`c2lst.tl.budget_curve` does).
+    synthetic_weight
+        Loss weight of synthetic rows relative to real rows (1 = equal; 0 = ignore them). In ridge mode the
+        penalty is then chosen by grouped cross-validation on the real rows, holding out each real spot with
+        its synthetic children (``obs["c2lst_parent"]``), so siblings never leak into their own validation.
     seed
         Seed of initialisation, shuffling and augmentation.
     device
@@ -111,9 +120,17 @@ def fit_predictor(
         raise ValueError(f"`lr` must be a finite number > 0, got {lr!r}.")
     if mode not in ("cnn", "ridge"):
         raise ValueError(f"`mode` must be 'cnn' or 'ridge', got {mode!r}.")
+    if n_steps is not None:
+        n_steps = check_positive_int(n_steps, "n_steps")
+    if isinstance(synthetic_weight, bool) or not isinstance(synthetic_weight, int | float) or not (
+        np.isfinite(synthetic_weight) and synthetic_weight >= 0
+    ):
+        raise ValueError(
+            f"`synthetic_weight` must be a finite number >= 0 (1 = as much as a real row), got {synthetic_weight!r}."
+        )
 
     ref_genes = None
-    xs, ys = [], []
+    xs, ys, synth, groups = [], [], [], []
     n_real = n_syn = 0
     for i, t in enumerate(items):
         patches = _patches(t, patch_key)
@@ -135,6 +152,10 @@ def fit_predictor(
         n_syn += int((keep & syn).sum())
         xs.append(patches[keep])
         ys.append(expr[keep])
+        synth.append(syn[keep])
+        parent = t.obs["c2lst_parent"].astype(str).to_numpy() if "c2lst_parent" in t.obs else None
+        names = np.asarray(t.obs_names, dtype=str)
+        groups.append(np.where(syn, parent, names)[keep] if parent is not None else names[keep])
     sizes = sorted({x.shape[1] for x in xs})
     if len(sizes) > 1:
         raise ValueError(f"`tables` mix patch sizes {sizes}; extract all tables with the same `size=`.")
@@ -146,12 +167,34 @@ def fit_predictor(
         )
     if not np.all(np.isfinite(y)):
         raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or inf; {_EXPR_HINT}")
+    is_syn = np.concatenate(synth)
+    if n_syn and n_real == 0 and synthetic_weight == 0:
+        raise ValueError("`synthetic_weight=0` leaves no row to learn from: the tables hold only synthetic rows.")
+    weight = np.where(is_syn, float(synthetic_weight), 1.0) if n_syn and synthetic_weight != 1 else None
+    grouped = n_syn > 0 and n_real > 1
     model = ExpressionPredictor(list(ref_genes), mode=mode, backbone=backbone, alpha=alpha)
     model.fit(
-        x, y, n_epochs=n_epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress
+        x,
+        y,
+        n_epochs=n_epochs,
+        n_steps=n_steps,
+        sample_weight=weight,
+        groups=np.concatenate(groups) if grouped else None,
+        eval_mask=~is_syn if grouped else None,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
     )
     model.training.update(
-        {"n_real": n_real, "n_synthetic": n_syn, "expr_key": expr_key, "patch_key": patch_key}
+        {
+            "n_real": n_real,
+            "n_synthetic": n_syn,
+            "synthetic_weight": float(synthetic_weight),
+            "expr_key": expr_key,
+            "patch_key": patch_key,
+        }
     )
     logger.info(f"fitted {model!r} on {n_real} real + {n_syn} synthetic spots")
     return model
