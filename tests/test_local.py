@@ -218,6 +218,27 @@ def test_adapt_small_table_shrinks_batch(sim_sdata, tiny_central, caplog):
     assert json.loads(t.uns["c2lst"]["local"]["c2lst_local"]["summary"])["n_spots"] == 3
 
 
+def test_adapt_unlabelled_images_and_encoder_lr(sim_sdata, tiny_central):
+    """Unlabelled patches train the null branch only; the encoder can learn at its own rate."""
+    _, path = tiny_central
+    table = sim_sdata.tables["table"]
+    paired, images = table[:20].copy(), np.asarray(table.obsm["c2lst_patch"][20:60])
+    kw = {"central": str(path), "n_steps": 3, "batch_size": 8, "seed": 0, "progress": False}
+    plain = c2lst.tl.adapt(paired, copy=True, **kw)
+    again = c2lst.tl.adapt(paired, copy=True, unlabelled=images, unlabelled_fraction=0.0, **kw)
+    w0, w1 = (t.uns["c2lst"]["local"]["c2lst_local"]["weights"] for t in (plain, again))
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0)  # fraction 0: the same batches as without images
+    with_images = c2lst.tl.adapt(paired, copy=True, unlabelled=images, unlabelled_fraction=0.5, **kw)
+    w2 = with_images.uns["c2lst"]["local"]["c2lst_local"]["weights"]
+    assert any(not np.array_equal(w0[k], w2[k]) for k in w0)
+    rec = [r for r in with_images.uns["c2lst"]["lineage"].values() if r["function"] == "c2lst.tl.adapt"][-1]
+    assert json.loads(rec["parameters"])["n_unlabelled"] == 40
+    fast = c2lst.tl.adapt(paired, copy=True, encoder_lr=1e-2, **kw)
+    w3 = fast.uns["c2lst"]["local"]["c2lst_local"]["weights"]
+    last = "encoder.net.3.weight"  # zero-initialised: its norm is what the optimiser moved it
+    assert np.linalg.norm(w3[last]) > 3 * np.linalg.norm(w0[last])  # 10x the rate of the default (lr=1e-3)
+
+
 # ----------------------------------------------------------------------------------------- bad input
 def _snapshot(sd):
     return {k: (t.n_obs, sorted(t.uns.get("c2lst", {}))) for k, t in sd.tables.items()}, set(sd.images)
@@ -228,7 +249,7 @@ def _snapshot(sd):
     [
         ({"n_per_condition": 0}, ValueError, "n_per_condition"),
         ({"guidance_scale": -1.0}, ValueError, "guidance_scale"),
-        ({"scheduler": "euler"}, ValueError, r"scheduler.*\['dpmsolver\+\+', 'ddim', 'ddpm'\]"),
+        ({"scheduler": "euler"}, ValueError, r"scheduler.*\['sde-dpmsolver\+\+', 'dpmsolver\+\+', 'unipc'"),
         ({"adapter_key": "nope"}, KeyError, "adapter_key"),
         ({"table_key": "nope"}, KeyError, "table_key"),
         ({"conditions": np.full((2, 20), np.nan, np.float32)}, ValueError, "NaN"),
@@ -281,6 +302,10 @@ def test_central_sha_mismatch(adapted_sdata):
         (lambda t: t, {"cond_dropout": 1.5}, ValueError, "cond_dropout"),
         (lambda t: t, {"central": "unknown_key"}, KeyError, "central"),
         (lambda t: t, {"central": 3}, TypeError, "central"),
+        (lambda t: t, {"encoder_lr": 0.0}, ValueError, "encoder_lr"),
+        (lambda t: t, {"unlabelled_fraction": 1.0}, ValueError, "unlabelled_fraction"),
+        (lambda t: t, {"unlabelled": np.zeros((4, 16, 16, 3), np.uint8)}, ValueError, "same `size=`"),
+        (lambda t: t, {"unlabelled": ad.AnnData(np.zeros((2, 1), np.float32))}, KeyError, "unlabelled"),
     ],
 )
 def test_adapt_bad_input(sim_sdata, tiny_central, mutate, kwargs, exc, match):

@@ -53,6 +53,8 @@ class TrainSettings:
     desc: str = "training"
     device: str | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: learning-rate multipliers by parameter-name prefix (e.g. ``{"encoder.": 5.0}``); others use ``lr``
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
     stop_after: int | None = None  # testing hook: stop (as if interrupted) after this many steps
 
 
@@ -176,10 +178,19 @@ def train(
     if out is not None and settings.resume:
         start_ckpt = latest_checkpoint(out, settings.fingerprint)  # raises before anything is written
     accelerator = _accelerator(settings)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not params:
         raise ValueError("the model has no trainable parameters.")
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        mult = next((m for pre, m in settings.lr_multipliers.items() if name.startswith(pre)), 1.0)
+        groups.setdefault(float(mult), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "lr": settings.lr * m} for m, ps in groups.items()],
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMAModel(params, decay=settings.ema_decay, foreach=True) if settings.ema else None
     losses: list[float] = []

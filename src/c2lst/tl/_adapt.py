@@ -61,10 +61,13 @@ def adapt(
     n_steps: int = 1000,
     rank: int = 8,
     lr: float = 1e-3,
+    encoder_lr: float | None = None,
     batch_size: int = 16,
     cond_dropout: float = 0.1,
     hidden: int = 64,
     target_modules: str = DEFAULT_TARGETS,
+    unlabelled: np.ndarray | AnnData | None = None,
+    unlabelled_fraction: float = 0.5,
     seed: int = 0,
     key_added: str = "c2lst_local",
     output_dir: str | os.PathLike | None = None,
@@ -94,6 +97,9 @@ def adapt(
         Patches (see :func:`c2lst.pp.extract_patches`); their size must match the central model.
     n_steps, lr, batch_size
         Optimisation settings. With fewer spots than ``batch_size`` the batch shrinks to the number of spots.
+    encoder_lr
+        Learning rate of the gene encoder (``None``: ``lr``). LoRA alone can lower the loss without using the
+        condition; a higher encoder rate lets the expression pathway carry more of the fit.
     rank
         LoRA rank.
     cond_dropout
@@ -102,6 +108,12 @@ def adapt(
         Width of the gene encoder.
     target_modules
         Regex of UNet module names that receive LoRA.
+    unlabelled
+        Patches of non-sequenced tissue of the same slide (uint8 ``(m, S, S, 3)``, or an AnnData with
+        ``obsm[patch_key]``). The whole H&E is free; only sequencing costs. They train the unconditional (null)
+        branch with the LoRA adapters, so the local stain and tissue are learned from more than the paired spots.
+    unlabelled_fraction
+        Share of each batch drawn from ``unlabelled`` (in [0, 1)).
     seed
         Seeds adapter initialisation, batches, augmentation, noise and dropout.
     key_added
@@ -143,11 +155,16 @@ def adapt(
     batch_size = check_positive_int(batch_size, "batch_size")
     hidden = check_positive_int(hidden, "hidden")
     lr = check_positive_float(lr, "lr")
+    encoder_lr = lr if encoder_lr is None else check_positive_float(encoder_lr, "encoder_lr")
     cond_dropout = check_nonneg_float(cond_dropout, "cond_dropout")
     if cond_dropout >= 1:
         raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}.")
     seed = check_seed(seed)
     mixed_precision = check_mixed_precision(mixed_precision, device)
+    if isinstance(unlabelled_fraction, bool) or not isinstance(unlabelled_fraction, int | float) or not (
+        0 <= unlabelled_fraction < 1
+    ):
+        raise ValueError(f"`unlabelled_fraction` must be in [0, 1), got {unlabelled_fraction!r}.")
     if adata.n_obs == 0:
         raise ValueError("`adata` has zero spots; adaptation needs at least one paired image–gene spot.")
     patches = check_patches(
@@ -161,6 +178,18 @@ def adapt(
             f"patches in `obsm[{patch_key!r}]` are {patches.shape[1]} px but the central model makes "
             f"{model_c.image_size} px images; re-run `c2lst.pp.extract_patches(..., size={model_c.image_size})`."
         )
+    un_t = None
+    if unlabelled is not None:
+        raw = unlabelled.obsm.get(patch_key) if isinstance(unlabelled, AnnData) else unlabelled
+        if raw is None:
+            raise KeyError(f"`unlabelled` has no `obsm[{patch_key!r}]`; run `c2lst.pp.extract_patches` on it first.")
+        un = check_patches(np.asarray(raw), "unlabelled")
+        if un.shape[1:] != patches.shape[1:]:
+            raise ValueError(
+                f"`unlabelled` patches have shape {un.shape[1:]}, the paired patches {patches.shape[1:]}; extract "
+                "both with the same `size=`."
+            )
+        un_t = patches_to_tensor(un)
     out = check_output_dir(output_dir)
     n = adata.n_obs
     if n < batch_size:
@@ -178,22 +207,26 @@ def adapt(
     local.encoder.set_statistics(expr)
     data_t = patches_to_tensor(patches)
     if model_c.vae is not None:
-        data_t = torch.cat(
-            [
-                local.central.encode(to_model_input(data_t[i : i + 64], model_c.device))
-                for i in range(0, n, 64)
-            ]
-        ).cpu()
+        data_t = _encode(local, data_t)
+        un_t = None if un_t is None else _encode(local, un_t)
     expr_t = torch.from_numpy(expr)
     scheduler = local.central.noise_scheduler
 
+    n_un = 0 if un_t is None else round(unlabelled_fraction * batch_size)
+
     def loss_fn(m, gen, dev):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        batch = data_t[idx]
+        idx = torch.randint(0, n, (batch_size - n_un,), generator=gen)
+        batch, expr_b = data_t[idx], expr_t[idx]
+        if n_un:  # unlabelled patches: always the null condition
+            uidx = torch.randint(0, len(un_t), (n_un,), generator=gen)
+            batch = torch.cat([batch, un_t[uidx]])
+            expr_b = torch.cat([expr_b, torch.zeros(n_un, expr_t.shape[1])])
         x = to_model_input(batch, dev) if batch.dtype == torch.uint8 else batch.to(dev)
         x = dihedral(x, gen)
-        drop = torch.rand(batch_size, generator=gen) < cond_dropout
-        return denoising_loss(m, scheduler, x, gen, condition=(expr_t[idx].to(dev), drop.to(dev)))
+        drop = torch.rand(batch_size - n_un, generator=gen) < cond_dropout
+        if n_un:
+            drop = torch.cat([drop, torch.ones(n_un, dtype=torch.bool)])
+        return denoising_loss(m, scheduler, x, gen, condition=(expr_b.to(dev), drop.to(dev)))
 
     params = {
         "expr_key": expr_key,
@@ -201,10 +234,13 @@ def adapt(
         "n_steps": n_steps,
         "rank": rank,
         "lr": lr,
+        "encoder_lr": encoder_lr,
         "batch_size": batch_size,
         "cond_dropout": cond_dropout,
         "hidden": hidden,
         "target_modules": target_modules,
+        "n_unlabelled": 0 if un_t is None else len(un_t),
+        "unlabelled_fraction": float(unlabelled_fraction) if un_t is not None else 0.0,
         "ema": bool(ema),
         "mixed_precision": mixed_precision,
         "key_added": key_added,
@@ -231,6 +267,7 @@ def adapt(
         desc="adapt",
         device=device,
         fingerprint=fingerprint,
+        lr_multipliers={"encoder.": encoder_lr / lr},
     )
     result = train(local, loss_fn, settings)
     local.eval()
@@ -265,6 +302,13 @@ def adapt(
         "adapt: %d trainable parameters (%.2f%% of the UNet)", summary["trainable"], 100 * summary["ratio"]
     )
     return adata if copy else None
+
+
+def _encode(local: LocalModel, data_u8: torch.Tensor) -> torch.Tensor:
+    dev = local.central.device
+    return torch.cat(
+        [local.central.encode(to_model_input(data_u8[i : i + 64], dev)) for i in range(0, len(data_u8), 64)]
+    ).cpu()
 
 
 def _central_path(central: Any, adata: AnnData, model) -> str:
