@@ -3,6 +3,7 @@
 from ._adapt import adapt, export_adapter, load_adapter
 from ._augment import concat_augmented
 from ._budget import budget_curve, plan_budget
+from ._embedding import image_features, mixing_score
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._fidelity import evaluate_composition, evaluate_fidelity
 from ._predict import fit_predictor, predict_expression
@@ -18,7 +19,9 @@ __all__: list[str] = [
     "evaluate_prediction",
     "export_adapter",
     "fit_predictor",
+    "image_features",
     "load_adapter",
+    "mixing_score",
     "plan_budget",
     "predict_expression",
     "prediction_metrics",
