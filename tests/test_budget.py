@@ -33,49 +33,94 @@ def test_budget_curve_runs_and_plans(sim_sdata, tiny_central):
         sim_sdata,
         central=central,
         fractions=(0.5, 1.0),
-        n_repeats=2,
+        synthetic_fractions=(0.5,),
+        arms=("real", "real+synthetic", "real+null", "real+copy"),
+        n_repeats=3,
         synthetic_per_spot=1,
         adapt_kwargs={"n_steps": 2, "batch_size": 8},
         synthesize_kwargs={"steps": 2},
-        predictor_kwargs={"n_epochs": 1},
+        predictor_kwargs={"n_steps": 3},
         progress=False,
     )
-    assert set(curve["condition"]) == {"real", "real+synthetic"}
-    assert len(curve) == 2 * 2 * 2
+    # every arm at 0.5, only the real reference at 1.0
+    assert len(curve) == 3 * (4 + 1)
+    assert set(curve[curve["fraction"] == 1.0]["condition"]) == {"real"}
     assert set(curve.columns) >= {
-        "fraction",
-        "repeat",
-        "condition",
-        "n_real",
-        "n_synthetic",
-        "pearson_r",
-        "mse",
+        "fraction", "repeat", "condition", "n_real", "n_synthetic", "n_steps", "pearson_r", "mse",
+        "pearson_r_marker", "pearson_r_smooth",
     }
-    aug = curve[curve["condition"] == "real+synthetic"]
+    assert (curve["n_steps"] == 3).all()  # equal optimiser steps for every arm, whatever its rows
+    aug = curve[curve["condition"] != "real"]
     np.testing.assert_array_equal(aug["n_synthetic"].to_numpy(), aug["n_real"].to_numpy())
     assert (curve.loc[curve["condition"] == "real", "n_synthetic"] == 0).all()
     half = curve[curve["fraction"] == 0.5]["n_real"].iloc[0]
     full = curve[curve["fraction"] == 1.0]["n_real"].iloc[0]
     assert half < full < sim_sdata.tables["table"].n_obs  # held-out spots never train
     assert np.isfinite(curve["pearson_r"]).all()
-    plan = c2lst.tl.plan_budget(curve)
-    assert plan["fraction"] in (None, 0.5, 1.0)
-    assert plan["reference_ci_low"] <= plan["reference_mean"] <= plan["reference_ci_high"]
+    # arms of one (repeat, fraction) are paired: same subset size, same test set
+    for _, grp in curve.groupby(["repeat", "fraction"]):
+        assert grp["n_real"].nunique() == 1 and grp["n_test"].nunique() == 1
+    plan = c2lst.tl.plan_budget(curve, margin=0.02)
+    assert plan["fraction"] in (None, 0.5)
+    assert plan["n_repeats"] == 3
+    assert set(plan["differences"]["condition"]) == set(curve["condition"])
+    assert list(plan["gain"]["fraction"]) == [0.5]
     # the table is untouched: no adapter or synthetic rows leak into the user's data
     assert "local" not in sim_sdata.tables["table"].uns.get("c2lst", {})
 
 
-def test_plan_budget_picks_smallest_fraction_within_ci():
-    rows = []
-    for rep, (r100, s25, s50) in enumerate([(0.50, 0.40, 0.49), (0.52, 0.41, 0.51), (0.51, 0.42, 0.50)]):
-        rows += [
-            {"fraction": 1.0, "repeat": rep, "condition": "real", "pearson_r": r100},
-            {"fraction": 0.25, "repeat": rep, "condition": "real+synthetic", "pearson_r": s25},
-            {"fraction": 0.5, "repeat": rep, "condition": "real+synthetic", "pearson_r": s50},
+def test_budget_genes_are_chosen_on_training_spots_only(sim_sdata):
+    from c2lst.pp._expression import apply_expression, prepare_expression
+    from c2lst.tl._budget import _repeat_table
+
+    table = sim_sdata.tables["table"]
+    record = table.uns["c2lst"]["expr"]["c2lst_expr"]
+    pool = np.arange(0, table.n_obs, 3)  # a third of the spots
+    base = _repeat_table(table, pool, "train", record, "c2lst_expr", "c2lst_patch", prepare_expression,
+                         apply_expression)
+    alone = table[pool].copy()
+    prepare_expression(alone, n_top_genes=int(record["n_top_genes"]))
+    genes = list(base.uns["c2lst"]["expr"]["c2lst_expr"]["genes"])
+    assert genes == list(alone.uns["c2lst"]["expr"]["c2lst_expr"]["genes"])
+    assert genes != list(record["genes"])  # the panel of all spots differs: the test spots would have shaped it
+    # every spot (test spots included) is expressed over the training panel with the recorded normalisation
+    np.testing.assert_allclose(base.obsm["c2lst_expr"][pool], alone.obsm["c2lst_expr"], rtol=1e-5, atol=1e-6)
+    assert base.obsm["c2lst_expr"].shape == (table.n_obs, len(genes))
+
+
+def _curve(values: dict[tuple[str, float], list[float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"fraction": f, "repeat": rep, "condition": cond, "pearson_r": v}
+            for (cond, f), vals in values.items()
+            for rep, v in enumerate(vals)
         ]
-    plan = c2lst.tl.plan_budget(pd.DataFrame(rows))
-    assert plan["fraction"] == 0.5
-    assert plan["reference_mean"] == pytest.approx(0.51)
+    )
+
+
+def test_plan_budget_is_a_paired_non_inferiority_test():
+    ref = [0.50, 0.60, 0.55, 0.45, 0.65]  # repeats differ a lot: an unpaired interval would be wide
+    curve = _curve(
+        {
+            ("real", 1.0): ref,
+            ("real", 0.1): [v - 0.10 for v in ref],
+            ("real", 0.5): [v - 0.001 * (i % 2) for i, v in enumerate(ref)],
+            ("real+synthetic", 0.1): [v - 0.005 + 0.002 * (i % 2) for i, v in enumerate(ref)],
+            ("real+synthetic", 0.5): [v + 0.001 for v in ref],
+        }
+    )
+    plan = c2lst.tl.plan_budget(curve, margin=0.02)
+    assert plan["fraction"] == 0.1  # paired differences are tight, so non-inferiority is shown at 0.1
+    assert plan["fraction_real"] == 0.5
+    assert plan["saving"] == pytest.approx(0.2)
+    gain = plan["gain"].set_index("fraction")
+    assert gain.loc[0.1, "gain"] == pytest.approx(0.0954, abs=1e-3)
+    assert gain.loc[0.1, "ci_low"] > 0
+    # a stricter margin than the mean loss at 0.1 refuses it
+    assert c2lst.tl.plan_budget(curve, margin=0.001)["fraction"] == 0.5
+    # a noisy arm whose mean is above the reference's lower CI bound is not enough (the old lenient rule)
+    noisy = _curve({("real", 1.0): ref, ("real+synthetic", 0.1): [0.2, 0.9, 0.3, 0.8, 0.55]})
+    assert c2lst.tl.plan_budget(noisy, margin=0.02)["fraction"] is None
 
 
 @pytest.mark.parametrize(
@@ -84,9 +129,15 @@ def test_plan_budget_picks_smallest_fraction_within_ci():
         ({"fractions": (0.0, 1.0)}, ValueError, "fractions"),
         ({"fractions": (1.5,)}, ValueError, "fractions"),
         ({"fractions": ()}, ValueError, "fractions"),
+        ({"fractions": "abc"}, ValueError, "fractions"),
+        ({"synthetic_fractions": (2.0,)}, ValueError, "synthetic_fractions"),
+        ({"arms": ("real", "magic")}, ValueError, "arms"),
+        ({"arms": ()}, ValueError, "arms"),
+        ({"gene_selection": "all"}, ValueError, "gene_selection"),
         ({"split": "diagonal"}, ValueError, "split"),
         ({"n_repeats": 0}, ValueError, "n_repeats"),
         ({"test_fraction": 1.0}, ValueError, "test_fraction"),
+        ({"predictor_kwargs": {"synthetic_weight": 0.5}}, ValueError, "synthetic_weight"),
         ({"patch_key": "nope"}, KeyError, "extract_patches"),
         ({"expr_key": "nope"}, KeyError, "prepare_expression"),
     ],
@@ -101,7 +152,11 @@ def test_plan_budget_bad_input():
     with pytest.raises(ValueError, match="curve"):
         c2lst.tl.plan_budget(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="all-real"):
-        c2lst.tl.plan_budget(pd.DataFrame({"fraction": [0.5], "condition": ["real"], "pearson_r": [0.1]}))
+        c2lst.tl.plan_budget(_curve({("real", 0.5): [0.1, 0.2, 0.3]}))
+    with pytest.raises(ValueError, match="at least 3"):
+        c2lst.tl.plan_budget(_curve({("real", 1.0): [0.5, 0.6], ("real+synthetic", 0.5): [0.5, 0.6]}))
+    with pytest.raises(ValueError, match="margin"):
+        c2lst.tl.plan_budget(_curve({("real", 1.0): [0.5, 0.6, 0.7]}), margin=-0.1)
 
 
 def test_cli_help_and_version():

@@ -16,7 +16,12 @@ from .._logging import progress as _progress
 from .._utils import check_positive_int, check_seed, get_table, require_obsm
 
 SPLITS = ("spatial", "random")
-CONDITIONS = ("real", "real+synthetic")
+#: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
+#: from the null condition (images that ignore the expression: a control no generator should fall below);
+#: ``"real+copy"`` adds copies of each parent's own patch (a perfect but redundant generator).
+ARMS = ("real", "real+synthetic", "real+null", "real+copy")
+CONDITIONS = ARMS[:2]  # the default arms
+GENE_SELECTION = ("train", "given")
 
 
 def spatial_split(
@@ -62,12 +67,17 @@ def budget_curve(
     *,
     central: Any,
     table_key: str = "table",
-    fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+    fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0),
+    synthetic_fractions: Sequence[float] | None = None,
+    arms: Sequence[str] = CONDITIONS,
     synthetic_per_spot: int = 2,
-    n_repeats: int = 3,
+    synthetic_weight: float | Sequence[float] = 1.0,
+    n_repeats: int = 8,
     split: str = "spatial",
     test_fraction: float = 0.25,
     n_blocks: int = 4,
+    gene_selection: str = "train",
+    unlabelled: bool = False,
     expr_key: str = "c2lst_expr",
     patch_key: str = "c2lst_patch",
     adapt_kwargs: Mapping[str, Any] | None = None,
@@ -78,12 +88,14 @@ def budget_curve(
 ) -> pd.DataFrame:
     """Measure image→expression accuracy against the number of real spots, with and without synthesis.
 
-    For each repeat, whole spatial blocks of spots are held out as the test set (``split="spatial"``, so
-    neighbouring spots do not leak between train and test). For each fraction ``f`` of the remaining spots, a
-    seeded random subset is drawn; the central model is adapted on it (:func:`c2lst.tl.adapt`),
-    ``synthetic_per_spot`` patches are synthesized per training spot (:func:`c2lst.tl.synthesize`), and two
-    predictors are fitted (:func:`c2lst.tl.fit_predictor`): on the real subset, and on the real subset plus its
-    synthetic spots. Both are scored on the held-out real spots (:func:`c2lst.tl.evaluate_prediction`).
+    Each repeat holds out whole spatial blocks of spots as the test set (``split="spatial"``: neighbouring
+    spots do not leak between train and test). Genes are re-selected on the repeat's training spots
+    (``gene_selection="train"``), so the test spots never shape the gene panel. For each fraction ``f`` of the
+    training spots a seeded subset is drawn; the central model is adapted on it (:func:`c2lst.tl.adapt`) and
+    ``synthetic_per_spot`` patches per spot are synthesized (:func:`c2lst.tl.synthesize`). Every arm then fits a
+    predictor (:func:`c2lst.tl.fit_predictor`) **for the same number of optimiser steps** and is scored on the
+    held-out real spots. All arms of one (repeat, fraction) share the split, the subset and the seeds, so their
+    differences are paired: compare them with :func:`plan_budget`.
 
     Parameters
     ----------
@@ -94,21 +106,43 @@ def budget_curve(
     table_key
         Table of the real spots.
     fractions
-        Fractions of the training spots, each in (0, 1].
+        Fractions of the training spots, each in (0, 1]; include 1.0 (the reference of :func:`plan_budget`).
+    synthetic_fractions
+        Fractions at which the arms other than ``"real"`` run (default: all ``fractions``). Leaving out 1.0
+        saves the largest adaptation when only the all-real reference is needed there.
+    arms
+        Training sets to compare (see :data:`ARMS`): ``"real"``, ``"real+synthetic"``, and the controls
+        ``"real+null"`` (patches from the null condition, which ignore expression) and ``"real+copy"`` (the
+        parent's own patch, repeated ``synthetic_per_spot`` times).
     synthetic_per_spot
-        Synthetic patches per real training spot.
+        Added rows per real training spot.
+    synthetic_weight
+        Loss weight of added rows relative to real rows (see :func:`c2lst.tl.fit_predictor`). A sequence fits
+        every added arm once per weight on the same synthetic rows (column ``synthetic_weight``); choose one in
+        :func:`plan_budget`. Choosing the weight on the test blocks makes that arm's figures slightly optimistic.
     n_repeats
-        Repeats (different held-out blocks and subsets).
+        Repeats (different held-out blocks, subsets and seeds); :func:`plan_budget` needs at least 3.
     split
         ``"spatial"`` (held-out blocks) or ``"random"`` (held-out spots; optimistic, for comparison only).
     test_fraction
         Fraction of spots held out per repeat.
     n_blocks
         Blocks per side of the spatial grid.
+    gene_selection
+        ``"train"``: re-run :func:`c2lst.pp.prepare_expression` (same ``n_top_genes``, layer and flavour) on
+        each repeat's training spots and use those genes; needs the counts the table was prepared from.
+        ``"given"``: use ``obsm[expr_key]`` as it is (only when its genes were chosen without the test spots,
+        e.g. from a panel or another slide).
+    unlabelled
+        Let the adaptation also see the images of the repeat's other training-pool spots (outside the labelled
+        subset; never test spots) through ``adapt(unlabelled=...)``: on a real slide the whole H&E is free and
+        only sequencing costs. Their expression is never used.
     expr_key, patch_key
         Prepared expression and patches.
     adapt_kwargs, synthesize_kwargs, predictor_kwargs
         Extra options for :func:`c2lst.tl.adapt`, :func:`c2lst.tl.synthesize` and :func:`c2lst.tl.fit_predictor`.
+        The predictor's ``n_steps`` (default 200) is the same for every arm; an ``n_epochs`` without
+        ``n_steps`` is turned into the steps that many epochs take on the largest real training set.
     seed
         Seeds splits, subsets, adaptation, synthesis and predictors.
     progress
@@ -116,25 +150,37 @@ def budget_curve(
 
     Returns
     -------
-    One row per (repeat, fraction, condition): ``fraction``, ``repeat``, ``condition`` (``"real"`` or
-    ``"real+synthetic"``), ``n_real``, ``n_synthetic``, ``n_test``, ``pearson_r`` (mean over genes), ``mse``,
-    ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed).
+    One row per (repeat, fraction, arm, weight): ``fraction``, ``repeat``, ``condition`` (the arm),
+    ``synthetic_weight`` (NaN for ``"real"``), ``n_real``,
+    ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
+    ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
+    has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
+    visible in the image, ``smooth`` genes follow spatial fields only).
 
     Examples
     --------
-    >>> curve = c2lst.tl.budget_curve(sdata, central=model, fractions=(0.25, 1.0), n_repeats=3)
-    >>> c2lst.tl.plan_budget(curve)
+    >>> curve = c2lst.tl.budget_curve(sdata, central=model, fractions=(0.1, 0.25, 1.0), n_repeats=8)
+    >>> c2lst.tl.plan_budget(curve, margin=0.02)
     """
+    from spatialdata import SpatialData
+
+    from .._utils import quiet_io_warnings
+    from ..pp._expression import apply_expression, prepare_expression
     from ._adapt import adapt
-    from ._predict import evaluate_prediction, fit_predictor, predict_expression
+    from ._predict import fit_predictor
     from ._synthesize import synthesize
 
     table = sdata if isinstance(sdata, AnnData) else get_table(sdata, table_key)
-    fractions = [float(f) for f in fractions]
-    if not fractions or any(not (0 < f <= 1) or not np.isfinite(f) for f in fractions):
-        raise ValueError(f"`fractions={fractions}` must be non-empty values in (0, 1]; e.g. (0.25, 1.0).")
+    fractions = _check_fractions(fractions, "fractions")
+    syn_fracs = fractions if synthetic_fractions is None else _check_fractions(synthetic_fractions, "synthetic_fractions")
+    arms = list(arms) if not isinstance(arms, str) else [arms]
+    bad = [a for a in arms if a not in ARMS]
+    if not arms or bad or len(set(arms)) != len(arms):
+        raise ValueError(f"`arms={arms}` must be distinct values of {list(ARMS)}.")
     if split not in SPLITS:
         raise ValueError(f"`split={split!r}` is unknown; use one of {list(SPLITS)}.")
+    if gene_selection not in GENE_SELECTION:
+        raise ValueError(f"`gene_selection={gene_selection!r}` is unknown; use one of {list(GENE_SELECTION)}.")
     if not (0 < test_fraction < 1):
         raise ValueError(f"`test_fraction={test_fraction}` must be in (0, 1).")
     synthetic_per_spot = check_positive_int(synthetic_per_spot, "synthetic_per_spot")
@@ -146,131 +192,291 @@ def budget_curve(
     coords = require_obsm(
         table, "spatial", "obsm key", "the table needs spot coordinates in obsm['spatial']."
     )
-    from spatialdata import SpatialData
-
+    record = table.uns.get("c2lst", {}).get("expr", {}).get(expr_key)
+    if record is None:
+        raise KeyError(f"`expr_key={expr_key!r}` has no record in `uns['c2lst']['expr']`; run `prepare_expression`.")
+    if gene_selection == "train" and str(record.get("flavor")) == "given":
+        gene_selection = "given"  # the genes were listed by the user, not chosen from these spots
+    if gene_selection == "train" and str(record.get("layer", "X")) not in ("X", *table.layers.keys()):
+        raise ValueError(
+            f"`gene_selection='train'` needs the counts in layer {record.get('layer')!r}, which the table lacks; "
+            "restore it or pass `gene_selection='given'`."
+        )
+    p_kw = dict(predictor_kwargs or {})
+    if "n_steps" not in p_kw:
+        epochs = p_kw.pop("n_epochs", None)
+        pool_max = round((1 - test_fraction) * table.n_obs)
+        bs = int(p_kw.get("batch_size", 64))
+        p_kw["n_steps"] = 200 if epochs is None else int(epochs) * math.ceil(pool_max / min(bs, pool_max))
+    if "synthetic_weight" in p_kw:
+        raise ValueError("pass `synthetic_weight=` to `budget_curve` itself, not in `predictor_kwargs`.")
+    weights = _check_weights(synthetic_weight)
     from ._central import resolve_central
 
     model = resolve_central(central, table)
-    base = AnnData(obs=pd.DataFrame(index=table.obs_names.copy()))
-    for key in (patch_key, expr_key, "spatial"):
-        base.obsm[key] = np.asarray(table.obsm[key])
-    base.uns["c2lst"] = {"expr": {expr_key: dict(table.uns["c2lst"]["expr"][expr_key])}}
+    kinds = table.var["c2lst_gene_kind"].astype(str) if "c2lst_gene_kind" in table.var else None
     a_kw = {"n_steps": 200, "batch_size": 16, **dict(adapt_kwargs or {})}
     s_kw = {"steps": 20, **dict(synthesize_kwargs or {})}
-    p_kw = dict(predictor_kwargs or {})
     rows: list[dict[str, Any]] = []
     runs = [(r, f) for r in range(n_repeats) for f in fractions]
-    for r, f in _progress(runs, enabled=progress, desc="budget curve", unit="run"):
+    bar = _progress(runs, enabled=progress, desc="budget curve", unit="run")
+    repeat_data: dict[int, tuple] = {}
+    for r, f in bar:
         rseed = seed + 1000 * r
-        test = (
-            spatial_split(coords, test_fraction=test_fraction, n_blocks=n_blocks, seed=rseed)
-            if split == "spatial"
-            else np.random.default_rng(rseed).random(table.n_obs) < test_fraction
-        )
-        pool = np.flatnonzero(~test)
-        if test.sum() == 0 or len(pool) == 0:
-            raise ValueError(
-                f"the {split} split left {int(test.sum())} test and {len(pool)} training spots; use more spots, "
-                "a larger `test_fraction` or more `n_blocks`."
+        if r not in repeat_data:
+            test = (
+                spatial_split(coords, test_fraction=test_fraction, n_blocks=n_blocks, seed=rseed)
+                if split == "spatial"
+                else np.random.default_rng(rseed).random(table.n_obs) < test_fraction
             )
+            pool = np.flatnonzero(~test)
+            if test.sum() < 3 or len(pool) == 0:
+                raise ValueError(
+                    f"the {split} split left {int(test.sum())} test and {len(pool)} training spots; use more "
+                    "spots, a larger `test_fraction` or more `n_blocks`."
+                )
+            with quiet_io_warnings():
+                base = _repeat_table(table, pool, gene_selection, record, expr_key, patch_key,
+                                     prepare_expression, apply_expression)
+            repeat_data = {r: (test, pool, base)}
+        test, pool, base = repeat_data[r]
         n_real = max(1, round(f * len(pool)))
         train_idx = np.sort(np.random.default_rng([rseed, int(f * 1e6)]).choice(pool, n_real, replace=False))
         real = base[train_idx].copy()
         held = base[np.flatnonzero(test)].copy()
         real.obs["c2lst_synthetic"] = False
-        adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False, **a_kw)
-        sd = SpatialData(tables={"train": real})
-        synthesize(
-            sd,
-            table_key="train",
-            central=model,
-            n_per_condition=synthetic_per_spot,
-            seed=rseed,
-            patch_key=patch_key,
-            table_added="syn",
-            progress=False,
-            **s_kw,
-        )
-        syn = sd.tables["syn"]
-        for cond, tables in (("real", [real]), ("real+synthetic", [real, syn])):
-            pred = fit_predictor(
-                tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False, **p_kw
-            )
-            ev = held.copy()
-            predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key)
-            evaluate_prediction(ev, expr_key=expr_key, spatial=True)
-            rec = ev.uns["c2lst"]["evaluation"]["c2lst_pred"]
-            rows.append(
-                {
-                    "fraction": f,
-                    "repeat": r,
-                    "condition": cond,
-                    "n_real": int(n_real),
-                    "n_synthetic": int(syn.n_obs) if cond != "real" else 0,
-                    "n_test": int(test.sum()),
-                    "pearson_r": float(rec["mean_pearson_r"]),
-                    "mse": float(rec["mean_mse"]),
-                    "moran_difference": float(rec.get("mean_abs_moran_difference", math.nan)),
-                }
-            )
-        logger.info(
-            "budget: fraction %.2f repeat %d: real r=%.3f, +synthetic r=%.3f",
-            f,
-            r,
-            rows[-2]["pearson_r"],
-            rows[-1]["pearson_r"],
-        )
+        genes = [str(g) for g in real.uns["c2lst"]["expr"][expr_key]["genes"]]
+        gene_kind = None if kinds is None else kinds.reindex(genes).to_numpy()
+        extra: dict[str, AnnData] = {}
+        todo = [a for a in arms if a == "real" or any(np.isclose(f, syn_fracs))]
+        if any(a in ("real+synthetic", "real+null") for a in todo):
+            others = np.setdiff1d(pool, train_idx)
+            un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
+            adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
+                  unlabelled=un, **a_kw)
+            sd = SpatialData(tables={"train": real})
+            for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
+                if arm not in todo:
+                    continue
+                kw = dict(s_kw) if guidance is None else {**s_kw, "guidance_scale": guidance}
+                synthesize(sd, table_key="train", central=model, n_per_condition=synthetic_per_spot, seed=rseed,
+                           patch_key=patch_key, table_added=arm.replace("+", "_"), progress=False, **kw)
+                extra[arm] = sd.tables[arm.replace("+", "_")]
+        if "real+copy" in todo:
+            extra["real+copy"] = _copies(real, synthetic_per_spot, patch_key, expr_key)
+        fits = [(a, w) for a in todo for w in ([math.nan] if a == "real" else weights)]
+        for arm, w in fits:
+            tables = [real] if arm == "real" else [real, extra[arm]]
+            pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
+                                 synthetic_weight=1.0 if arm == "real" else w, **p_kw)
+            rows.append({
+                "fraction": f,
+                "repeat": r,
+                "condition": arm,
+                "synthetic_weight": w,
+                "n_real": int(n_real),
+                "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),
+                "n_test": int(test.sum()),
+                "n_steps": int(pred.training.get("n_steps", 0)),
+                **_score(pred, held, expr_key, patch_key, gene_kind),
+            })
+        logger.info("budget: fraction %.2f repeat %d: %s", f, r,
+                    ", ".join(f"{row['condition']} r={row['pearson_r']:.3f}" for row in rows[-len(fits):]))
     return pd.DataFrame(rows)
 
 
-def plan_budget(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float = 0.95) -> dict[str, Any]:
-    """Name the smallest real fraction whose real+synthetic score is within the CI of the all-real score.
+def _check_weights(weight: float | Sequence[float]) -> list[float]:
+    values = list(weight) if isinstance(weight, Sequence) and not isinstance(weight, str) else [weight]
+    ok = values and all(
+        not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) and v >= 0 for v in values
+    )
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(
+            f"`synthetic_weight={weight!r}` must be a number >= 0 or a sequence of distinct ones (e.g. (1.0, 0.3))."
+        )
+    return [float(v) for v in values]
+
+
+def _check_fractions(fractions: Sequence[float], name: str) -> list[float]:
+    try:
+        values = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}={fractions!r}` must be a sequence of numbers in (0, 1].") from None
+    if not values or any(not np.isfinite(f) or not (0 < f <= 1) for f in values):
+        raise ValueError(f"`{name}={values}` must be non-empty values in (0, 1]; e.g. (0.1, 0.25, 1.0).")
+    return values
+
+
+def _repeat_table(table, pool, gene_selection, record, expr_key, patch_key, prepare, apply) -> AnnData:
+    """A light table of one repeat: patches, coordinates and expression over genes chosen on ``pool``."""
+    base = AnnData(obs=pd.DataFrame(index=table.obs_names.copy()))
+    for key in (patch_key, "spatial"):
+        base.obsm[key] = np.asarray(table.obsm[key])
+    if gene_selection == "given":
+        base.obsm[expr_key] = np.asarray(table.obsm[expr_key])
+        base.uns["c2lst"] = {"expr": {expr_key: dict(record)}}
+        return base
+    layer = str(record.get("layer", "X"))
+    counts = table.X if layer == "X" else table.layers[layer]
+    sub = AnnData(X=counts[pool], var=pd.DataFrame(index=table.var_names.copy()))
+    sub.obs_names = table.obs_names[pool]
+    prepare(sub, n_top_genes=int(record["n_top_genes"]))
+    new = dict(sub.uns["c2lst"]["expr"]["c2lst_expr"])
+    new["layer"] = layer
+    full = AnnData(X=counts, var=pd.DataFrame(index=table.var_names.copy()))
+    base.obsm[expr_key] = apply(full, genes=list(new["genes"]), params={**new, "layer": "X"})
+    base.uns["c2lst"] = {"expr": {expr_key: new}}
+    return base
+
+
+def _copies(real: AnnData, k: int, patch_key: str, expr_key: str) -> AnnData:
+    """The "perfect but redundant" control: each real spot's own patch and expression, ``k`` times."""
+    idx = np.repeat(np.arange(real.n_obs), k)
+    obs = pd.DataFrame(
+        {"c2lst_synthetic": True, "c2lst_parent": np.asarray(real.obs_names, dtype=str)[idx]},
+        index=[f"copy_{i}" for i in range(len(idx))],
+    )
+    out = AnnData(obs=obs)
+    out.obsm[patch_key] = np.asarray(real.obsm[patch_key])[idx]
+    out.obsm[expr_key] = np.asarray(real.obsm[expr_key])[idx]
+    out.uns["c2lst"] = {"expr": {expr_key: dict(real.uns["c2lst"]["expr"][expr_key])}}
+    return out
+
+
+def _score(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> dict[str, float]:
+    """Pearson r, MSE and Moran's I difference of ``pred`` on the held-out spots, per gene kind too."""
+    from ._evaluate_prediction import evaluate_prediction, prediction_metrics
+    from ._predict import predict_expression
+
+    ev = held.copy()
+    predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key)
+    evaluate_prediction(ev, expr_key=expr_key, spatial=True)
+    rec = ev.uns["c2lst"]["evaluation"]["c2lst_pred"]
+    out = {
+        "pearson_r": float(rec["mean_pearson_r"]),
+        "mse": float(rec["mean_mse"]),
+        "moran_difference": float(rec.get("mean_abs_moran_difference", math.nan)),
+    }
+    if gene_kind is not None:
+        r = prediction_metrics(ev)["pearson_r"].to_numpy()
+        for kind in sorted(set(gene_kind) - {"nan", ""}):
+            vals = r[gene_kind == kind]
+            out[f"pearson_r_{kind}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+    return out
+
+
+def _paired(values: np.ndarray, ci: float) -> tuple[float, float, float, int]:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    mean, low, high = _mean_ci(values, ci)
+    return mean, low, high, len(values)
+
+
+def plan_budget(
+    curve: pd.DataFrame,
+    *,
+    metric: str = "pearson_r",
+    margin: float = 0.02,
+    ci: float = 0.95,
+    arm: str = "real+synthetic",
+    synthetic_weight: float | None = None,
+) -> dict[str, Any]:
+    """Name the smallest fraction of real spots that is non-inferior to all of them, with and without synthesis.
+
+    The test is paired: for every repeat, ``metric`` of an arm at fraction ``f`` minus the all-real reference
+    (``"real"`` at fraction 1.0) of the *same* repeat. An arm at ``f`` is non-inferior when the lower bound of
+    the ``ci`` Student-t interval of those differences lies above ``-margin``; fix the margin before looking at
+    the results.
 
     Parameters
     ----------
     curve
-        Output of :func:`budget_curve`; it must contain fraction 1.0 with the ``"real"`` condition.
+        Output of :func:`budget_curve`, with fraction 1.0 in the ``"real"`` arm and at least 3 repeats.
     metric
         Column to compare (higher is better).
+    margin
+        Non-inferiority margin in units of ``metric`` (e.g. 0.02 r).
     ci
-        Confidence level of the all-real interval (Student's t over repeats).
+        Two-sided confidence level of the intervals (its lower bound is a one-sided ``(1 + ci) / 2`` bound).
+    arm
+        The augmented arm to plan for.
+    synthetic_weight
+        When ``curve`` holds several synthetic weights, the one to use (required then).
 
     Returns
     -------
-    ``{"fraction": smallest sufficient fraction or None, "reference_mean", "reference_ci_low",
-    "reference_ci_high", "table": DataFrame of means and CIs per (condition, fraction)}``.
+    dict with ``fraction`` (smallest non-inferior fraction of ``arm``, or None), ``fraction_real`` (the same
+    for real spots alone), ``saving`` (``fraction / fraction_real`` when both exist: below 1 means synthesis
+    saves spots), ``margin``, ``ci``, ``n_repeats``, ``differences`` (per arm and fraction: mean, CI and n of
+    the paired difference to the reference, and ``non_inferior``), ``gain`` (per fraction: ``arm`` minus
+    ``"real"`` at the same fraction, paired) and ``table`` (per arm and fraction: mean and CI of ``metric``).
     """
-    needed = {"fraction", "condition", metric}
+    needed = {"fraction", "condition", "repeat", metric}
     if not isinstance(curve, pd.DataFrame) or not needed <= set(curve.columns):
         raise ValueError(f"`curve` must be the DataFrame of `budget_curve` with columns {sorted(needed)}.")
     if not (0 < ci < 1):
         raise ValueError(f"`ci={ci}` must be in (0, 1).")
-    ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)][metric].to_numpy()
+    curve = _one_weight(curve, synthetic_weight)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not (np.isfinite(margin) and margin >= 0):
+        raise ValueError(f"`margin={margin!r}` must be a finite number >= 0 (e.g. 0.02 for Pearson r).")
+    ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)].set_index("repeat")[metric]
     if len(ref) == 0:
         raise ValueError(
             "`curve` has no all-real result (fraction 1.0, condition 'real'); include 1.0 in `fractions`."
         )
-    mean, low, high = _mean_ci(ref, ci)
-    rows = []
-    for (cond, frac), grp in curve.groupby(["condition", "fraction"], sort=True):
-        m, lo, hi = _mean_ci(grp[metric].to_numpy(), ci)
-        rows.append(
-            {
-                "condition": cond,
-                "fraction": float(frac),
-                "mean": m,
-                "ci_low": lo,
-                "ci_high": hi,
-                "n": len(grp),
-            }
+    if ref.index.nunique() < 3:
+        raise ValueError(
+            f"`curve` has {ref.index.nunique()} repeat(s) of the all-real reference; a paired test needs at "
+            "least 3 (run `budget_curve` with `n_repeats>=3`; 8 or more for useful intervals)."
         )
-    table = pd.DataFrame(rows)
-    aug = table[table["condition"] == "real+synthetic"].sort_values("fraction")
-    ok = aug[aug["mean"] >= low]
+    rows, table_rows = [], []
+    for (cond, frac), grp in curve.groupby(["condition", "fraction"], sort=True):
+        vals = grp.set_index("repeat")[metric]
+        m, lo, hi = _mean_ci(vals.to_numpy(), ci)
+        table_rows.append({"condition": cond, "fraction": float(frac), "mean": m, "ci_low": lo, "ci_high": hi,
+                           "n": len(vals)})
+        diff = (vals - ref.reindex(vals.index)).to_numpy()
+        dm, dlo, dhi, n = _paired(diff, ci)
+        rows.append({"condition": cond, "fraction": float(frac), "difference": dm, "ci_low": dlo, "ci_high": dhi,
+                     "n": n, "non_inferior": bool(n >= 3 and dlo > -margin)})
+    diffs = pd.DataFrame(rows)
+
+    def smallest(cond: str) -> float | None:
+        ok = diffs[(diffs["condition"] == cond) & diffs["non_inferior"]].sort_values("fraction")
+        return float(ok["fraction"].iloc[0]) if len(ok) else None
+
+    gain_rows = []
+    real_arm = curve[curve["condition"] == "real"]
+    for frac, grp in curve[curve["condition"] == arm].groupby("fraction", sort=True):
+        base = real_arm[np.isclose(real_arm["fraction"], frac)].set_index("repeat")[metric]
+        vals = grp.set_index("repeat")[metric]
+        dm, dlo, dhi, n = _paired((vals - base.reindex(vals.index)).to_numpy(), ci)
+        gain_rows.append({"fraction": float(frac), "gain": dm, "ci_low": dlo, "ci_high": dhi, "n": n})
+    f_arm, f_real = smallest(arm), smallest("real")
     return {
-        "fraction": float(ok["fraction"].iloc[0]) if len(ok) else None,
-        "reference_mean": mean,
-        "reference_ci_low": low,
-        "reference_ci_high": high,
-        "table": table,
+        "fraction": f_arm,
+        "fraction_real": f_real,
+        "saving": (f_arm / f_real) if f_arm is not None and f_real else None,
+        "margin": float(margin),
+        "ci": float(ci),
+        "n_repeats": int(ref.index.nunique()),
+        "reference_mean": float(ref.mean()),
+        "differences": diffs,
+        "gain": pd.DataFrame(gain_rows, columns=["fraction", "gain", "ci_low", "ci_high", "n"]),
+        "table": pd.DataFrame(table_rows),
     }
+
+
+def _one_weight(curve: pd.DataFrame, weight: float | None) -> pd.DataFrame:
+    """Keep the real rows and the added rows of one synthetic weight."""
+    if "synthetic_weight" not in curve.columns:
+        return curve
+    present = sorted(set(curve["synthetic_weight"].dropna().astype(float)))
+    if weight is None:
+        if len(present) > 1:
+            raise ValueError(f"`curve` holds synthetic weights {present}; pass `synthetic_weight=` (one of them).")
+        return curve
+    if not any(np.isclose(weight, present)):
+        raise ValueError(f"`synthetic_weight={weight}` is not in `curve` (weights: {present}).")
+    keep = curve["synthetic_weight"].isna() | np.isclose(curve["synthetic_weight"].fillna(-1.0), weight)
+    return curve[keep]
