@@ -112,7 +112,9 @@ def test_guidance_changes_output_and_zero_is_null(adapted_sdata, tiny_central):
 
     local = load_local_model(adapted_sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"], central)
     null = local.central.sample(4, steps=3, generator=[_gen(i) for i in range(4)])
-    np.testing.assert_array_equal(outs[0.0], null)
+    # synthesis fuses LoRA into the weights: float rounding may flip a rare pixel by one grey level
+    diff = np.abs(outs[0.0].astype(int) - null.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_synthesize_writes_elements_and_lineage(adapted_sdata, tmp_path):
