@@ -201,7 +201,7 @@ def test_fit_predictor_aligns_genes_and_filters_synthetic(data):
     syn.obsm["c2lst_expr"] = syn.obsm["c2lst_expr"][:, order]
     syn.uns["c2lst"]["expr"]["c2lst_expr"]["genes"] = np.asarray(GENES, dtype=object)[order]
     before = snapshot(syn)
-    m = c2lst.tl.fit_predictor([train, syn], mode="ridge", progress=False)
+    m = c2lst.tl.fit_predictor([train, syn], mode="ridge", synthetic_weight=1.0, progress=False)
     assert m.genes == GENES
     assert (m.training["n_real"], m.training["n_synthetic"]) == (160, 40)
     # reordered synthetic rows equal their real parents, so the fit equals a fit on the duplicated real rows

@@ -71,7 +71,7 @@ def budget_curve(
     synthetic_fractions: Sequence[float] | None = None,
     arms: Sequence[str] = CONDITIONS,
     synthetic_per_spot: int = 2,
-    synthetic_weight: float | Sequence[float] = 1.0,
+    synthetic_weight: float | Sequence[float] = 0.3,
     n_repeats: int = 8,
     split: str = "spatial",
     test_fraction: float = 0.25,

@@ -43,7 +43,7 @@ def fit_predictor(
     alpha: float | None = None,
     n_epochs: int = 30,
     n_steps: int | None = None,
-    synthetic_weight: float = 1.0,
+    synthetic_weight: float = 0.3,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -77,7 +77,8 @@ def fit_predictor(
         CNN optimiser steps; overrides ``n_epochs``. Epochs give more steps to more rows, so compare a real
         and a real+synthetic training set at a fixed ``n_steps`` (as :func:`c2lst.tl.budget_curve` does).
     synthetic_weight
-        Loss weight of synthetic rows relative to real rows (1 = equal; 0 = ignore them). In ridge mode the
+        Loss weight of synthetic rows relative to real rows (1 = equal; 0 = ignore them). The default 0.3 was
+        the less harmful of 1.0 and 0.3 in ``benchmarks/bench_budget.py`` at every fraction (docs: benchmarks). In ridge mode the
         penalty is then chosen by grouped cross-validation on the real rows, holding out each real spot with
         its synthetic children (``obs["c2lst_parent"]``), so siblings never leak into their own validation.
     seed
