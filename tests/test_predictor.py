@@ -189,13 +189,19 @@ def test_engine_bad_inputs():
         fitted.predict(big)
 
 
+def _synthetic_copy(train, n: int = 40):
+    """The first ``n`` real rows relabelled as synthetic children of themselves."""
+    syn = train[:n].copy()
+    syn.obs_names = [f"syn_{i}" for i in range(n)]
+    syn.obs["c2lst_synthetic"] = True
+    syn.obs["c2lst_parent"] = list(train.obs_names[:n])
+    return syn
+
+
 # --------------------------------------------------------------------------- skin
 def test_fit_predictor_aligns_genes_and_filters_synthetic(data):
     train, _ = data
-    syn = train[:40].copy()
-    syn.obs_names = [f"syn_{i}" for i in range(40)]
-    syn.obs["c2lst_synthetic"] = True
-    syn.obs["c2lst_parent"] = list(train.obs_names[:40])
+    syn = _synthetic_copy(train)
     # same genes, other order
     order = [2, 0, 1]
     syn.obsm["c2lst_expr"] = syn.obsm["c2lst_expr"][:, order]
@@ -471,10 +477,7 @@ def test_grouped_alpha_holds_siblings_out_together():
 
 def test_fit_predictor_synthetic_weight_and_steps(data):
     train, _ = data
-    syn = train[:40].copy()
-    syn.obs_names = [f"syn_{i}" for i in range(40)]
-    syn.obs["c2lst_synthetic"] = True
-    syn.obs["c2lst_parent"] = list(train.obs_names[:40])
+    syn = _synthetic_copy(train)
     m = c2lst.tl.fit_predictor([train, syn], synthetic_weight=0.25, n_steps=4, progress=False)
     assert m.training["synthetic_weight"] == 0.25 and m.training["n_steps"] == 4 and m.training["weighted"]
     with pytest.raises(ValueError, match="synthetic_weight"):

@@ -2,10 +2,11 @@
 
 from ._adapt import adapt, export_adapter, load_adapter
 from ._augment import concat_augmented
-from ._budget import budget_curve, plan_budget
+from ._budget import budget_curve
 from ._embedding import image_features, mixing_score
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._fidelity import evaluate_composition, evaluate_fidelity
+from ._plan import plan_budget
 from ._predict import fit_predictor, predict_expression
 from ._pretrain import pretrain
 from ._synthesize import synthesize

@@ -1,4 +1,4 @@
-"""``tl.budget_curve`` and ``tl.plan_budget``: how many real spots does synthesis save."""
+"""``tl.budget_curve``: how many real spots does synthesis save (planned by :func:`~c2lst.tl.plan_budget`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import stats
 
 from .._logging import logger
 from .._logging import progress as _progress
@@ -48,18 +47,6 @@ def spatial_split(
     if test.all():  # a single occupied block: keep at least one training spot
         test[np.random.default_rng(seed).integers(len(test))] = False
     return test
-
-
-def _mean_ci(values: np.ndarray, ci: float) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + ci / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
 
 
 def budget_curve(
@@ -363,120 +350,3 @@ def _score(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> dic
             vals = r[gene_kind == kind]
             out[f"pearson_r_{kind}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
     return out
-
-
-def _paired(values: np.ndarray, ci: float) -> tuple[float, float, float, int]:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    mean, low, high = _mean_ci(values, ci)
-    return mean, low, high, len(values)
-
-
-def plan_budget(
-    curve: pd.DataFrame,
-    *,
-    metric: str = "pearson_r",
-    margin: float = 0.02,
-    ci: float = 0.95,
-    arm: str = "real+synthetic",
-    synthetic_weight: float | None = None,
-) -> dict[str, Any]:
-    """Name the smallest fraction of real spots that is non-inferior to all of them, with and without synthesis.
-
-    The test is paired: for every repeat, ``metric`` of an arm at fraction ``f`` minus the all-real reference
-    (``"real"`` at fraction 1.0) of the *same* repeat. An arm at ``f`` is non-inferior when the lower bound of
-    the ``ci`` Student-t interval of those differences lies above ``-margin``; fix the margin before looking at
-    the results.
-
-    Parameters
-    ----------
-    curve
-        Output of :func:`budget_curve`, with fraction 1.0 in the ``"real"`` arm and at least 3 repeats.
-    metric
-        Column to compare (higher is better).
-    margin
-        Non-inferiority margin in units of ``metric`` (e.g. 0.02 r).
-    ci
-        Two-sided confidence level of the intervals (its lower bound is a one-sided ``(1 + ci) / 2`` bound).
-    arm
-        The augmented arm to plan for.
-    synthetic_weight
-        When ``curve`` holds several synthetic weights, the one to use (required then).
-
-    Returns
-    -------
-    dict with ``fraction`` (smallest non-inferior fraction of ``arm``, or None), ``fraction_real`` (the same
-    for real spots alone), ``saving`` (``fraction / fraction_real`` when both exist: below 1 means synthesis
-    saves spots), ``margin``, ``ci``, ``n_repeats``, ``differences`` (per arm and fraction: mean, CI and n of
-    the paired difference to the reference, and ``non_inferior``), ``gain`` (per fraction: ``arm`` minus
-    ``"real"`` at the same fraction, paired) and ``table`` (per arm and fraction: mean and CI of ``metric``).
-    """
-    needed = {"fraction", "condition", "repeat", metric}
-    if not isinstance(curve, pd.DataFrame) or not needed <= set(curve.columns):
-        raise ValueError(f"`curve` must be the DataFrame of `budget_curve` with columns {sorted(needed)}.")
-    if not (0 < ci < 1):
-        raise ValueError(f"`ci={ci}` must be in (0, 1).")
-    curve = _one_weight(curve, synthetic_weight)
-    if isinstance(margin, bool) or not isinstance(margin, int | float) or not (np.isfinite(margin) and margin >= 0):
-        raise ValueError(f"`margin={margin!r}` must be a finite number >= 0 (e.g. 0.02 for Pearson r).")
-    ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)].set_index("repeat")[metric]
-    if len(ref) == 0:
-        raise ValueError(
-            "`curve` has no all-real result (fraction 1.0, condition 'real'); include 1.0 in `fractions`."
-        )
-    if ref.index.nunique() < 3:
-        raise ValueError(
-            f"`curve` has {ref.index.nunique()} repeat(s) of the all-real reference; a paired test needs at "
-            "least 3 (run `budget_curve` with `n_repeats>=3`; 8 or more for useful intervals)."
-        )
-    rows, table_rows = [], []
-    for (cond, frac), grp in curve.groupby(["condition", "fraction"], sort=True):
-        vals = grp.set_index("repeat")[metric]
-        m, lo, hi = _mean_ci(vals.to_numpy(), ci)
-        table_rows.append({"condition": cond, "fraction": float(frac), "mean": m, "ci_low": lo, "ci_high": hi,
-                           "n": len(vals)})
-        diff = (vals - ref.reindex(vals.index)).to_numpy()
-        dm, dlo, dhi, n = _paired(diff, ci)
-        rows.append({"condition": cond, "fraction": float(frac), "difference": dm, "ci_low": dlo, "ci_high": dhi,
-                     "n": n, "non_inferior": bool(n >= 3 and dlo > -margin)})
-    diffs = pd.DataFrame(rows)
-
-    def smallest(cond: str) -> float | None:
-        ok = diffs[(diffs["condition"] == cond) & diffs["non_inferior"]].sort_values("fraction")
-        return float(ok["fraction"].iloc[0]) if len(ok) else None
-
-    gain_rows = []
-    real_arm = curve[curve["condition"] == "real"]
-    for frac, grp in curve[curve["condition"] == arm].groupby("fraction", sort=True):
-        base = real_arm[np.isclose(real_arm["fraction"], frac)].set_index("repeat")[metric]
-        vals = grp.set_index("repeat")[metric]
-        dm, dlo, dhi, n = _paired((vals - base.reindex(vals.index)).to_numpy(), ci)
-        gain_rows.append({"fraction": float(frac), "gain": dm, "ci_low": dlo, "ci_high": dhi, "n": n})
-    f_arm, f_real = smallest(arm), smallest("real")
-    return {
-        "fraction": f_arm,
-        "fraction_real": f_real,
-        "saving": (f_arm / f_real) if f_arm is not None and f_real else None,
-        "margin": float(margin),
-        "ci": float(ci),
-        "n_repeats": int(ref.index.nunique()),
-        "reference_mean": float(ref.mean()),
-        "differences": diffs,
-        "gain": pd.DataFrame(gain_rows, columns=["fraction", "gain", "ci_low", "ci_high", "n"]),
-        "table": pd.DataFrame(table_rows),
-    }
-
-
-def _one_weight(curve: pd.DataFrame, weight: float | None) -> pd.DataFrame:
-    """Keep the real rows and the added rows of one synthetic weight."""
-    if "synthetic_weight" not in curve.columns:
-        return curve
-    present = sorted(set(curve["synthetic_weight"].dropna().astype(float)))
-    if weight is None:
-        if len(present) > 1:
-            raise ValueError(f"`curve` holds synthetic weights {present}; pass `synthetic_weight=` (one of them).")
-        return curve
-    if not any(np.isclose(weight, present)):
-        raise ValueError(f"`synthetic_weight={weight}` is not in `curve` (weights: {present}).")
-    keep = curve["synthetic_weight"].isna() | np.isclose(curve["synthetic_weight"].fillna(-1.0), weight)
-    return curve[keep]
