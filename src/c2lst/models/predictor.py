@@ -221,7 +221,7 @@ class ExpressionPredictor:
             if value is not None and np.shape(value) != (len(patches),):
                 raise ValueError(f"`{name}` must hold one value per patch ({len(patches)}), got {np.shape(value)}.")
         self.patch_size = int(patches.shape[1])
-        mean = w @ y / w.sum()
+        mean = (w @ y / w.sum()).astype(np.float32)
         std = np.sqrt(w @ (y - mean) ** 2 / w.sum())
         std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         self._tensors = {"target_mean": torch.from_numpy(mean), "target_std": torch.from_numpy(std)}
