@@ -42,7 +42,7 @@ extensions = [
 ]
 
 templates_path = ["_templates"]
-html_static_path = ["_static"]
+# no html_static_path: the docs ship no static files, and git keeps no empty `_static` folder for it
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "jupyter_execute"]
 source_suffix = {".rst": "restructuredtext", ".ipynb": "myst-nb", ".md": "myst-nb"}
 master_doc = "index"
