@@ -42,7 +42,7 @@ from .._utils import check_nonneg_float, check_positive_float, check_positive_in
 from .._version import __version__
 from . import features as _features
 from ._nets import PatchCNN, _BackboneHead, _init_weights, _state_sha256, default_device, dihedral
-from .ridge import ridge_alpha, ridge_fit
+from .ridge import check_weights, ridge_alpha, ridge_fit
 
 MODES = ("cnn", "ridge")
 CONFIG_NAME = "predictor_config.json"
@@ -216,7 +216,7 @@ class ExpressionPredictor:
             raise ValueError("`expression` contains NaN or inf; clean or re-prepare the expression first.")
         if n_steps is not None:
             n_steps = check_positive_int(n_steps, "n_steps")
-        w = _row_weights(sample_weight, len(patches))
+        w = check_weights(sample_weight, len(patches), "sample_weight")
         for name, value in (("groups", groups), ("eval_mask", eval_mask)):
             if value is not None and np.shape(value) != (len(patches),):
                 raise ValueError(f"`{name}` must hold one value per patch ({len(patches)}), got {np.shape(value)}.")
@@ -527,15 +527,3 @@ class ExpressionPredictor:
                 "load the same weights into the backbone."
             )
         return model
-
-
-def _row_weights(sample_weight: Any, n: int) -> np.ndarray:
-    """Return validated row weights ``(n,)`` (all 1 for ``None``)."""
-    if sample_weight is None:
-        return np.ones(n)
-    w = np.asarray(sample_weight, dtype=float)
-    if w.shape != (n,):
-        raise ValueError(f"`sample_weight` must hold one weight per patch ({n}), got shape {w.shape}.")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError("`sample_weight` must be finite, non-negative and not all zero.")
-    return w

@@ -12,13 +12,25 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _weights(n: int, weights: np.ndarray | None) -> np.ndarray:
+def check_weights(weights: np.ndarray | None, n: int, name: str = "weights") -> np.ndarray:
+    """Return validated row weights ``(n,)`` (all 1 for ``None``); raise a :class:`ValueError` naming ``name``."""
     if weights is None:
         return np.ones(n)
-    w = np.asarray(weights, dtype=float).ravel()
+    w = np.asarray(weights, dtype=float)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"`weights` must be {n} finite non-negative values with a positive sum.")
+        raise ValueError(
+            f"`{name}` must hold {n} finite, non-negative values that are not all zero, got shape {w.shape}."
+        )
     return w
+
+
+def _centred_svd(x: np.ndarray, z: np.ndarray, w: np.ndarray):
+    """Weighted means of ``x`` and ``z``, and the SVD of the weighted centred ``x`` with ``U^T z`` (centred)."""
+    mx = w @ x / w.sum()
+    mz = w @ z / w.sum()
+    sw = np.sqrt(w)[:, None]
+    u, s, vt = np.linalg.svd((x - mx) * sw, full_matrices=False)
+    return mx, mz, s, vt, u.T @ ((z - mz) * sw)
 
 
 def ridge_fit(
@@ -48,12 +60,8 @@ def ridge_fit(
     >>> np.allclose(x @ coef + b, x, atol=1e-6)
     True
     """
-    w = _weights(len(x), weights)
-    mx = w @ x / w.sum()
-    mz = w @ z / w.sum()
-    sw = np.sqrt(w)[:, None]
-    u, s, vt = np.linalg.svd((x - mx) * sw, full_matrices=False)
-    coef = vt.T @ ((s / (s**2 + alpha))[:, None] * (u.T @ ((z - mz) * sw)))
+    mx, mz, s, vt, uz = _centred_svd(x, z, check_weights(weights, len(x)))
+    coef = vt.T @ ((s / (s**2 + alpha))[:, None] * uz)
     return coef, mz - mx @ coef
 
 
@@ -121,7 +129,7 @@ def ridge_alpha(
     cand = _default_alphas(n, alphas)
     if weights is None and groups is None and eval_mask is None:
         return _loo_alpha(x, z, cand)
-    w = _weights(n, weights)
+    w = check_weights(weights, n)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     if groups.shape != (n,):
         raise ValueError(f"`groups` must hold one label per row ({n}), got shape {groups.shape}.")
@@ -139,12 +147,7 @@ def ridge_alpha(
         train = fold != f
         if not test.any() or w[train].sum() <= 0:
             continue
-        wt = w[train]
-        mx = wt @ x[train] / wt.sum()
-        mz = wt @ z[train] / wt.sum()
-        sw = np.sqrt(wt)[:, None]
-        u, s, vt = np.linalg.svd((x[train] - mx) * sw, full_matrices=False)
-        uz = u.T @ ((z[train] - mz) * sw)
+        mx, mz, s, vt, uz = _centred_svd(x[train], z[train], w[train])
         xt = (x[test] - mx) @ vt.T
         for j, alpha in enumerate(cand):
             pred = xt @ ((s / (s**2 + alpha))[:, None] * uz) + mz
