@@ -20,6 +20,16 @@ def test_import_is_lazy_and_cli_help_is_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_spatial_evaluation_does_not_import_squidpy():
+    """Moran's I comes from scanpy: squidpy (seconds of import) is not a dependency."""
+    code = (
+        "import sys, numpy as np, c2lst.tl._evaluate_prediction as e; rng = np.random.default_rng(0);"
+        " xy = rng.uniform(0, 9, (30, 2)); i = e.morans_i(np.c_[xy[:, 0], rng.normal(size=30)], xy);"
+        " assert i[0] > 0.5 and 'squidpy' not in sys.modules, (i, 'squidpy' in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_lazy_attributes():
     assert {"datasets", "models", "pl", "pp", "tl"} <= set(dir(c2lst))
     assert c2lst.tl.synthesize.__module__.startswith("c2lst.tl")

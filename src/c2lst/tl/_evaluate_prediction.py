@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, quiet_io_warnings, record_lineage, require_obsm
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
 from ._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
 
 
@@ -25,11 +25,12 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np.ndarray:
-    """Return Moran's I of every column of ``values`` on a kNN graph of ``coords`` (squidpy).
+    """Return Moran's I of every column of ``values`` on a kNN graph of ``coords`` (scanpy).
 
-    Builds a temporary AnnData, runs the squidpy kNN graph (:func:`squidpy.gr.spatial_neighbors_knn`, or
-    ``spatial_neighbors(coord_type="generic")`` on squidpy < 1.8) and :func:`squidpy.gr.spatial_autocorr`
-    (``mode="moran"``, row-normalised weights, no permutations). Constant columns give NaN.
+    The graph joins each spot to its ``n_neighs`` nearest spots (scikit-learn, the spot itself excluded); the
+    statistic is :func:`scanpy.metrics.morans_i` on it. This equals squidpy's ``spatial_neighbors`` (generic,
+    kNN) + ``spatial_autocorr(mode="moran")`` to float precision without importing squidpy. Constant columns
+    give NaN.
 
     Parameters
     ----------
@@ -50,36 +51,25 @@ def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np
     >>> bool(morans_i(xy[:, :1], xy)[0] > 0.5)
     True
     """
-    with quiet_io_warnings():
-        import squidpy as sq
+    import scanpy as sc
+    from sklearn.neighbors import NearestNeighbors
 
+    values = np.asarray(values, dtype=np.float64)
+    coords = np.asarray(coords, dtype=np.float64)
     n, k = values.shape
-    names = [f"m{i}" for i in range(k)]
-    tmp = AnnData(
-        X=np.asarray(values, dtype=np.float64),
-        obs=pd.DataFrame(index=[str(i) for i in range(n)]),
-        var=pd.DataFrame(index=names),
-    )
-    tmp.obsm["spatial"] = np.asarray(coords, dtype=np.float64)
     k_nn = max(1, min(n_neighs, n - 1))
-    # squidpy reports the graph build through spatialdata's logger at INFO level; keep it quiet here
-    sd_logger = logging.getLogger("spatialdata._logging")
-    level = sd_logger.level
-    sd_logger.setLevel(max(level, logging.WARNING))
-    try:
-        with warnings.catch_warnings():
+    _, idx = NearestNeighbors(n_neighbors=k_nn + 1).fit(coords).kneighbors(coords)
+    # drop each spot itself (the first neighbour, or wherever it appears when coordinates repeat)
+    keep = idx != np.arange(n)[:, None]
+    nbrs = np.stack([row[m][:k_nn] for row, m in zip(idx, keep, strict=True)])
+    graph = sparse.csr_matrix((np.ones(n * k_nn), (np.repeat(np.arange(n), k_nn), nbrs.ravel())), shape=(n, n))
+    out = np.full(k, np.nan)
+    varying = values.std(axis=0) > 0
+    if varying.any():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if hasattr(sq.gr, "spatial_neighbors_knn"):  # squidpy >= 1.8 deprecates spatial_neighbors
-                sq.gr.spatial_neighbors_knn(tmp, n_neighs=k_nn)
-            else:
-                sq.gr.spatial_neighbors(tmp, coord_type="generic", n_neighs=k_nn)
-            with np.errstate(all="ignore"):
-                df = sq.gr.spatial_autocorr(
-                    tmp, mode="moran", genes=names, n_perms=None, copy=True, show_progress_bar=False
-                )
-    finally:
-        sd_logger.setLevel(level)
-    return df["I"].reindex(names).to_numpy(dtype=np.float64)
+            out[varying] = np.atleast_1d(sc.metrics.morans_i(graph, np.ascontiguousarray(values[:, varying].T)))
+    return out
 
 
 def evaluate_prediction(
@@ -95,9 +85,9 @@ def evaluate_prediction(
 ) -> AnnData | None:
     """Score predicted against observed expression per gene: Pearson r, MSE and spatial coherence.
 
-    Spatial coherence compares Moran's I of the predicted and the observed map of each gene (squidpy's spatial
-    neighbours as a ``n_neighs`` kNN graph + :func:`squidpy.gr.spatial_autocorr`, computed on a temporary
-    AnnData, so ``adata.obsp`` and ``adata.uns`` are untouched; see :func:`morans_i`). Use :func:`c2lst.tl.prediction_metrics`
+    Spatial coherence compares Moran's I of the predicted and the observed map of each gene
+    (:func:`scanpy.metrics.morans_i` on a ``n_neighs`` kNN graph of the spots, built aside, so ``adata.obsp``
+    and ``adata.uns`` are untouched; see :func:`morans_i`). Use :func:`c2lst.tl.prediction_metrics`
     to get the result as a tidy per-gene DataFrame. Evaluate on held-out real spots: select them first
     (e.g. ``adata[~adata.obs["c2lst_synthetic"]]``).
 
