@@ -211,11 +211,7 @@ def test_adapt_small_table_shrinks_batch(sim_sdata, tiny_central, caplog):
     _, path = tiny_central
     t = sim_sdata.tables["table"][:3].copy()
     with caplog.at_level(logging.WARNING, logger="c2lst"):
-        c2lst._logging.logger.propagate = True
-        try:
-            c2lst.tl.adapt(t, central=str(path), n_steps=1, batch_size=8, progress=False)
-        finally:
-            c2lst._logging.logger.propagate = False
+        c2lst.tl.adapt(t, central=str(path), n_steps=1, batch_size=8, progress=False)
     assert "batch_size" in caplog.text
     assert json.loads(t.uns["c2lst"]["local"]["c2lst_local"]["summary"])["n_spots"] == 3
 

@@ -30,6 +30,16 @@ def test_spatial_evaluation_does_not_import_squidpy():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_logger_propagates_and_falls_back_to_stderr():
+    """Users' logging configuration receives c2lst's records; without one, c2lst prints them itself, once."""
+    code = (
+        "import logging, c2lst._logging as L; L.logger.warning('first');"
+        " logging.basicConfig(format='ROOT %(name)s %(message)s'); L.logger.warning('second')"
+    )
+    err = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stderr
+    assert err.splitlines() == ["c2lst: first", "ROOT c2lst second"]
+
+
 def test_lazy_attributes():
     assert {"datasets", "models", "pl", "pp", "tl"} <= set(dir(c2lst))
     assert c2lst.tl.synthesize.__module__.startswith("c2lst.tl")

@@ -8,13 +8,26 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+
+class _FallbackHandler(logging.StreamHandler):
+    """Print ``c2lst: message`` to stderr only while the application has not configured logging.
+
+    The logger propagates, so a user's ``logging.basicConfig`` / handlers on the root logger (or on
+    ``"c2lst"``'s parents) receive every record; this handler then stays silent instead of printing twice.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
 logger = logging.getLogger("c2lst")
-if not logger.handlers:
-    _handler = logging.StreamHandler()
+if not any(isinstance(h, _FallbackHandler) for h in logger.handlers):
+    _handler = _FallbackHandler()
     _handler.setFormatter(logging.Formatter("c2lst: %(message)s"))
     logger.addHandler(_handler)
 logger.setLevel(logging.WARNING)
-logger.propagate = False
+logger.propagate = True
 
 _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
 
