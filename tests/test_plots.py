@@ -76,6 +76,17 @@ def test_patches_real_vs_synthetic(tmp_path):
     assert sum(ax.has_data() for ax in fig.axes) == 4
 
 
+def test_patches_has_no_empty_columns():
+    """One child per parent: two columns (real, synthetic 1), not 1 + n_synthetic with empty panels."""
+    real = make_table(10, seed=0)
+    syn = make_table(5, seed=1)
+    syn.obs["c2lst_synthetic"] = True
+    syn.obs["c2lst_parent"] = real.obs_names.to_numpy()[:5]
+    fig = c2lst.pl.patches(real, syn, n=3, n_synthetic=4)
+    assert len(fig.axes) == 3 * 2
+    assert all(ax.has_data() for ax in fig.axes)
+
+
 def test_patches_bad_inputs():
     real = make_table(4)
     syn = make_table(4, seed=1)

@@ -18,7 +18,12 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the whole pipeline on embedded simulated data")
     d.add_argument("--out", default="c2lst_demo", help="output directory (default: ./c2lst_demo)")
-    d.add_argument("--quick", action="store_true", help="tiny settings (about 2 minutes on 2 CPU cores)")
+    d.add_argument("--quick", action="store_true", help="tiny settings (under a minute on 2 CPU cores)")
+    d.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="pretrain the central model on a simulated corpus instead of loading the shipped 'tiny-sim' model",
+    )
     d.add_argument("--seed", type=int, default=0)
 
     t = sub.add_parser("pretrain", help="pretrain a central model on the patches of SpatialData zarr stores")
@@ -51,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from ._demo import run_demo
 
-        run_demo(args.out, quick=args.quick, seed=args.seed)
+        run_demo(args.out, quick=args.quick, seed=args.seed, pretrain=args.pretrain)
         return 0
     import spatialdata
 

@@ -5,9 +5,11 @@
 - :func:`ihc_patches`: unpaired real patches from the IHC image that scikit-image ships.
 - :func:`from_visium_crop`, :func:`he_patches`: real Visium crops and real H&E tiles from user files.
 - :func:`write_spaceranger_outs`: write a sample as a 10x Space Ranger ``outs/`` folder.
+- :func:`pretrained_central`: the central model that ships with c2lst (``"tiny-sim"``).
 """
 
 from ._ihc import ihc_patches
+from ._pretrained import pretrained_central, pretrained_names
 from ._real import from_visium_crop, he_patches
 from ._simulate import simulated_visium, stain_presets
 from ._spaceranger import write_spaceranger_outs
@@ -16,6 +18,8 @@ __all__ = [
     "from_visium_crop",
     "he_patches",
     "ihc_patches",
+    "pretrained_central",
+    "pretrained_names",
     "simulated_visium",
     "stain_presets",
     "write_spaceranger_outs",

@@ -361,7 +361,9 @@ class CentralModel(nn.Module):
             if str(path).startswith((".", "/", "~")) or local.suffix:
                 raise FileNotFoundError(f"`path={str(path)!r}` does not exist; pass a saved model directory.")
             unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, use_safetensors=True, **hub_kwargs)
-            return cls._wrap_plain_unet(unet).eval()
+            model = cls._wrap_plain_unet(unet.float())
+            model.source = str(path)
+            return model.eval()
         if not local.is_dir():
             check_no_pickles([local])
             raise ValueError(
@@ -403,7 +405,8 @@ class CentralModel(nn.Module):
                 raise ValueError(
                     f"`path={str(path)!r}`: could not load the weights from safetensors ({err})."
                 ) from None
-            model = cls(meta["config"], unet=unet, vae=vae)
+            # weights stored in float16 (the shipped models) are upcast: c2lst trains and samples in float32
+            model = cls(meta["config"], unet=unet.float(), vae=vae.float() if vae is not None else None)
             cond = load_safetensors(local / "c2lst_condition.safetensors")
             if "null_embedding" not in cond or cond["null_embedding"].shape != model.null_embedding.shape:
                 raise ValueError(f"`path={str(path)!r}`: c2lst_condition.safetensors does not match the UNet.")
@@ -411,6 +414,7 @@ class CentralModel(nn.Module):
                 model.null_embedding.copy_(cond["null_embedding"])
             model.training_summary = dict(meta.get("training", {}))
             model.sha256 = meta.get("sha256")
+            model.source = str(local.resolve())
             return model.eval()
         unet_dir = local / "unet" if (local / "unet" / "config.json").is_file() else local
         if not (unet_dir / "config.json").is_file():
@@ -422,7 +426,8 @@ class CentralModel(nn.Module):
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
         except (OSError, ValueError) as err:
             raise ValueError(f"`path={str(path)!r}`: could not load a UNet2DModel from safetensors ({err}).") from None
-        model = cls._wrap_plain_unet(unet)
+        model = cls._wrap_plain_unet(unet.float())
+        model.source = str(local.resolve())
         sched = local / "scheduler" / "scheduler_config.json"
         if sched.is_file():
             conf = json.loads(sched.read_text())
@@ -452,6 +457,8 @@ class CentralModel(nn.Module):
         return cls(cfg, unet=unet)
 
     sha256: str | None = None
+    #: Where the model was loaded from (a directory, a hub id or a shipped model's name); ``""`` if built here.
+    source: str = ""
 
 
 def denoising_loss(

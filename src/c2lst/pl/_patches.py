@@ -43,7 +43,8 @@ def patches(
     n
         Number of parent spots (rows) or, without synthetic patches, of real patches.
     n_synthetic
-        Synthetic children shown per parent (columns after the real patch).
+        Most synthetic children shown per parent (columns after the real patch; fewer when the chosen parents
+        have fewer children).
     spots
         Parent spot names to show, instead of a seeded random choice among spots with children.
     patch_key, parent_key
@@ -107,7 +108,9 @@ def patches(
             "spots were generated from."
         )
     chosen = real_names.get_indexer(with_children)[_choose(with_children, spots, n, rng, "parent")]
-    ncols = 1 + n_synthetic
+    # as many synthetic columns as the chosen parents have children (at most n_synthetic): no empty columns
+    n_children = pd.Series(parents).value_counts()
+    ncols = 1 + min(n_synthetic, int(n_children.reindex(real_names[chosen]).fillna(0).max()))
     fig, axes = plt.subplots(
         len(chosen), ncols, figsize=(panel_size * ncols, panel_size * len(chosen)), squeeze=False
     )

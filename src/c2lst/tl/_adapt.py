@@ -321,7 +321,7 @@ def _central_path(central: Any, adata: AnnData, model) -> str:
     for entry in registry.values():
         if model.sha256 and entry.get("sha256") == model.sha256:
             return str(entry.get("path", ""))
-    return ""
+    return str(getattr(model, "source", "") or "")  # a loaded model knows its directory or shipped name
 
 
 def get_adapter(adata: AnnData, key: str, arg: str = "adapter_key") -> dict:

@@ -9,11 +9,16 @@ from typing import Any
 from anndata import AnnData
 
 from .._utils import UNS_KEY
+from ..datasets._pretrained import PRETRAINED, pretrained_central
 from ..models.central import CentralModel
 
 
 def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool = True) -> CentralModel:
-    """Return a :class:`CentralModel` from an instance, a model directory or a key of ``uns["c2lst"]["central"]``."""
+    """Return a :class:`CentralModel` from an instance, a model directory, a registry key or a shipped name.
+
+    Lookup order for a string: a key of ``uns["c2lst"]["central"]``, an existing directory, then a central
+    model shipped with c2lst (:func:`c2lst.datasets.pretrained_central`, e.g. ``"tiny-sim"``).
+    """
     if isinstance(central, CentralModel):
         return central
     if isinstance(central, str | os.PathLike):
@@ -41,11 +46,15 @@ def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool 
             return model
         if Path(central).exists():
             return CentralModel.from_pretrained(central, verify=verify)
+        if isinstance(central, str) and central in PRETRAINED:
+            return pretrained_central(central)
         raise KeyError(
-            f"`central={str(central)!r}` is neither a registered central model (keys: {sorted(registry)}) nor an "
-            "existing model directory; pass a CentralModel, a directory from `save_pretrained`, or a registry key."
+            f"`central={str(central)!r}` is neither a registered central model (keys: {sorted(registry)}), an "
+            f"existing model directory, nor a shipped model ({list(PRETRAINED)}); pass a CentralModel, a directory "
+            "from `save_pretrained`, a registry key or a shipped model's name."
         )
     raise TypeError(
-        f"`central` must be a CentralModel, a model directory or a key of uns['c2lst']['central'], "
+        f"`central` must be a CentralModel, a model directory, a key of uns['c2lst']['central'] or a shipped "
+        f"model's name ({list(PRETRAINED)}), "
         f"got {type(central).__name__}."
     )
