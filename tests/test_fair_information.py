@@ -10,7 +10,7 @@ from anndata import AnnData
 import c2lst
 from c2lst.models import ExpressionPredictor
 from c2lst.models.central import CentralModel
-from c2lst.models.central_features import CentralFeatureExtractor, central_features
+from c2lst.models.denoiser_features import CentralFeatureExtractor, central_features
 from c2lst.pp._expression import apply_expression
 from c2lst.tl._conditions import mixup_conditions
 

@@ -13,7 +13,7 @@ Modes
     Frozen features + ridge regression, in the style of HEST-Benchmark. Features are the offline
     :func:`~c2lst.models.features.morphometric_features` or the output of a user ``backbone`` (a
     :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``, e.g. a timm/torchvision
-    model built with local weights), or, with a :class:`~c2lst.models.central_features.CentralFeatureExtractor`
+    model built with local weights), or, with a :class:`~c2lst.models.CentralFeatureExtractor`
     as ``backbone`` (``features="central"`` in :func:`c2lst.tl.fit_predictor`), the pooled activations of the
     frozen central denoiser. Features are standardised; the ridge penalty is chosen by exact
     leave-one-out error over a grid (closed form from one SVD) unless ``alpha`` is given; with ``groups`` (a
@@ -44,7 +44,7 @@ from .._utils import check_nonneg_float, check_positive_float, check_positive_in
 from .._version import __version__
 from . import features as _features
 from ._nets import PatchCNN, _BackboneHead, _init_weights, _state_sha256, default_device, dihedral
-from .central_features import CentralFeatureExtractor
+from .denoiser_features import CentralFeatureExtractor
 from .ridge import check_weights, ridge_alpha, ridge_fit
 
 MODES = ("cnn", "ridge")
@@ -70,7 +70,7 @@ class ExpressionPredictor:
     backbone
         Optional :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``. In ``"ridge"``
         mode it is the frozen feature extractor (default: morphometric features; a
-        :class:`~c2lst.models.central_features.CentralFeatureExtractor` gives ``feature_space="central"``); in
+        :class:`~c2lst.models.CentralFeatureExtractor` gives ``feature_space="central"``); in
         ``"cnn"`` mode it replaces the trunk and is fine-tuned. It is never pickled: pass the same architecture
         again to :meth:`load`.
     alpha
@@ -489,7 +489,7 @@ class ExpressionPredictor:
             ``"ridge"`` mode its weights must be those used at fit time (checked by sha256); in ``"cnn"`` mode
             the saved fine-tuned weights are loaded into it.
             A ``"central"`` predictor needs a
-            :class:`~c2lst.models.central_features.CentralFeatureExtractor` of the same central model built with
+            :class:`~c2lst.models.CentralFeatureExtractor` of the same central model built with
             the settings in ``config()["backbone_settings"]``.
 
         Returns

@@ -74,7 +74,7 @@ def fit_predictor(
         Frozen feature space of ``mode="ridge"``: ``None`` (the mode's default: morphometric features for
         ridge, a CNN trained from scratch for cnn; or ``backbone`` when given), ``"morphometric"``, or
         ``"central"``: the pooled mid-block activations of the frozen central denoiser ``central`` at timestep
-        ``central_timestep`` (see :func:`c2lst.models.central_features.central_features`), which learned
+        ``central_timestep`` (see :func:`c2lst.models.central_features`), which learned
         histology from the unpaired pretraining patches. Reload such a predictor with
         ``ExpressionPredictor.load(path, backbone=CentralFeatureExtractor(central, t=central_timestep))``.
     central
@@ -243,7 +243,7 @@ def _feature_backbone(features, mode, central, timestep, backbone, table: AnnDat
             "`features='central'` needs the central model: pass `central=` (a CentralModel, its directory or a "
             "registry key)."
         )
-    from ..models.central_features import CentralFeatureExtractor
+    from ..models.denoiser_features import CentralFeatureExtractor
     from ._central import resolve_central
 
     return CentralFeatureExtractor(resolve_central(central, table), t=timestep)
