@@ -159,10 +159,12 @@ def test_central_features_are_deterministic_batched_and_from_the_model(sim_sdata
 
 
 def test_fit_predictor_on_central_features_round_trips(sim_sdata_base, tiny_central, tmp_path):
-    central, path = tiny_central
+    central, _ = tiny_central
     table = sim_sdata_base.tables["table"]
-    model = c2lst.tl.fit_predictor(table, mode="ridge", features="central", central=str(path), progress=False)
+    was_training = central.training
+    model = c2lst.tl.fit_predictor(table, mode="ridge", features="central", central=central, progress=False)
     assert model.feature_space == "central"
+    assert central.training is was_training  # the frozen central model's mode is left alone
     assert model.training["n_features"] == 2 * central.unet.config.block_out_channels[-1]
     patches = np.asarray(table.obsm["c2lst_patch"])
     pred = model.predict(patches)

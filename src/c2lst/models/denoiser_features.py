@@ -83,6 +83,11 @@ class CentralFeatureExtractor(nn.Module):
         factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.multiple = factor * 2 ** (levels - 1)
 
+    def train(self, mode: bool = True) -> CentralFeatureExtractor:
+        """Set this wrapper's flag only: the frozen central model keeps its own mode (see :meth:`forward`)."""
+        self.training = bool(mode)
+        return self
+
     def settings(self) -> dict[str, Any]:
         """Return the JSON-serialisable settings (everything that shapes the features but the weights)."""
         return {"t": self.t, "layers": list(self.layers), "seed": self.seed}
@@ -120,11 +125,14 @@ class CentralFeatureExtractor(nn.Module):
             return _hook
 
         handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+        was_training = self.central.training
+        self.central.eval()
         try:
             self.central(noisy, t)
         except _Stop:
             pass
         finally:
+            self.central.train(was_training)
             for h in handles:
                 h.remove()
         return torch.cat([pooled[i] for i in range(len(blocks))], dim=1).float()
