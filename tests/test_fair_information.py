@@ -79,7 +79,7 @@ def test_synthesize_mixup_records_both_parents(adapted_sdata, tiny_central):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"conditions": "mix"}, ValueError, "mixup"),
+        ({"conditions": "mix"}, TypeError, "mixup"),
         ({"n_conditions": 3}, ValueError, "n_conditions"),
         ({"conditions": "mixup", "n_conditions": 0}, ValueError, "n_conditions"),
         ({"conditions": "mixup", "mixup_alpha": 0.0}, ValueError, "mixup_alpha"),

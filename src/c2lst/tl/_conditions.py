@@ -85,7 +85,7 @@ MIXUP = "mixup"
 def check_mixup_options(conditions: Any, n_conditions: Any, mixup_alpha: Any) -> tuple[int | None, float]:
     """Validate ``n_conditions`` and ``mixup_alpha`` of ``synthesize`` against ``conditions``."""
     if isinstance(conditions, str) and conditions != MIXUP:
-        raise ValueError(
+        raise TypeError(
             f"`conditions={conditions!r}` is unknown; the only string is {MIXUP!r} (count-space mixtures of the "
             "table's spots); otherwise pass None, an AnnData, a DataFrame or an array."
         )
