@@ -9,6 +9,13 @@ controls: ``real+null`` (patches from the null condition: images that ignore the
 ``real+copy`` (each parent's own patch again: a perfect but redundant generator). Every added arm is fitted for
 each ``--weights`` loss weight of its added rows.
 
+Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
+synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
+of another simulated slide (``--unpaired-spots`` spots, seed ``--seed + 100``; its images are never used);
+``--unlabelled`` lets adaptation see the images of the non-labelled training-pool spots; ``--features central``
+(with ``--mode ridge``) fits ridge on the frozen central denoiser's pooled activations instead of morphometric
+features. Each run writes its curve to ``budget_curve[_<conditions>][_<features>][_unlabelled].csv``.
+
 Figures: mean Pearson r over genes (and per gene kind: ``marker`` genes are visible in the image, ``smooth``
 genes follow spatial fields only) on held-out blocks; paired differences with 95% CIs (Student t over
 repeats); ``plan_budget`` non-inferiority to 100% real at margin 0.02 r. The named peer is the all-real
@@ -51,17 +58,32 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--predictor-steps", type=int, default=200)
     ap.add_argument("--mode", default="cnn", choices=["cnn", "ridge"])
+    ap.add_argument("--features", default="default", choices=["default", "morphometric", "central"],
+                    help="frozen features of --mode ridge (default: morphometric)")
+    ap.add_argument("--conditions", default="train", choices=["train", "mixup", "unpaired"],
+                    help="profiles the synthetic arms are conditioned on")
+    ap.add_argument("--unpaired-spots", type=int, default=300, help="spots of the other slide (--conditions unpaired)")
+    ap.add_argument("--unlabelled", action="store_true", help="adaptation also sees the unlabelled pool's images")
     ap.add_argument("--genes", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.features != "default" and args.mode != "ridge":
+        ap.error(f"--features {args.features} is a frozen feature space: pass --mode ridge.")
     t0 = time.perf_counter()
     size = c2lst.models.PRESETS[args.preset]["sample_size"]
     model = central(args.cache, preset=args.preset, kind=args.kind, steps=args.pretrain_steps, data=corpus(size))
     local = c2lst.datasets.simulated_visium(n_spots=args.spots, seed=args.seed)
     c2lst.pp.extract_patches(local, size=size, progress=False)
     c2lst.pp.prepare_expression(local.tables["table"], n_top_genes=args.genes)
+    conditions = None if args.conditions == "train" else args.conditions
+    if args.conditions == "unpaired":  # another slide's counts; its spots renamed so they never collide
+        conditions = c2lst.datasets.simulated_visium(n_spots=args.unpaired_spots, seed=args.seed + 100).tables["table"]
+        conditions.obs_names = [f"other_{name}" for name in conditions.obs_names]
+    p_kw = {"mode": args.mode, "n_steps": args.predictor_steps}
+    if args.features != "default":
+        p_kw["features"] = args.features
     curve = c2lst.tl.budget_curve(
         local,
         central=model,
@@ -71,13 +93,18 @@ def main() -> None:
         synthetic_per_spot=args.synthetic_per_spot,
         synthetic_weight=args.weights,
         n_repeats=args.repeats,
+        conditions=conditions,
+        unlabelled=args.unlabelled,
         seed=args.seed,
         progress=True,
         adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3, "encoder_lr": args.encoder_lr},
         synthesize_kwargs={"steps": args.synth_steps, "guidance_scale": args.guidance},
-        predictor_kwargs={"mode": args.mode, "n_steps": args.predictor_steps},
+        predictor_kwargs=p_kw,
     )
-    curve.to_csv(f"{args.cache}/budget_curve.csv", index=False)
+    suffix = "".join(
+        f"_{v}" for v, default in ((args.conditions, "train"), (args.features, "default")) if v != default
+    ) + ("_unlabelled" if args.unlabelled else "")
+    curve.to_csv(f"{args.cache}/budget_curve{suffix}.csv", index=False)
     t_curve = time.perf_counter() - t0
     pd.set_option("display.width", 160)
     kinds = [c for c in curve.columns if c.startswith("pearson_r_")]
@@ -109,6 +136,9 @@ def main() -> None:
     out = {
         "benchmark": "budget",
         "args": vars(args),
+        "conditions": args.conditions,
+        "features": str(curve["features"].iloc[0]),
+        "unlabelled": args.unlabelled,
         "real_curve": real_curve.round(4).to_dict(),
         "means": {"|".join(map(str, k)): v for k, v in means["pearson_r"].round(4).to_dict().items()},
         "chosen_weight": best_w,

@@ -13,7 +13,9 @@ Modes
     Frozen features + ridge regression, in the style of HEST-Benchmark. Features are the offline
     :func:`~c2lst.models.features.morphometric_features` or the output of a user ``backbone`` (a
     :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``, e.g. a timm/torchvision
-    model built with local weights). Features are standardised; the ridge penalty is chosen by exact
+    model built with local weights), or, with a :class:`~c2lst.models.CentralFeatureExtractor`
+    as ``backbone`` (``features="central"`` in :func:`c2lst.tl.fit_predictor`), the pooled activations of the
+    frozen central denoiser. Features are standardised; the ridge penalty is chosen by exact
     leave-one-out error over a grid (closed form from one SVD) unless ``alpha`` is given; with ``groups`` (a
     real spot and its synthetic children) by grouped K-fold error on the real rows.
 
@@ -42,6 +44,7 @@ from .._utils import check_nonneg_float, check_positive_float, check_positive_in
 from .._version import __version__
 from . import features as _features
 from ._nets import PatchCNN, _BackboneHead, _init_weights, _state_sha256, default_device, dihedral
+from .denoiser_features import CentralFeatureExtractor
 from .ridge import check_weights, ridge_alpha, ridge_fit
 
 MODES = ("cnn", "ridge")
@@ -66,8 +69,10 @@ class ExpressionPredictor:
         nuclei of 64 px Visium patches stay resolved), else 1.
     backbone
         Optional :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``. In ``"ridge"``
-        mode it is the frozen feature extractor (default: morphometric features); in ``"cnn"`` mode it replaces
-        the trunk and is fine-tuned. It is never pickled: pass the same architecture again to :meth:`load`.
+        mode it is the frozen feature extractor (default: morphometric features; a
+        :class:`~c2lst.models.CentralFeatureExtractor` gives ``feature_space="central"``); in
+        ``"cnn"`` mode it replaces the trunk and is fine-tuned. It is never pickled: pass the same architecture
+        again to :meth:`load`.
     alpha
         Ridge penalty on standardised features; ``None`` picks it by leave-one-out error.
 
@@ -128,7 +133,9 @@ class ExpressionPredictor:
 
     @property
     def feature_space(self) -> str:
-        """``"morphometric"``, ``"backbone"`` or ``"cnn"``: what the regression head sees."""
+        """``"morphometric"``, ``"central"``, ``"backbone"`` or ``"cnn"``: what the regression head sees."""
+        if isinstance(self.backbone, CentralFeatureExtractor):
+            return "central"
         if self.backbone is not None:
             return "backbone"
         return "morphometric" if self.mode == "ridge" else "cnn"
@@ -427,6 +434,9 @@ class ExpressionPredictor:
             "feature_space": self.feature_space,
             "backbone_class": "" if self.backbone is None else type(self.backbone).__name__,
             "backbone_sha256": self.backbone_sha256,
+            "backbone_settings": (
+                self.backbone.settings() if isinstance(self.backbone, CentralFeatureExtractor) else {}
+            ),
             "alpha": self.alpha,
             "patch_size": self.patch_size,
             "threshold": self.threshold,
@@ -478,6 +488,9 @@ class ExpressionPredictor:
             Required when the predictor was fitted with a backbone: a module of the same architecture. In
             ``"ridge"`` mode its weights must be those used at fit time (checked by sha256); in ``"cnn"`` mode
             the saved fine-tuned weights are loaded into it.
+            A ``"central"`` predictor needs a
+            :class:`~c2lst.models.CentralFeatureExtractor` of the same central model built with
+            the settings in ``config()["backbone_settings"]``.
 
         Returns
         -------
@@ -494,7 +507,19 @@ class ExpressionPredictor:
             raise ValueError(
                 f"{cfg_path} is not an ExpressionPredictor config (format={cfg.get('format')!r})."
             )
-        needs_backbone = cfg["feature_space"] == "backbone"
+        needs_backbone = cfg["feature_space"] in ("backbone", "central")
+        if cfg["feature_space"] == "central":
+            if not isinstance(backbone, CentralFeatureExtractor):
+                raise ValueError(
+                    "this predictor was fitted on central-denoiser features; pass "
+                    "`backbone=CentralFeatureExtractor(central, **settings)` with the same central model and the "
+                    f"recorded settings {cfg.get('backbone_settings', {})}."
+                )
+            if backbone.settings() != cfg.get("backbone_settings", {}):
+                raise ValueError(
+                    f"the `backbone` settings {backbone.settings()} differ from those the predictor was fitted "
+                    f"with {cfg.get('backbone_settings', {})}; build the extractor with the recorded settings."
+                )
         if needs_backbone and backbone is None:
             raise ValueError(
                 f"this predictor was fitted with a backbone ({cfg['backbone_class']}); pass the same architecture "

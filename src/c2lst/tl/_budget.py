@@ -65,6 +65,7 @@ def budget_curve(
     n_blocks: int = 4,
     gene_selection: str = "train",
     unlabelled: bool = False,
+    conditions: str | AnnData | None = None,
     expr_key: str = "c2lst_expr",
     patch_key: str = "c2lst_patch",
     adapt_kwargs: Mapping[str, Any] | None = None,
@@ -124,12 +125,26 @@ def budget_curve(
         Let the adaptation also see the images of the repeat's other training-pool spots (outside the labelled
         subset; never test spots) through ``adapt(unlabelled=...)``: on a real slide the whole H&E is free and
         only sequencing costs. Their expression is never used.
+    conditions
+        Expression profiles the synthetic arms are conditioned on (column ``conditions`` of the result):
+        ``None`` (``"train"``): the labelled training spots, ``synthetic_per_spot`` patches each (no new
+        expression: even a perfect generator only adds views of known spots). ``"mixup"``: ``synthetic_per_spot``
+        new count-space mixtures per training spot (``synthesize(conditions="mixup")``, one patch each) of pairs
+        of the labelled training spots; a mixed row's group for the ridge penalty's grouped validation is its
+        first (dominant) parent, and :func:`c2lst.tl.concat_augmented` would place it there. An AnnData
+        (``"unpaired"``): expression of *another* slide or source (raw counts in the layer the expression was
+        prepared from, genes matched by name, at least every gene of the table when genes are re-selected);
+        per repeat ``synthetic_per_spot`` profiles per training spot are drawn from it (without replacement
+        while it lasts). Its ``obs_names`` must not overlap the table's: the local slide's other sequenced
+        spots each have their image, so conditioning on them would use labelled spots without counting them.
     expr_key, patch_key
         Prepared expression and patches.
     adapt_kwargs, synthesize_kwargs, predictor_kwargs
         Extra options for :func:`c2lst.tl.adapt`, :func:`c2lst.tl.synthesize` and :func:`c2lst.tl.fit_predictor`.
         The predictor's ``n_steps`` (default 200) is the same for every arm; an ``n_epochs`` without
         ``n_steps`` is turned into the steps that many epochs take on the largest real training set.
+        ``predictor_kwargs={"mode": "ridge", "features": "central"}`` fits ridge on the frozen central
+        denoiser's features (``central`` is passed for you).
     seed
         Seeds splits, subsets, adaptation, synthesis and predictors.
     progress
@@ -138,7 +153,9 @@ def budget_curve(
     Returns
     -------
     One row per (repeat, fraction, arm, weight): ``fraction``, ``repeat``, ``condition`` (the arm),
-    ``synthetic_weight`` (NaN for ``"real"``), ``n_real``,
+    ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's feature space:
+    ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN for ``"real"``),
+    ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
@@ -198,9 +215,13 @@ def budget_curve(
     if "synthetic_weight" in p_kw:
         raise ValueError("pass `synthetic_weight=` to `budget_curve` itself, not in `predictor_kwargs`.")
     weights = _check_weights(synthetic_weight)
+    cond_label, other = _check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
+                                          arms)
     from ._central import resolve_central
 
     model = resolve_central(central, table)
+    if p_kw.get("features") == "central" and p_kw.get("central") is None:
+        p_kw["central"] = model
     kinds = table.var["c2lst_gene_kind"].astype(str) if "c2lst_gene_kind" in table.var else None
     a_kw = {"n_steps": 200, "batch_size": 16, **dict(adapt_kwargs or {})}
     s_kw = {"steps": 20, **dict(synthesize_kwargs or {})}
@@ -237,6 +258,7 @@ def budget_curve(
         extra: dict[str, AnnData] = {}
         todo = [a for a in arms if a == "real" or any(np.isclose(f, syn_fracs))]
         if any(a in ("real+synthetic", "real+null") for a in todo):
+            cond_kw = _conditions_kwargs(cond_label, other, record, n_real, synthetic_per_spot, rseed)
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
             adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
@@ -245,8 +267,8 @@ def budget_curve(
             for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
                 if arm not in todo:
                     continue
-                kw = dict(s_kw) if guidance is None else {**s_kw, "guidance_scale": guidance}
-                synthesize(sd, table_key="train", central=model, n_per_condition=synthetic_per_spot, seed=rseed,
+                kw = {**s_kw, **cond_kw} if guidance is None else {**s_kw, **cond_kw, "guidance_scale": guidance}
+                synthesize(sd, table_key="train", central=model, seed=rseed,
                            patch_key=patch_key, table_added=arm.replace("+", "_"), progress=False, **kw)
                 extra[arm] = sd.tables[arm.replace("+", "_")]
         if "real+copy" in todo:
@@ -260,6 +282,8 @@ def budget_curve(
                 "fraction": f,
                 "repeat": r,
                 "condition": arm,
+                "conditions": cond_label,
+                "features": pred.feature_space,
                 "synthetic_weight": w,
                 "n_real": int(n_real),
                 "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),
@@ -270,6 +294,82 @@ def budget_curve(
         logger.info("budget: fraction %.2f repeat %d: %s", f, r,
                     ", ".join(f"{row['condition']} r={row['pearson_r']:.3f}" for row in rows[-len(fits):]))
     return pd.DataFrame(rows)
+
+
+def _check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms):
+    """Validate ``conditions=`` of :func:`budget_curve`; return its result label and the unpaired table."""
+    layer = str(record.get("layer", "X"))
+    if conditions is None:
+        return "train", None
+    if isinstance(conditions, str):
+        if conditions != "mixup":
+            raise ValueError(
+                f"`conditions={conditions!r}` is unknown; use None (the training spots), 'mixup' or an AnnData of "
+                "another slide's expression."
+            )
+        if (layer != "X" and layer not in table.layers) or (layer == "X" and table.X is None):
+            raise ValueError(
+                f"`conditions='mixup'` mixes raw counts, but the table lacks {layer!r} the expression was "
+                "prepared from; restore the counts."
+            )
+        n_pool = (1 - test_fraction) * table.n_obs
+        if "real+synthetic" in arms or "real+null" in arms:
+            small = [f for f in syn_fracs if round(f * n_pool) < 2]
+            if small:
+                raise ValueError(
+                    f"`conditions='mixup'` needs at least 2 training spots to mix, but `synthetic_fractions` "
+                    f"{small} leave fewer; drop those fractions from the synthetic arms (`synthetic_fractions=`)."
+                )
+        return "mixup", None
+    if not isinstance(conditions, AnnData):
+        raise TypeError(
+            f"`conditions` must be None, 'mixup' or an AnnData of another slide, got {type(conditions).__name__}."
+        )
+    if conditions.n_obs == 0:
+        raise ValueError("`conditions` is an empty AnnData; pass another slide's table with at least one spot.")
+    shared = conditions.obs_names.intersection(table.obs_names)
+    if len(shared):
+        raise ValueError(
+            f"`conditions` shares {len(shared)} spot names with the table (e.g. {list(shared[:3])}): unpaired "
+            "expression must come from another slide or source. The local slide's other sequenced spots each "
+            "have their image, so conditioning on them would use labelled spots without counting them; pass "
+            "another slide's table (rename its spots if the names only collide by chance)."
+        )
+    needed = (
+        [str(g) for g in np.asarray(record["genes"]).tolist()] if gene_selection == "given"
+        else [str(g) for g in table.var_names]
+    )
+    missing = [g for g in needed if g not in conditions.var_names]
+    if missing:
+        raise KeyError(
+            f"`conditions` lacks {len(missing)} of the {len(needed)} genes budget_curve may select "
+            f"(e.g. {missing[:5]}; genes are matched by name); subset both tables to their shared genes first."
+        )
+    if layer != "X" and layer not in conditions.layers:
+        raise KeyError(
+            f"`conditions` lacks layer {layer!r}, where the table's raw counts are; store the other slide's raw "
+            f"counts there (`conditions.layers[{layer!r}] = ...`)."
+        )
+    return "unpaired", conditions
+
+
+def _conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str, Any]:
+    """``synthesize`` options of one run: ``per_spot`` rows per training spot from the chosen conditions."""
+    if label == "train":
+        return {"n_per_condition": per_spot}
+    n = n_real * per_spot
+    if label == "mixup":
+        return {"conditions": "mixup", "n_conditions": n, "n_per_condition": 1}
+    layer = str(record.get("layer", "X"))
+    idx = np.sort(np.random.default_rng([seed, 11]).choice(other.n_obs, n, replace=n > other.n_obs))
+    mat = other.X if layer == "X" else other.layers[layer]
+    cond = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
+    cond.obs_names = np.asarray(other.obs_names, dtype=str)[idx]
+    if layer != "X":
+        cond.layers[layer] = cond.X
+    if n > other.n_obs:
+        cond.obs_names_make_unique()
+    return {"conditions": cond, "n_per_condition": 1}
 
 
 def _check_weights(weight: float | Sequence[float]) -> list[float]:
@@ -295,8 +395,13 @@ def _check_fractions(fractions: Sequence[float], name: str) -> list[float]:
 
 
 def _repeat_table(table, pool, gene_selection, record, expr_key, patch_key, prepare, apply) -> AnnData:
-    """A light table of one repeat: patches, coordinates and expression over genes chosen on ``pool``."""
-    base = AnnData(obs=pd.DataFrame(index=table.obs_names.copy()))
+    """A light table of one repeat: patches, coordinates, raw counts and expression over genes chosen on ``pool``."""
+    layer = str(record.get("layer", "X"))
+    counts = table.X if layer == "X" else table.layers.get(layer)
+    base = AnnData(X=counts, obs=pd.DataFrame(index=table.obs_names.copy()),
+                   var=pd.DataFrame(index=table.var_names.copy()))
+    if layer != "X" and counts is not None:
+        base.layers[layer] = counts  # mixup conditions mix these raw counts
     for key in (patch_key, "spatial"):
         base.obsm[key] = np.asarray(table.obsm[key])
     if gene_selection == "given":

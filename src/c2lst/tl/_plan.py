@@ -37,6 +37,7 @@ def plan_budget(
     ci: float = 0.95,
     arm: str = "real+synthetic",
     synthetic_weight: float | None = None,
+    conditions: str | None = None,
 ) -> dict[str, Any]:
     """Name the smallest fraction of real spots that is non-inferior to all of them, with and without synthesis.
 
@@ -59,6 +60,10 @@ def plan_budget(
         The augmented arm to plan for.
     synthetic_weight
         When ``curve`` holds several synthetic weights, the one to use (required then).
+    conditions
+        When ``curve`` concatenates runs with several ``conditions`` (``"train"``, ``"mixup"``, ``"unpaired"``;
+        see :func:`budget_curve`), the one to plan for (required then); its run's ``"real"`` rows are the
+        reference. A curve mixing predictor ``features`` must be split by the caller.
 
     Returns
     -------
@@ -73,7 +78,7 @@ def plan_budget(
         raise ValueError(f"`curve` must be the DataFrame of `budget_curve` with columns {sorted(needed)}.")
     if not (0 < ci < 1):
         raise ValueError(f"`ci={ci}` must be in (0, 1).")
-    curve = _one_weight(curve, synthetic_weight)
+    curve = _one_conditions(_one_weight(curve, synthetic_weight), conditions)
     if isinstance(margin, bool) or not isinstance(margin, int | float) or not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"`margin={margin!r}` must be a finite number >= 0 (e.g. 0.02 for Pearson r).")
     ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)].set_index("repeat")[metric]
@@ -137,3 +142,24 @@ def _one_weight(curve: pd.DataFrame, weight: float | None) -> pd.DataFrame:
         raise ValueError(f"`synthetic_weight={weight}` is not in `curve` (weights: {present}).")
     keep = curve["synthetic_weight"].isna() | np.isclose(curve["synthetic_weight"].fillna(-1.0), weight)
     return curve[keep]
+
+
+def _one_conditions(curve: pd.DataFrame, conditions: str | None) -> pd.DataFrame:
+    """Keep the rows of one ``conditions`` run (and refuse a curve that mixes predictor feature spaces)."""
+    if "features" in curve.columns and curve["features"].nunique() > 1:
+        raise ValueError(
+            f"`curve` mixes predictor features {sorted(curve['features'].unique())}; plan each separately, e.g. "
+            "`plan_budget(curve[curve['features'] == 'central'])`."
+        )
+    if "conditions" not in curve.columns:
+        if conditions is not None:
+            raise ValueError(f"`conditions={conditions!r}` given, but `curve` has no `conditions` column.")
+        return curve
+    present = sorted(curve["conditions"].astype(str).unique())
+    if conditions is None:
+        if len(present) > 1:
+            raise ValueError(f"`curve` holds conditions {present}; pass `conditions=` (one of them).")
+        return curve
+    if conditions not in present:
+        raise ValueError(f"`conditions={conditions!r}` is not in `curve` (conditions: {present}).")
+    return curve[curve["conditions"].astype(str) == conditions]

@@ -39,6 +39,9 @@ def fit_predictor(
     patch_key: str = "c2lst_patch",
     include_synthetic: bool = True,
     mode: str = "cnn",
+    features: str | None = None,
+    central: Any = None,
+    central_timestep: int = 50,
     backbone: Any = None,
     alpha: float | None = None,
     n_epochs: int = 30,
@@ -67,6 +70,17 @@ def fit_predictor(
     mode
         ``"cnn"`` (small CNN from scratch) or ``"ridge"`` (frozen features + ridge); see
         :class:`~c2lst.models.predictor.ExpressionPredictor`.
+    features
+        Frozen feature space of ``mode="ridge"``: ``None`` (the mode's default: morphometric features for
+        ridge, a CNN trained from scratch for cnn; or ``backbone`` when given), ``"morphometric"``, or
+        ``"central"``: the pooled mid-block activations of the frozen central denoiser ``central`` at timestep
+        ``central_timestep`` (see :func:`c2lst.models.central_features`), which learned
+        histology from the unpaired pretraining patches. Reload such a predictor with
+        ``ExpressionPredictor.load(path, backbone=CentralFeatureExtractor(central, t=central_timestep))``.
+    central
+        The central model (object, directory or registry key of the first table) for ``features="central"``.
+    central_timestep
+        Noise timestep of ``features="central"`` (small: the patch stays visible to the UNet).
     backbone
         Optional :class:`torch.nn.Module` ``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` built with local weights.
     alpha
@@ -123,6 +137,7 @@ def fit_predictor(
         raise ValueError(f"`mode` must be 'cnn' or 'ridge', got {mode!r}.")
     if n_steps is not None:
         n_steps = check_positive_int(n_steps, "n_steps")
+    backbone = _feature_backbone(features, mode, central, central_timestep, backbone, items[0])
     if isinstance(synthetic_weight, bool) or not isinstance(synthetic_weight, int | float) or not (
         np.isfinite(synthetic_weight) and synthetic_weight >= 0
     ):
@@ -199,6 +214,39 @@ def fit_predictor(
     )
     logger.info(f"fitted {model!r} on {n_real} real + {n_syn} synthetic spots")
     return model
+
+
+FEATURES = ("morphometric", "central")
+
+
+def _feature_backbone(features, mode, central, timestep, backbone, table: AnnData):
+    """Validate ``features=`` and return the backbone it implies (``backbone`` unchanged when ``None``)."""
+    if features is None:
+        if central is not None:
+            raise ValueError("`central=` is only used with `features='central'`; pass both or neither.")
+        return backbone
+    if features not in FEATURES:
+        raise ValueError(f"`features={features!r}` is unknown; use None or one of {list(FEATURES)}.")
+    if mode != "ridge":
+        raise ValueError(
+            f"`features={features!r}` is a frozen feature space for `mode='ridge'`, got `mode={mode!r}`; "
+            "pass `mode='ridge'`."
+        )
+    if backbone is not None:
+        raise ValueError(f"pass either `backbone=` or `features={features!r}`, not both.")
+    if features == "morphometric":
+        if central is not None:
+            raise ValueError("`central=` is only used with `features='central'`; drop it.")
+        return None
+    if central is None:
+        raise ValueError(
+            "`features='central'` needs the central model: pass `central=` (a CentralModel, its directory or a "
+            "registry key)."
+        )
+    from ..models.denoiser_features import CentralFeatureExtractor
+    from ._central import resolve_central
+
+    return CentralFeatureExtractor(resolve_central(central, table), t=timestep)
 
 
 # --------------------------------------------------------------------------- predict

@@ -24,7 +24,7 @@ from ..models.local import central_fingerprint
 from ..models.sampling import DEFAULT_SCHEDULER, SCHEDULERS
 from ._adapt import get_adapter, load_local_model
 from ._central import resolve_central
-from ._conditions import resolve_conditions
+from ._conditions import check_mixup_options, resolve_conditions
 from ._elements import add_elements, build_elements, existing_names
 
 
@@ -35,6 +35,8 @@ def synthesize(
     adapter_key: str = "c2lst_local",
     central: Any = None,
     conditions: Any = None,
+    n_conditions: int | None = None,
+    mixup_alpha: float = 1.0,
     n_per_condition: int = 1,
     guidance_scale: float = 2.0,
     steps: int = 25,
@@ -65,6 +67,16 @@ def synthesize(
         ``None`` (the table's own spots), an AnnData of spots measured on the adapter's genes (prepared with the
         adapter's recorded preprocessing), a DataFrame with one column per adapter gene, or an array
         ``(n_profiles, n_genes)``; DataFrame and array values are preprocessed (log-normalised) profiles.
+        An AnnData may come from another slide (unpaired expression): genes are matched by name, all adapter
+        genes must be present, and its raw counts must sit in the layer the adapter was prepared from.
+        ``"mixup"``: new profiles as count-space convex mixtures of pairs of the table's spots: two distinct
+        spots ``a``, ``b`` and ``u ~ Beta(mixup_alpha, mixup_alpha)`` are drawn from ``seed``; the first parent's
+        weight is ``w = max(u, 1 - u)`` (it always dominates); raw counts and library sizes are mixed as
+        ``w c_a + (1 - w) c_b`` and the adapter's recorded normalisation turns them into the model input.
+    n_conditions
+        Number of mixtures of ``conditions="mixup"`` (default: one per spot of the table); only with mixup.
+    mixup_alpha
+        Beta parameter of the mixing weight of ``conditions="mixup"`` (1: uniform; small: near a parent).
     n_per_condition
         Synthetic patches per profile.
     guidance_scale
@@ -98,7 +110,11 @@ def synthesize(
     ``X`` holds the conditioning expression in **count space** over the adapter's genes (the parent spot's raw
     counts for table/AnnData conditions; ``expm1`` of log-normalised profiles, i.e. counts per
     ``target_sum``, for DataFrame/array conditions); ``obsm[expr_key]`` the preprocessed profile the model
-    saw; ``obsm[patch_key]`` the patches; a lineage record in ``uns["c2lst"]["lineage"]``. When ``sdata`` is
+    saw; ``obsm[patch_key]`` the patches; a lineage record in ``uns["c2lst"]["lineage"]``. With
+    ``conditions="mixup"`` also ``obs["c2lst_parent_b"]`` (the second parent) and ``obs["c2lst_mix_weight"]``
+    (the first parent's weight); ``obs["c2lst_parent"]`` is the first (dominant) parent, so
+    :func:`c2lst.tl.concat_augmented` places a mixed row at its first parent's coordinates and the predictor's
+    grouped validation keeps it with that parent; ``X`` holds the mixed counts. When ``sdata`` is
     backed by zarr, the elements are written there too, each atomically.
 
     Examples
@@ -113,6 +129,7 @@ def synthesize(
     batch_size = check_positive_int(batch_size, "batch_size")
     guidance_scale = check_nonneg_float(guidance_scale, "guidance_scale")
     seed = check_seed(seed)
+    n_conditions, mixup_alpha = check_mixup_options(conditions, n_conditions, mixup_alpha)
     if scheduler not in SCHEDULERS:
         raise ValueError(f"`scheduler={scheduler!r}` is unknown; valid schedulers are {list(SCHEDULERS)}.")
     new_names = {table_added, f"{table_added}_image", f"{table_added}_spots"}
@@ -126,7 +143,8 @@ def synthesize(
     genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
     expr_params = json.loads(str(record["expr"]))
     expr_key = str(record.get("expr_key", "")) or _expr_key_of(table, genes)
-    conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key)
+    conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key,
+                               n_conditions=n_conditions, mixup_alpha=mixup_alpha, seed=seed)
     model_c = _central_for(central, record, table, verify)
     # the local model owns a copy of the central model, so the LoRA weights can be fused for speed
     local = load_local_model(record, model_c).fuse_adapters()
@@ -165,6 +183,9 @@ def synthesize(
         },
         index=[f"{table_added}_{run_id}_{i}" for i in range(n)],
     )
+    if conds.parents_b is not None:
+        obs["c2lst_parent_b"] = conds.parents_b[cond_idx]
+        obs["c2lst_mix_weight"] = conds.weights[cond_idx]
     new = AnnData(X=sparse.csr_matrix(conds.counts[cond_idx]), obs=obs, var=pd.DataFrame(index=genes))
     new.obsm[patch_key] = patches
     new.obsm[expr_key] = conds.expr[cond_idx].astype(np.float32)
@@ -181,6 +202,7 @@ def synthesize(
         "patch_key": patch_key,
         "conditions": conds.source,
         "n_conditions": m,
+        **({"mixup_alpha": mixup_alpha} if conds.source == "mixup" else {}),
         "verify": verify,
     }
     record_lineage(
