@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
+import c2lst
 from c2lst._utils import to_jsonable
 from c2lst.pp import prepare_expression
 from c2lst.pp._expression import apply_expression, expression_genes, expression_params
@@ -193,3 +194,17 @@ def test_on_the_simulated_visium_table():
     assert rec["flavor"] == "seurat_v3"  # raw counts detected
     assert table.obsm["c2lst_expr"].shape == (40, 25)
     assert np.isfinite(table.obsm["c2lst_expr"]).all()
+
+
+def test_prepare_expression_keeps_torch_thread_count():
+    """scanpy's numba kernels reset the shared OpenMP thread count; c2lst restores torch's afterwards."""
+    import torch
+
+    sdata = c2lst.datasets.simulated_visium(n_spots=30, seed=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c2lst.pp.prepare_expression(sdata.tables["table"], n_top_genes=10)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -154,3 +154,28 @@ def quiet_io_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*autosharding will be the default", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*is not a valid key", category=SyntaxWarning)
         yield
+
+
+def keep_torch_threads(func):
+    """Decorate ``func`` so that torch's intra-op thread count is the same after it as before.
+
+    scanpy's numba kernels run in numba's OpenMP threading layer, which shares libgomp with torch and leaves
+    the OpenMP thread count at ``NUMBA_NUM_THREADS`` (all cores) after they return. That silently overrides
+    ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` for the rest of the process, and on a shared machine the
+    next training loop then runs several times slower. torch is not imported here when the caller has not.
+    """
+    import functools
+    import sys
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        before = torch.get_num_threads() if torch is not None else None
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch = sys.modules.get("torch")
+            if torch is not None and before is not None and torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    return wrapper

@@ -11,7 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, keep_torch_threads, record_lineage
 
 TARGET_SUM = 1e4
 NORMALIZE_LOG1P = "normalize_total+log1p"
@@ -85,6 +85,7 @@ def _top(scores: pd.Series, n: int, ascending: bool) -> np.ndarray:
     return mask
 
 
+@keep_torch_threads
 def prepare_expression(
     adata: AnnData,
     *,

@@ -11,7 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, keep_torch_threads, record_lineage, require_obsm
 from ._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
 
 
@@ -24,6 +24,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, r, np.nan)
 
 
+@keep_torch_threads
 def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np.ndarray:
     """Return Moran's I of every column of ``values`` on a kNN graph of ``coords`` (scanpy).
 
