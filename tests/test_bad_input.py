@@ -116,6 +116,37 @@ def _(env):
     return lambda: c2lst.pp.prepare_expression(a, genes=[]), [a]
 
 
+@CASES("expr-all-zero-counts", ValueError, r"adata\.X.*no non-zero value.*layer=")
+def _(env):
+    a = _counts(np.zeros((20, 8), np.int64))
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-all-counts-equal", ValueError, r"`n_top_genes=3`: no gene.*varies.*`genes=`")
+def _(env):
+    a = _counts(np.full((20, 8), 3, np.int64))
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-single-spot", ValueError, r"`n_top_genes=3`.*at least 2 spots.*`genes=`")
+def _(env):
+    a = _counts(np.random.default_rng(0).poisson(3, (1, 8)))
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-float-counts-with-noise", ValueError, r"within .* of an integer.*counts with floating-point noise")
+def _(env):
+    rng = np.random.default_rng(0)
+    a = _counts(rng.poisson(3, (20, 12)) + rng.random((20, 12)) * 1e-6)
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-float-values-too-large-for-log", ValueError, r"not integer-valued.*reach 99.*log1p")
+def _(env):
+    a = _counts(np.random.default_rng(0).random((20, 12)) * 100)
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
 # ============================================================================ tl.pretrain
 @CASES("pretrain-float-patches-in-obsm", TypeError, r"obsm\['c2lst_patch'\].*uint8")
 def _(env):
