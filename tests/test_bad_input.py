@@ -281,6 +281,12 @@ def _(env):
     return _adapt(env, t, mixed_precision="fp8", output_dir=env.tmp / "adapt_run"), [t]
 
 
+@CASES("adapt-existing-key-without-overwrite", ValueError, r"`key_added='c2lst_local'` already holds.*overwrite=True")
+def _(env):
+    t = table(env)
+    return _adapt(env, t), [t]
+
+
 # ============================================================================ tl.synthesize
 @CASES("synth-steps-zero", ValueError, r"`steps`")
 def _(env):

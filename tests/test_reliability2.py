@@ -7,6 +7,7 @@ subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,75 @@ def test_prepare_expression_few_genes_logs_the_fallback(caplog):
         c2lst.pp.prepare_expression(a, n_top_genes=3)
     assert a.uns["c2lst"]["expr"]["c2lst_expr"]["flavor"] == "seurat"
     assert "flavor='seurat_v3'" in caplog.text and "flavor='seurat'" in caplog.text
+
+
+# ============================================================================ 3. integrity: old saves still load
+def test_central_saved_by_previous_version_loads_with_warning(tiny_central, tmp_path, caplog):
+    """A c2lst.json whose sha256 covers the weights only (previous format) loads, with a logged warning."""
+    import json
+    import shutil
+
+    from c2lst.models import CentralModel
+
+    d = tmp_path / "old"
+    shutil.copytree(tiny_central[1], d)
+    meta = json.loads((d / "c2lst.json").read_text())
+    meta["sha256"] = meta.pop("weights_sha256")
+    del meta["fingerprint"]
+    (d / "c2lst.json").write_text(json.dumps(meta))
+    c2lst._logging.logger.propagate = True
+    try:
+        with caplog.at_level("WARNING", logger="c2lst"):
+            model = CentralModel.from_pretrained(d)
+    finally:
+        c2lst._logging.logger.propagate = False
+    assert model.sha256 == meta["sha256"]
+    assert "older c2lst" in caplog.text
+    meta["config"]["scheduler"]["prediction_type"] = "epsilon"  # the old format did not cover this ...
+    (d / "c2lst.json").write_text(json.dumps(meta))
+    CentralModel.from_pretrained(d)  # ... so it still loads (with the warning), as before
+
+
+def test_adapter_record_of_previous_version_synthesizes(adapted_sdata, tiny_central, caplog):
+    """A v1 record (weights-only sha256, the stored regex pattern) keeps working; the same patches come out."""
+    from c2lst.models.local import DEFAULT_TARGETS
+    from c2lst.models.store import ADAPTER_FORMAT_V1, sha256_tensors
+
+    kw = {"steps": 1, "seed": 3, "progress": False, "central": tiny_central[0]}
+    c2lst.tl.synthesize(adapted_sdata, table_added="new", **kw)
+    rec = adapted_sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"]
+    cfg = json.loads(rec["config"])
+    cfg.update(format=ADAPTER_FORMAT_V1, target_modules=DEFAULT_TARGETS)
+    rec.update(format=ADAPTER_FORMAT_V1, config=json.dumps(cfg), sha256=sha256_tensors(dict(rec["weights"])))
+    c2lst._logging.logger.propagate = True
+    try:
+        with caplog.at_level("WARNING", logger="c2lst"):
+            c2lst.tl.synthesize(adapted_sdata, table_added="old", **kw)
+    finally:
+        c2lst._logging.logger.propagate = False
+    assert "older c2lst" in caplog.text
+    np.testing.assert_array_equal(
+        adapted_sdata.tables["old"].obsm["c2lst_patch"], adapted_sdata.tables["new"].obsm["c2lst_patch"]
+    )
+
+
+def test_adapter_record_stores_module_names(adapted_base):
+    cfg = json.loads(adapted_base.uns["c2lst"]["local"]["c2lst_local"]["config"])
+    names = cfg["target_modules"]
+    assert isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+    assert any(n.endswith("to_q") for n in names) and any(n.endswith("conv2") for n in names)
+
+
+# ============================================================================ 10. files others can read
+def test_saved_weights_follow_the_umask(tmp_path, adapted_base):
+    from c2lst.models import CentralModel
+
+    old = os.umask(0o022)
+    try:
+        CentralModel.from_preset("tiny").save_pretrained(tmp_path / "m")
+        f = c2lst.tl.export_adapter(adapted_base, tmp_path / "a.safetensors")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "m").rglob("*") if p.is_file()] + [f]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes

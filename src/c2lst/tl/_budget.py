@@ -239,8 +239,9 @@ def budget_curve(
         if any(a in ("real+synthetic", "real+null") for a in todo):
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
+            # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
             adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
-                  unlabelled=un, **a_kw)
+                  unlabelled=un, **{"overwrite": True, **a_kw})
             sd = SpatialData(tables={"train": real})
             for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
                 if arm not in todo:
