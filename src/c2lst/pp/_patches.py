@@ -11,7 +11,7 @@ import numpy as np
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._utils import c2lst_uns, check_positive_float, check_positive_int, record_lineage
+from .._utils import c2lst_uns, check_memory, check_positive_float, check_positive_int, record_lineage
 from ._resolve import Resolved, resolve
 from ._sampling import (
     RESCALE_RULES,
@@ -190,6 +190,24 @@ def _resample(plan: _Plan, idx: np.ndarray, res: Resolved) -> np.ndarray:
     return out
 
 
+def _check_bounds(res: Any, extents: np.ndarray, patch_um: Any, patch_px: Any, size: int) -> None:
+    """Refuse footprints larger than the image and outputs that cannot fit into memory, before any read."""
+    h0, w0 = res.level_shapes[0]
+    px = np.asarray(extents, dtype=np.float64) * float(np.sqrt(abs(np.linalg.det(res.shapes_to_image[:2, :2]))))
+    top = float(px.max()) if px.size else 0.0
+    if not np.isfinite(top) or top > 2 * max(h0, w0):
+        arg = (
+            "`patch_px`" if patch_px is not None
+            else "`patch_um`" if patch_um is not None
+            else f"the circle radius of shapes {res.shapes_key!r}"
+        )
+        raise ValueError(
+            f"{arg} gives patches of {top:.4g} px of image {res.image_key!r}, larger than the image itself "
+            f"({h0} x {w0} px at level 0); pass a smaller value (or fix the radius / transformation)."
+        )
+    check_memory(float(len(px)) * size * size * 3, "size", f"{len(px)} patches of {size} x {size} px")
+
+
 def extract_patches(
     sdata: Any,
     *,
@@ -280,6 +298,7 @@ def extract_patches(
 
     res = resolve(sdata, table_key=table_key, image_key=image_key, coordinate_system=coordinate_system)
     extents, extent_info = _extents(res, patch_um, patch_px)
+    _check_bounds(res, extents, patch_um, patch_px, size)
     centres0, clipped, outside = _footprints(res, extents)
     if outside.all():
         raise ValueError(
