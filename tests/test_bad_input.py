@@ -93,6 +93,40 @@ def _(env):
     return lambda: c2lst.pp.extract_patches(back, progress=False), [back]
 
 
+def _image_store(env, name: str) -> Path:
+    store = env.tmp / name
+    spatialdata.SpatialData(
+        images={"he": env.sdata.images["he"]},
+        shapes={"spots": env.sdata.shapes["spots"]},
+        tables={"table": ad.AnnData(obs=table(env).obs.copy(), uns={"spatialdata_attrs": table(env).uns["spatialdata_attrs"]})},
+    ).write(store)
+    return store
+
+
+def _chunk_files(level: Path) -> list[Path]:
+    meta = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+    return sorted(p for p in level.rglob("*") if p.is_file() and p.name not in meta)
+
+
+@CASES("pp-level0-chunks-missing", ValueError, r"image 'he'.*pure fill value.*chunks under them are missing")
+def _(env):
+    store = _image_store(env, "nochunks.zarr")
+    back = spatialdata.read_zarr(store)
+    for f in _chunk_files(store / "images" / "he"):  # deleted after read_zarr: the lazy image reads zeros
+        f.unlink()
+    return lambda: c2lst.pp.extract_patches(back, size=16, progress=False), [back]
+
+
+@CASES("pp-corrupt-chunk-names-the-image", ValueError, r"image 'he': reading its pixels failed")
+def _(env):
+    store = _image_store(env, "corrupt.zarr")
+    back = spatialdata.read_zarr(store)
+    for f in _chunk_files(store / "images" / "he"):
+        f.write_bytes(b"\x00garbage" * 7)
+    # `back` itself is not snapshotted: reading its pixels is what fails; its table is
+    return lambda: c2lst.pp.extract_patches(back, size=16, progress=False), [back.tables["table"]]
+
+
 # ============================================================================ pp.prepare_expression
 def _counts(x) -> ad.AnnData:
     return ad.AnnData(np.asarray(x), var=pd.DataFrame(index=[f"g{i}" for i in range(np.shape(x)[1])]))

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import c2lst
 
@@ -163,3 +164,95 @@ def test_saved_weights_follow_the_umask(tmp_path, adapted_base):
     files = [p for p in (tmp_path / "m").rglob("*") if p.is_file()] + [f]
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+# ============================================================================ 4. a failed overwrite loses nothing
+def _backed(adapted_base, tmp_path):
+    import spatialdata
+
+    store = tmp_path / "s.zarr"
+    spatialdata.SpatialData(tables={"table": adapted_base.copy()}).write(store)
+    return spatialdata.read_zarr(store), store
+
+
+def _cond(adapted_base, value=0.0):
+    n = len(adapted_base.uns["c2lst"]["local"]["c2lst_local"]["genes"])
+    return np.full((1, n), value, np.float32)
+
+
+def test_failed_overwrite_keeps_the_first_result(adapted_base, tiny_central, tmp_path, monkeypatch):
+    from c2lst.tl import _elements
+
+    sdata, store = _backed(adapted_base, tmp_path)
+    kw = {"steps": 1, "progress": False, "central": tiny_central[0], "table_added": "syn"}
+    c2lst.tl.synthesize(sdata, conditions=_cond(adapted_base), **kw)
+    first = np.asarray(sdata.tables["syn"].obsm["c2lst_patch"]).copy()
+    on_disk = sorted(p.name for p in (store / "tables").iterdir())
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_elements, "_write_atomic", broken)
+    with pytest.raises(OSError, match="disk full"):
+        c2lst.tl.synthesize(sdata, conditions=_cond(adapted_base, 1.0), overwrite=True, **kw)
+    assert {"syn", "syn_image", "syn_spots"} <= set(sdata.tables) | set(sdata.images) | set(sdata.shapes)
+    np.testing.assert_array_equal(np.asarray(sdata.tables["syn"].obsm["c2lst_patch"]), first)
+    assert sorted(p.name for p in (store / "tables").iterdir()) == on_disk
+
+
+def test_racing_writer_gets_already_exists(adapted_base, tiny_central, tmp_path, monkeypatch):
+    """Two processes pass the name checks; the one that moves its elements second gets a clear error."""
+    import spatialdata
+
+    from c2lst.tl import _synthesize
+
+    a, store = _backed(adapted_base, tmp_path)
+    b = spatialdata.read_zarr(store)
+    kw = {"steps": 1, "progress": False, "central": tiny_central[0], "table_added": "syn"}
+    c2lst.tl.synthesize(a, conditions=_cond(adapted_base), **kw)
+    winner = sorted(p.name for p in store.rglob("*"))
+    # b checked before a wrote: it does not see a's elements
+    monkeypatch.setattr(_synthesize, "existing_names", lambda sdata: set())
+    with pytest.raises(ValueError, match=r"\['syn_image', 'syn_spots', 'syn'\] already exist in the store"):
+        c2lst.tl.synthesize(b, conditions=_cond(adapted_base, 1.0), **kw)
+    assert sorted(p.name for p in store.rglob("*")) == winner
+    assert "syn" not in b.tables and "syn_image" not in b.images
+    spatialdata.read_zarr(store)  # still readable
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_store_fails_before_compute(adapted_base, tiny_central, tmp_path):
+    sdata, store = _backed(adapted_base, tmp_path)
+    os.chmod(store, 0o555)
+    try:
+        with pytest.raises(ValueError, match=r"zarr store .*s\.zarr.*not writable"):
+            c2lst.tl.synthesize(sdata, conditions=_cond(adapted_base), steps=1, progress=False,
+                                central=tiny_central[0])
+    finally:
+        os.chmod(store, 0o755)
+
+
+# ============================================================================ 8. resume=False keeps the old run
+def test_resume_false_sets_the_old_checkpoints_aside(tiny_central, tmp_path, sim_sdata_base):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_central[1].parent, out)
+    old = sorted(p.name for p in (out / "checkpoints").iterdir())
+    p = np.asarray(sim_sdata_base.tables["table"].obsm["c2lst_patch"])[:8]
+    c2lst.tl.pretrain(p, preset="tiny", n_steps=2, batch_size=4, output_dir=out, resume=False, progress=False)
+    aside = [d for d in out.iterdir() if d.name.startswith("checkpoints.previous-")]
+    assert len(aside) == 1 and sorted(x.name for x in aside[0].iterdir()) == old
+    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]  # this run's only
+
+
+# ============================================================================ 9. CUDA asked for, none there
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_clear_error(adapted_sdata, tiny_central):
+    n = len(adapted_sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"]["genes"])
+    with pytest.raises(ValueError, match=r"`device='cuda'` but this PyTorch has no usable CUDA device"):
+        c2lst.tl.synthesize(adapted_sdata, conditions=np.zeros((1, n), np.float32), device="cuda", steps=1,
+                            progress=False, central=tiny_central[0])
+    with pytest.raises(ValueError, match=r"`device='cuda'` but this PyTorch has no usable CUDA device"):
+        c2lst.tl.pretrain(np.zeros((4, 32, 32, 3), np.uint8), preset="tiny", n_steps=1, device="cuda",
+                          progress=False)
