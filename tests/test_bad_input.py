@@ -576,6 +576,20 @@ def _(env):
     return _synth(env, conditions=df), [env.sdata, df]
 
 
+@CASES("budget-adapt-kwargs-duplicate-seed", ValueError, r"`adapt_kwargs` sets \['seed'\].*pass `seed=` to budget")
+def _(env):
+    return lambda: c2lst.tl.budget_curve(
+        env.sdata, central=str(env.central_dir), adapt_kwargs={"seed": 3}, progress=False
+    ), [env.sdata]
+
+
+@CASES("budget-synthesize-kwargs-duplicate-n", ValueError, r"`synthesize_kwargs` sets \['n_per_condition'\]")
+def _(env):
+    return lambda: c2lst.tl.budget_curve(
+        env.sdata, central=str(env.central_dir), synthesize_kwargs={"n_per_condition": 3}, progress=False
+    ), [env.sdata]
+
+
 # ============================================================================ the test
 def test_matrix_is_large_enough():
     assert len(CASES) >= 60  # plus the loading cases of test_bad_input_loading.py

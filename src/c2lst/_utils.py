@@ -174,6 +174,26 @@ def as_float_matrix(value: Any, arg: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def check_kwargs(kwargs: Any, arg: str, reserved: Mapping[str, str]) -> dict:
+    """Return ``kwargs`` (``None`` or a mapping of keyword arguments) as a dict, refusing reserved keys.
+
+    ``reserved`` maps the keys the caller sets itself to the way to set them instead; a duplicate would be a raw
+    "got multiple values for keyword argument" error in the middle of the work.
+    """
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"`{arg}` must be a dict of keyword arguments or None, got {type(kwargs).__name__}.")
+    bad_keys = [k for k in kwargs if not isinstance(k, str)]
+    if bad_keys:
+        raise TypeError(f"`{arg}` keys must be argument names (strings), got {bad_keys[:5]}.")
+    dup = sorted(set(kwargs) & set(reserved))
+    if dup:
+        how = "; ".join(f"{k}: {reserved[k]}" for k in dup)
+        raise ValueError(f"`{arg}` sets {dup}, which the caller already passes ({how}); remove them from `{arg}`.")
+    return dict(kwargs)
+
+
 def get_table(sdata: Any, table_key: str):
     """Return ``sdata.tables[table_key]`` or raise a :class:`KeyError` that lists the tables present."""
     tables = getattr(sdata, "tables", None)
