@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 
 import c2lst
 from c2lst.models import CentralModel
-from c2lst.models.store import fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bad_input_common import (  # noqa: F401 - the *_fixture names are fixtures
@@ -145,6 +144,8 @@ def _record(env) -> dict:
 
 def _rehash(rec: dict) -> None:
     """Recompute the record's fingerprint, as someone editing it on purpose would."""
+    from c2lst.models.store import fingerprint
+
     genes = [str(g) for g in np.asarray(rec["genes"]).tolist()]
     rec["sha256"] = fingerprint(dict(rec["weights"]), {"config": json.loads(rec["config"])}, genes)
 
