@@ -172,7 +172,6 @@ def adapt(
     if cond_dropout >= 1:
         raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}.")
     seed = check_seed(seed)
-    check_key_added(adata, key_added, overwrite)
     mixed_precision = check_mixed_precision(mixed_precision, device)
     if isinstance(unlabelled_fraction, bool) or not isinstance(unlabelled_fraction, int | float) or not (
         0 <= unlabelled_fraction < 1
@@ -203,6 +202,7 @@ def adapt(
                 "both with the same `size=`."
             )
         un_t = patches_to_tensor(un)
+    check_key_added(adata, key_added, overwrite)  # after the input checks, before anything is written
     out = check_output_dir(output_dir)
     n = adata.n_obs
     if n < batch_size:
