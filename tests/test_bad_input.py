@@ -21,6 +21,7 @@ import spatialdata
 import torch
 
 import c2lst
+from c2lst.models import CentralModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bad_input_common import (  # noqa: F401 - the *_fixture names are fixtures
@@ -92,6 +93,40 @@ def _(env):
     return lambda: c2lst.pp.extract_patches(back, progress=False), [back]
 
 
+def _image_store(env, name: str) -> Path:
+    store = env.tmp / name
+    spatialdata.SpatialData(
+        images={"he": env.sdata.images["he"]},
+        shapes={"spots": env.sdata.shapes["spots"]},
+        tables={"table": ad.AnnData(obs=table(env).obs.copy(), uns={"spatialdata_attrs": table(env).uns["spatialdata_attrs"]})},
+    ).write(store)
+    return store
+
+
+def _chunk_files(level: Path) -> list[Path]:
+    meta = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+    return sorted(p for p in level.rglob("*") if p.is_file() and p.name not in meta)
+
+
+@CASES("pp-level0-chunks-missing", ValueError, r"image 'he'.*pure fill value.*chunks under them are missing")
+def _(env):
+    store = _image_store(env, "nochunks.zarr")
+    back = spatialdata.read_zarr(store)
+    for f in _chunk_files(store / "images" / "he"):  # deleted after read_zarr: the lazy image reads zeros
+        f.unlink()
+    return lambda: c2lst.pp.extract_patches(back, size=16, progress=False), [back]
+
+
+@CASES("pp-corrupt-chunk-names-the-image", ValueError, r"image 'he': reading its pixels failed")
+def _(env):
+    store = _image_store(env, "corrupt.zarr")
+    back = spatialdata.read_zarr(store)
+    for f in _chunk_files(store / "images" / "he"):
+        f.write_bytes(b"\x00garbage" * 7)
+    # `back` itself is not snapshotted: reading its pixels is what fails; its table is
+    return lambda: c2lst.pp.extract_patches(back, size=16, progress=False), [back.tables["table"]]
+
+
 # ============================================================================ pp.prepare_expression
 def _counts(x) -> ad.AnnData:
     return ad.AnnData(np.asarray(x), var=pd.DataFrame(index=[f"g{i}" for i in range(np.shape(x)[1])]))
@@ -114,6 +149,37 @@ def _(env):
 def _(env):
     a = _counts(np.ones((4, 3), np.float32))
     return lambda: c2lst.pp.prepare_expression(a, genes=[]), [a]
+
+
+@CASES("expr-all-zero-counts", ValueError, r"adata\.X.*no non-zero value.*layer=")
+def _(env):
+    a = _counts(np.zeros((20, 8), np.int64))
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-all-counts-equal", ValueError, r"`n_top_genes=3`: no gene.*varies.*`genes=`")
+def _(env):
+    a = _counts(np.full((20, 8), 3, np.int64))
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-single-spot", ValueError, r"`n_top_genes=3`.*at least 2 spots.*`genes=`")
+def _(env):
+    a = _counts(np.random.default_rng(0).poisson(3, (1, 8)))
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-float-counts-with-noise", ValueError, r"within .* of an integer.*counts with floating-point noise")
+def _(env):
+    rng = np.random.default_rng(0)
+    a = _counts(rng.poisson(3, (20, 12)) + rng.random((20, 12)) * 1e-6)
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
+
+
+@CASES("expr-float-values-too-large-for-log", ValueError, r"not integer-valued.*reach 99.*log1p")
+def _(env):
+    a = _counts(np.random.default_rng(0).random((20, 12)) * 100)
+    return lambda: c2lst.pp.prepare_expression(a, n_top_genes=3), [a]
 
 
 # ============================================================================ tl.pretrain
@@ -250,6 +316,12 @@ def _(env):
     return _adapt(env, t, mixed_precision="fp8", output_dir=env.tmp / "adapt_run"), [t]
 
 
+@CASES("adapt-existing-key-without-overwrite", ValueError, r"`key_added='c2lst_local'` already holds.*overwrite=True")
+def _(env):
+    t = table(env)
+    return _adapt(env, t), [t]
+
+
 # ============================================================================ tl.synthesize
 @CASES("synth-steps-zero", ValueError, r"`steps`")
 def _(env):
@@ -331,9 +403,196 @@ def _(env):
     return _synth(env, back, table_added="syn"), [back]
 
 
+# ============================================================================ issue 13: overwrite, names, storage
+@CASES("synth-overwrite-user-shapes-refused", ValueError, r"`table_added='spots'` would replace elements \['spots'\]")
+def _(env):
+    return _synth(env, table_added="spots", overwrite=True), [env.sdata]
+
+
+@CASES("synth-overwrite-user-image-refused", ValueError, r"would replace elements \['he'\] that c2lst did not")
+def _(env):
+    return _synth(env, table_added="he", overwrite=True), [env.sdata]  # "he" is the slide image
+
+
+@CASES("synth-table-added-empty", ValueError, r"`table_added=''` is not a valid element name")
+def _(env):
+    return _synth(env, table_added=""), [env.sdata]
+
+
+@CASES("synth-table-added-path-traversal", ValueError, r"`table_added='\.\./\.\./evil'` is not a valid element")
+def _(env):
+    back = spatialdata.read_zarr(env.store)
+    return _synth(env, back, table_added="../../evil"), [back]
+
+
+@CASES("synth-table-added-not-a-string", TypeError, r"`table_added` must be a string")
+def _(env):
+    return _synth(env, table_added=3), [env.sdata]
+
+
+@CASES("synth-backed-store-deleted-before-compute", ValueError, r"zarr store '.*store\.zarr', which no longer exists")
+def _(env):
+    back = spatialdata.read_zarr(env.store)
+    shutil.rmtree(env.store)
+    return _synth(env, back), [back]
+
+
+# ============================================================================ issue 13: bounds before allocation
+@CASES("synth-n-per-condition-beyond-memory", ValueError, r"`n_per_condition`: .* GiB.*smaller `n_per_condition`")
+def _(env):
+    return _synth(env, n_per_condition=10**12), [env.sdata]
+
+
+@CASES("central-sample-n-beyond-memory", ValueError, r"`n`: .* GiB")
+def _(env):
+    model = CentralModel.from_pretrained(env.central_dir)
+    return lambda: model.sample(10**12, steps=1), []
+
+
+@CASES("pp-size-beyond-memory", ValueError, r"`size`: .* GiB.*smaller `size`")
+def _(env):
+    return lambda: c2lst.pp.extract_patches(env.sdata, size=300_000, progress=False), [env.sdata]
+
+
+@CASES("pp-patch-px-larger-than-image", ValueError, r"`patch_px` gives patches of 1e\+09 px.*larger than the image")
+def _(env):
+    return lambda: c2lst.pp.extract_patches(env.sdata, patch_px=1e9, progress=False), [env.sdata]
+
+
+@CASES("pp-circle-radius-huge", ValueError, r"circle radius of shapes 'spots'.*larger than the image")
+def _(env):
+    env.sdata.shapes["spots"]["radius"] = 1e12
+    return lambda: c2lst.pp.extract_patches(env.sdata, progress=False), [env.sdata]
+
+
+# ============================================================================ issue 13: values stay valid
+@CASES("synth-conditions-beyond-log-range", ValueError, r"`conditions` \(array\) holds values up to 100.*log1p")
+def _(env):
+    return _synth(env, conditions=np.full((1, len(genes(env))), 100.0, np.float32)), [env.sdata]
+
+
+@CASES("synth-conditions-negative", ValueError, r"`conditions` \(dataframe\) holds negative values")
+def _(env):
+    df = pd.DataFrame(np.full((1, len(genes(env))), -5.0, np.float32), columns=genes(env))
+    return _synth(env, conditions=df), [env.sdata, df]
+
+
+@CASES("synth-seed-wraps-int64", ValueError, r"`seed=9223372036854775807` with 2 rows.*int64")
+def _(env):
+    return _synth(env, seed=2**63 - 1, n_per_condition=2), [env.sdata]
+
+
+@CASES("synth-guidance-scale-1e30", ValueError, r"`guidance_scale=1e\+30` is beyond")
+def _(env):
+    return _synth(env, guidance_scale=1e30), [env.sdata]
+
+
+@CASES("central-sample-guidance-scale-1e30", ValueError, r"`guidance_scale=1e\+30` is beyond")
+def _(env):
+    model = CentralModel.from_pretrained(env.central_dir)
+    return lambda: model.sample(1, steps=1, guidance_scale=1e30), []
+
+
+# ============================================================================ issue 13: resume means resume
+def _run_copy(env, name: str) -> Path:
+    dst = env.tmp / name
+    shutil.copytree(env.central_dir.parent, dst)
+    return dst
+
+
+def _same_run(env, out: Path, **kwargs):
+    """pretrain with the settings of the session's tiny central run (so its checkpoints match)."""
+    p = np.asarray(table(env).obsm["c2lst_patch"])
+    return _pretrain(p, batch_size=8, output_dir=out, **kwargs)
+
+
+@CASES("pretrain-n-steps-below-checkpoint", ValueError, r"`n_steps=2` is below the step of the newest checkpoint")
+def _(env):
+    return _same_run(env, _run_copy(env, "run"), n_steps=2), []
+
+
+@CASES("pretrain-fingerprint-file-missing", ValueError, r"step_8 has no readable c2lst_fingerprint\.json")
+def _(env):
+    out = _run_copy(env, "run")
+    (out / "checkpoints" / "step_8" / "c2lst_fingerprint.json").unlink()
+    return _same_run(env, out, n_steps=9), []
+
+
+@CASES("pretrain-fingerprint-file-malformed", ValueError, r"step_8 has no readable c2lst_fingerprint\.json")
+def _(env):
+    out = _run_copy(env, "run")
+    (out / "checkpoints" / "step_8" / "c2lst_fingerprint.json").write_text("{not json")
+    return _same_run(env, out, n_steps=9), []
+
+
+@CASES("pretrain-checkpoints-is-a-file", ValueError, r"file named 'checkpoints'")
+def _(env):
+    out = env.tmp / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("not a folder")
+    return _pretrain(patches(), output_dir=out), []
+
+
+# ============================================================================ issue 13: one error vocabulary
+@CASES("central-sample-steps-string", TypeError, r"`steps` must be a positive integer")
+def _(env):
+    model = CentralModel.from_pretrained(env.central_dir)
+    return lambda: model.sample(1, steps="a"), []
+
+
+@CASES("synth-steps-string", TypeError, r"`steps` must be a positive integer")
+def _(env):
+    return _synth(env, steps="a"), [env.sdata]
+
+
+@CASES("synth-device-banana", ValueError, r"`device='banana'` is not a device")
+def _(env):
+    return _synth(env, device="banana"), [env.sdata]
+
+
+@CASES("pretrain-device-banana", ValueError, r"`device='banana'` is not a device")
+def _(env):
+    a = ad.AnnData(obsm={"c2lst_patch": patches()})
+    return _pretrain(a, device="banana"), [a]
+
+
+@CASES("synth-conditions-duplicate-gene-columns", ValueError, r"`conditions` has duplicate gene columns")
+def _(env):
+    g = genes(env)
+    df = pd.DataFrame(np.zeros((1, len(g) + 1), np.float32), columns=[*g, g[0]])
+    return _synth(env, conditions=df), [env.sdata, df]
+
+
+@CASES("synth-conditions-ragged-list", ValueError, r"`conditions` is a ragged list")
+def _(env):
+    n = len(genes(env))
+    return _synth(env, conditions=[[0.0] * n, [0.0] * (n - 1)]), [env.sdata]
+
+
+@CASES("synth-conditions-string-cells", TypeError, r"`conditions` has non-numeric columns")
+def _(env):
+    df = pd.DataFrame(np.zeros((1, len(genes(env))), np.float32), columns=genes(env)).astype(object)
+    df.iloc[0, 2] = "high"
+    return _synth(env, conditions=df), [env.sdata, df]
+
+
+@CASES("budget-adapt-kwargs-duplicate-seed", ValueError, r"`adapt_kwargs` sets \['seed'\].*pass `seed=` to budget")
+def _(env):
+    return lambda: c2lst.tl.budget_curve(
+        env.sdata, central=str(env.central_dir), adapt_kwargs={"seed": 3}, progress=False
+    ), [env.sdata]
+
+
+@CASES("budget-synthesize-kwargs-duplicate-n", ValueError, r"`synthesize_kwargs` sets \['n_per_condition'\]")
+def _(env):
+    return lambda: c2lst.tl.budget_curve(
+        env.sdata, central=str(env.central_dir), synthesize_kwargs={"n_per_condition": 3}, progress=False
+    ), [env.sdata]
+
+
 # ============================================================================ the test
 def test_matrix_is_large_enough():
-    assert len(CASES) >= 30  # plus the loading cases of test_bad_input_loading.py
+    assert len(CASES) >= 60  # plus the loading cases of test_bad_input_loading.py
 
 
 @pytest.mark.parametrize(("build", "exc", "match"), CASES)

@@ -6,6 +6,7 @@ the AnnData passed in stays unchanged. The runner and fixtures are shared with `
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import c2lst
 from c2lst.models import CentralModel
@@ -128,6 +129,129 @@ def _(env):
 def _(env):
     t = table(env)
     return lambda: c2lst.tl.export_adapter(t, env.tmp / "a.safetensors", key="nope"), [t]
+
+
+# ============================================================================ integrity covers configuration (issue 13)
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _record(env) -> dict:
+    return table(env).uns["c2lst"]["local"]["c2lst_local"]
+
+
+def _rehash(rec: dict) -> None:
+    """Recompute the record's fingerprint, as someone editing it on purpose would."""
+    from c2lst.models.store import fingerprint
+
+    genes = [str(g) for g in np.asarray(rec["genes"]).tolist()]
+    rec["sha256"] = fingerprint(dict(rec["weights"]), {"config": json.loads(rec["config"])}, genes)
+
+
+def _synth(env, **kw):
+    return lambda: c2lst.tl.synthesize(
+        env.sdata, steps=1, progress=False, conditions=np.zeros((1, len(_record(env)["genes"])), np.float32), **kw
+    )
+
+
+@CASES("load-central-scheduler-prediction-type-edited", ValueError, r"`path=.*sha256 of the weights and config")
+def _(env):
+    d = model_copy(env, "sched")
+    _edit_json(d / "c2lst.json", lambda m: m["config"]["scheduler"].update(prediction_type="epsilon"))
+    return lambda: CentralModel.from_pretrained(d), []
+
+
+@CASES("load-central-unet-config-act-fn-edited", ValueError, r"`path=.*unet/config\.json.*verify=False")
+def _(env):
+    d = model_copy(env, "act")
+    _edit_json(d / "unet" / "config.json", lambda c: c.update(act_fn="relu"))
+    return lambda: CentralModel.from_pretrained(d), []
+
+
+@CASES("load-central-nan-weights-unverified", ValueError, r"`path=.*null_embedding.*NaN or Inf")
+def _(env):
+    d = model_copy(env, "nan")
+    f = d / "c2lst_condition.safetensors"
+    save_file({"null_embedding": torch.full_like(load_file(str(f))["null_embedding"], float("nan"))}, str(f))
+    return lambda: CentralModel.from_pretrained(d, verify=False), []
+
+
+@CASES("synth-uns-adapter-weight-changed", ValueError, r"adapter's weights, configuration.*recorded sha256")
+def _(env):
+    rec = _record(env)
+    first = sorted(rec["weights"])[0]
+    rec["weights"][first] = np.asarray(rec["weights"][first]) + 1
+    return _synth(env), [env.sdata]
+
+
+@CASES("synth-uns-adapter-config-alpha-changed", ValueError, r"recorded sha256.*changed or corrupted")
+def _(env):
+    rec = _record(env)
+    cfg = json.loads(rec["config"])
+    cfg["alpha"] = 10 * cfg["alpha"]
+    rec["config"] = json.dumps(cfg)
+    return _synth(env), [env.sdata]
+
+
+@CASES("synth-uns-adapter-nan-weight-rehashed", ValueError, r"weights \[.*\] contain NaN or Inf")
+def _(env):
+    rec = _record(env)
+    last = "encoder.net.3.weight"
+    rec["weights"][last] = np.full_like(np.asarray(rec["weights"][last]), np.nan)
+    _rehash(rec)
+    return _synth(env), [env.sdata]
+
+
+@CASES("synth-uns-target-modules-regex-rehashed", ValueError, r"`target_modules=.*is a pattern, not a list of module")
+def _(env):
+    rec = _record(env)
+    cfg = json.loads(rec["config"])
+    cfg["target_modules"] = "([a-z_.0-9]+)+X"  # catastrophic backtracking if it were ever matched
+    rec["config"] = json.dumps(cfg)
+    _rehash(rec)
+    return _synth(env), [env.sdata]
+
+
+@CASES("synth-uns-target-modules-unknown-module", ValueError, r"`target_modules` names modules the central UNet")
+def _(env):
+    rec = _record(env)
+    cfg = json.loads(rec["config"])
+    cfg["target_modules"] = ["down_blocks.0.nope"]
+    rec["config"] = json.dumps(cfg)
+    _rehash(rec)
+    return _synth(env), [env.sdata]
+
+
+@CASES("load-adapter-file-config-edited", ValueError, r"`path=.*configuration and gene list do not match")
+def _(env):
+    from safetensors import safe_open
+
+    t = table(env)
+    f = c2lst.tl.export_adapter(t, env.tmp / "a.safetensors")
+    with safe_open(str(f), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    cfg = json.loads(meta["config"])
+    cfg["alpha"] = 2 * cfg["alpha"]
+    meta["config"] = json.dumps(cfg)
+    save_file(tensors, str(f), metadata=meta)
+    return lambda: c2lst.tl.load_adapter(t, f, key_added="other"), [t]
+
+
+@CASES("load-adapter-file-genes-edited", ValueError, r"`path=.*do not match their recorded sha256")
+def _(env):
+    from safetensors import safe_open
+
+    t = table(env)
+    f = c2lst.tl.export_adapter(t, env.tmp / "a.safetensors")
+    with safe_open(str(f), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    meta["genes"] = json.dumps(list(reversed(json.loads(meta["genes"]))))
+    save_file(tensors, str(f), metadata=meta)
+    return lambda: c2lst.tl.load_adapter(t, f, key_added="other"), [t]
 
 
 # ============================================================================ predictor / fidelity (issue 5)

@@ -51,6 +51,149 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
+#: Largest seed: synthetic row ``i`` gets seed ``seed + i``, stored as int64 in ``obs["c2lst_seed"]``.
+MAX_SEED = 2**63 - 1
+#: Largest classifier-free guidance weight accepted; beyond it the guided noise estimate saturates every pixel.
+MAX_GUIDANCE = 100.0
+
+
+def check_seed_range(seed: int, n: int, arg: str = "seed") -> None:
+    """Raise when ``seed + n - 1`` (the last per-row seed) does not fit into an int64."""
+    if seed + max(n, 1) - 1 > MAX_SEED:
+        raise ValueError(
+            f"`{arg}={seed}` with {n} rows gives seeds up to {seed + n - 1}, beyond int64 ({MAX_SEED}) where "
+            f"`obs['c2lst_seed']` would wrap negative; pass `{arg}<={MAX_SEED - n + 1}`."
+        )
+
+
+def check_guidance_scale(value: Any) -> float:
+    """Return ``guidance_scale`` as float, or raise when it is not a finite number in ``[0, MAX_GUIDANCE]``."""
+    value = check_nonneg_float(value, "guidance_scale")
+    if value > MAX_GUIDANCE:
+        raise ValueError(
+            f"`guidance_scale={value!r}` is beyond {MAX_GUIDANCE:g}; such weights saturate every pixel. Typical "
+            "values are 1-5."
+        )
+    return value
+
+
+def check_device(device: Any, arg: str = "device") -> Any:
+    """Validate a device argument (``None``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a :class:`torch.device`).
+
+    Raises a :class:`TypeError` for other types and a :class:`ValueError` for an unknown device string or a CUDA
+    device on a machine without one, before any compute. Returns ``device`` unchanged.
+    """
+    if device is None:
+        return None
+    import torch
+
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"`{arg}` must be None, a string such as 'cpu' or 'cuda', got {type(device).__name__}.")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"`{arg}={device!r}` is not a device; pass 'cpu', 'cuda', 'cuda:<index>' or None.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"`{arg}={device!r}` but this PyTorch has no usable CUDA device; pass `{arg}='cpu'` or None."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"`{arg}={device!r}`: only {torch.cuda.device_count()} CUDA devices exist; pass an index below it."
+            )
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"`{arg}={device!r}` but MPS is not available; pass `{arg}='cpu'` or None.")
+    elif dev.type != "cpu":
+        raise ValueError(f"`{arg}={device!r}` is not supported; pass 'cpu', 'cuda' or None.")
+    return device
+
+
+def check_element_name(name: Any, arg: str) -> str:
+    """Return ``name`` if spatialdata accepts it as an element name, else raise naming ``arg`` (before any work)."""
+    if not isinstance(name, str):
+        raise TypeError(f"`{arg}` must be a string, got {name!r} of type {type(name).__name__}.")
+    from spatialdata._core.validation import check_valid_name
+
+    try:
+        check_valid_name(name)
+    except ValueError as err:
+        raise ValueError(
+            f"`{arg}={name!r}` is not a valid element name ({err}); use letters, digits, '_', '-' and '.'."
+        ) from None
+    return name
+
+
+def available_memory() -> int:
+    """Return the machine's physical memory in bytes (a generous bound; 1 TiB where it cannot be read)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_memory(nbytes: float, arg: str, detail: str) -> None:
+    """Raise a :class:`ValueError` naming ``arg`` when an allocation of ``nbytes`` cannot fit into memory."""
+    limit = available_memory()
+    if nbytes > limit:
+        raise ValueError(
+            f"`{arg}`: {detail} needs about {nbytes / 2**30:.3g} GiB, more than this machine's "
+            f"{limit / 2**30:.3g} GiB of memory; pass a smaller `{arg}`."
+        )
+
+
+def as_float_matrix(value: Any, arg: str) -> np.ndarray:
+    """Return a list/array/DataFrame of numbers as a float32 array, with one clear error for bad cells.
+
+    Ragged nested lists raise :class:`ValueError`; strings or other non-numeric cells raise :class:`TypeError`.
+    """
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        bad = [str(c) for c, dt in value.dtypes.items() if not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)]
+        if bad:
+            raise TypeError(
+                f"`{arg}` has non-numeric columns {bad[:10]}; every cell must be a number (expression value)."
+            )
+        return value.to_numpy(dtype=np.float32)
+    if isinstance(value, list):
+        rows = [len(r) if isinstance(r, list | tuple | np.ndarray) else -1 for r in value]
+        if len(set(rows)) > 1:
+            raise ValueError(
+                f"`{arg}` is a ragged list (row lengths {sorted(set(rows))[:5]}); every profile needs one value per "
+                "gene."
+            )
+    arr = np.asarray(value)
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"`{arg}` holds non-numeric values (dtype {arr.dtype}); every cell must be a number (expression value)."
+        )
+    return arr.astype(np.float32)
+
+
+def check_kwargs(kwargs: Any, arg: str, reserved: Mapping[str, str]) -> dict:
+    """Return ``kwargs`` (``None`` or a mapping of keyword arguments) as a dict, refusing reserved keys.
+
+    ``reserved`` maps the keys the caller sets itself to the way to set them instead; a duplicate would be a raw
+    "got multiple values for keyword argument" error in the middle of the work.
+    """
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"`{arg}` must be a dict of keyword arguments or None, got {type(kwargs).__name__}.")
+    bad_keys = [k for k in kwargs if not isinstance(k, str)]
+    if bad_keys:
+        raise TypeError(f"`{arg}` keys must be argument names (strings), got {bad_keys[:5]}.")
+    dup = sorted(set(kwargs) & set(reserved))
+    if dup:
+        how = "; ".join(f"{k}: {reserved[k]}" for k in dup)
+        raise ValueError(f"`{arg}` sets {dup}, which the caller already passes ({how}); remove them from `{arg}`.")
+    return dict(kwargs)
+
+
 def get_table(sdata: Any, table_key: str):
     """Return ``sdata.tables[table_key]`` or raise a :class:`KeyError` that lists the tables present."""
     tables = getattr(sdata, "tables", None)

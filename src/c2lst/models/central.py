@@ -20,9 +20,14 @@ from torch import nn
 
 from .sampling import DEFAULT_SCHEDULER, sample_images
 from .store import (
+    FINGERPRINT_VERSION,
     MODEL_FORMAT,
+    apply_umask,
+    check_finite,
     check_no_pickles,
+    fingerprint,
     load_safetensors,
+    model_configs,
     save_safetensors,
     sha256_files,
 )
@@ -305,11 +310,13 @@ class CentralModel(nn.Module):
         return files
 
     def save_pretrained(self, directory: str | Path) -> str:
-        """Write a diffusers-format directory and return the sha256 of its weights.
+        """Write a diffusers-format directory and return its fingerprint.
 
         Layout: ``unet/`` and ``scheduler/`` (loadable by diffusers), ``vae/`` in latent mode,
         ``c2lst_condition.safetensors`` (the null embedding) and ``c2lst.json`` (format, config, sha256,
-        training summary).
+        training summary). The ``sha256`` is one fingerprint over the weight files and every configuration that
+        changes the output (``c2lst.json``'s config with the scheduler, ``unet/config.json``, ``vae/config.json``,
+        ``scheduler/scheduler_config.json``). Files get the process umask's mode (safetensors writes ``0600``).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -318,7 +325,9 @@ class CentralModel(nn.Module):
         save_safetensors({"null_embedding": self.null_embedding.detach()}, directory / "c2lst_condition.safetensors")
         if self.vae is not None:
             self.vae.save_pretrained(directory / "vae", safe_serialization=True)
-        sha = sha256_files(self.weight_files(directory))
+        apply_umask(p for p in directory.rglob("*") if p.is_file())  # safetensors writes 0600
+        weights_sha = sha256_files(self.weight_files(directory))
+        sha = fingerprint(weights_sha, model_configs(directory, self.config))
         from .._version import __version__
 
         meta = {
@@ -326,6 +335,8 @@ class CentralModel(nn.Module):
             "c2lst_version": __version__,
             "config": self.config,
             "sha256": sha,
+            "fingerprint": FINGERPRINT_VERSION,
+            "weights_sha256": weights_sha,
             "training": self.training_summary,
         }
         (directory / "c2lst.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -385,13 +396,7 @@ class CentralModel(nn.Module):
             if missing:
                 raise ValueError(f"`path={str(path)!r}` is missing weight files {missing}.")
             if verify:
-                actual = sha256_files(files)
-                if actual != meta.get("sha256"):
-                    raise ValueError(
-                        f"`path={str(path)!r}`: weights sha256 {actual[:12]}… does not match the recorded "
-                        f"{str(meta.get('sha256'))[:12]}…; the files were changed or corrupted. Pass `verify=False` "
-                        "to load anyway."
-                    )
+                _verify_fingerprint(local, meta, path, files)
             else:
                 logger.warning("loading %s without sha256 verification (verify=False)", path)
             try:
@@ -412,6 +417,7 @@ class CentralModel(nn.Module):
                 raise ValueError(f"`path={str(path)!r}`: c2lst_condition.safetensors does not match the UNet.")
             with torch.no_grad():
                 model.null_embedding.copy_(cond["null_embedding"])
+            check_finite(model.state_dict(), f"`path={str(path)!r}`")
             model.training_summary = dict(meta.get("training", {}))
             model.sha256 = meta.get("sha256")
             model.source = str(local.resolve())
@@ -426,6 +432,7 @@ class CentralModel(nn.Module):
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
         except (OSError, ValueError) as err:
             raise ValueError(f"`path={str(path)!r}`: could not load a UNet2DModel from safetensors ({err}).") from None
+        check_finite(unet.state_dict(), f"`path={str(path)!r}`")
         model = cls._wrap_plain_unet(unet.float())
         model.source = str(local.resolve())
         sched = local / "scheduler" / "scheduler_config.json"
@@ -459,6 +466,35 @@ class CentralModel(nn.Module):
     sha256: str | None = None
     #: Where the model was loaded from (a directory, a hub id or a shipped model's name); ``""`` if built here.
     source: str = ""
+
+
+def _verify_fingerprint(local: Path, meta: Mapping[str, Any], path: Any, files: Sequence[Path]) -> None:
+    """Check a saved model against the fingerprint in its ``c2lst.json`` (weights + configuration).
+
+    Models saved before the fingerprint covered the configuration (no ``fingerprint`` field) are checked on
+    their weights only, with a logged warning, so they keep loading.
+    """
+    from .._logging import logger
+
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"`path={str(path)!r}`: c2lst.json has no `config` object.")
+    weights = sha256_files(files)
+    recorded = str(meta.get("sha256"))
+    legacy = meta.get("fingerprint") != FINGERPRINT_VERSION
+    actual = weights if legacy else fingerprint(weights, model_configs(local, meta["config"]))
+    if actual != recorded:
+        what = "weights sha256" if legacy else "sha256 of the weights and configuration"
+        raise ValueError(
+            f"`path={str(path)!r}`: {what} {actual[:12]}… does not match the recorded {recorded[:12]}…; the "
+            "files (weights, c2lst.json, unet/config.json, scheduler or vae config) were changed or corrupted. Pass "
+            "`verify=False` to load anyway."
+        )
+    if legacy:
+        logger.warning(
+            "%s was saved by an older c2lst: its sha256 covers the weights only, not c2lst.json or the diffusers "
+            "configs; save it again with `CentralModel.save_pretrained` to cover them.",
+            path,
+        )
 
 
 def denoising_loss(

@@ -19,12 +19,54 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from torch import nn
 
 from .central import CentralModel
-from .store import ADAPTER_FORMAT, numpy_to_tensors, sha256_tensors, tensors_to_numpy
+from .store import ADAPTER_FORMAT, fingerprint, numpy_to_tensors, sha256_tensors, tensors_to_numpy
 
-__all__ = ["DEFAULT_TARGETS", "GeneEncoder", "LocalModel", "central_fingerprint"]
+__all__ = ["DEFAULT_TARGETS", "GeneEncoder", "LocalModel", "central_fingerprint", "check_stored_targets"]
 
 #: Module-name patterns (regex, full match) that receive LoRA adapters.
 DEFAULT_TARGETS = r".*(to_q|to_k|to_v|to_out\.0|time_emb_proj|up_blocks.*conv2)$"
+#: Patterns an adapter record may hold instead of module names (records written before the names were stored).
+#: Nothing else read from a record is ever compiled as a regex.
+KNOWN_TARGET_PATTERNS = (DEFAULT_TARGETS,)
+
+
+def _is_module_name(name: Any) -> bool:
+    """Whether ``name`` is a dotted module path (``up_blocks.0.resnets.1.conv2``), checked without a regex."""
+    if not isinstance(name, str) or not name or len(name) > 512:
+        return False
+    return all(part.isidentifier() or part.isdigit() for part in name.split("."))
+
+
+def check_stored_targets(value: Any, unet: nn.Module | None = None, where: str = "adapter config") -> str | list[str]:
+    """Validate the ``target_modules`` read from a stored adapter configuration.
+
+    A list of module names is returned as a list (each a dotted path of identifiers, and, with ``unet``, a module
+    of it). A string is accepted only when it is one of :data:`KNOWN_TARGET_PATTERNS` (what older c2lst versions
+    stored): a pattern read from a file or ``.uns`` is never compiled, so a crafted one cannot hang the process.
+    """
+    if isinstance(value, str):
+        if value in KNOWN_TARGET_PATTERNS:
+            return value
+        raise ValueError(
+            f"{where}: `target_modules={value[:80]!r}` is a pattern, not a list of module names; c2lst does not "
+            "compile patterns read from files or `.uns`. Re-run `c2lst.tl.adapt` (which stores the module names) "
+            "or export the adapter again with the current c2lst."
+        )
+    if isinstance(value, list | tuple | np.ndarray) and len(value) and all(_is_module_name(v) for v in value):
+        names = [str(v) for v in value]
+        if unet is not None:
+            known = {n for n, _ in unet.named_modules()}
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise ValueError(
+                    f"{where}: `target_modules` names modules the central UNet does not have ({missing[:5]}); "
+                    "pass the central model the adapter was trained on."
+                )
+        return names
+    raise ValueError(
+        f"{where}: `target_modules` must be a non-empty list of module names (dotted identifiers), got "
+        f"{str(value)[:80]!r}; re-run `c2lst.tl.adapt` or export the adapter again with the current c2lst."
+    )
 
 
 def central_fingerprint(central: CentralModel) -> str:
@@ -74,7 +116,8 @@ class LocalModel(nn.Module):
     rank, alpha
         LoRA rank and scaling (``alpha`` defaults to ``rank``).
     target_modules
-        Regex of module names receiving LoRA (see :data:`DEFAULT_TARGETS`).
+        Regex of module names receiving LoRA (see :data:`DEFAULT_TARGETS`), or a list of module names. The
+        configuration records the resolved module names.
     hidden
         Width of the gene encoder's hidden layer.
     cond_dropout
@@ -88,7 +131,7 @@ class LocalModel(nn.Module):
         *,
         rank: int = 8,
         alpha: float | None = None,
-        target_modules: str = DEFAULT_TARGETS,
+        target_modules: str | Sequence[str] = DEFAULT_TARGETS,
         hidden: int = 64,
         cond_dropout: float = 0.1,
         copy_central: bool = True,
@@ -109,12 +152,20 @@ class LocalModel(nn.Module):
             "cond_dim": int(central.cond_dim),
             "n_genes": len(self.genes),
         }
+        if not isinstance(target_modules, str):
+            target_modules = check_stored_targets(list(target_modules), self.central.unet, "`target_modules`")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             lora = LoraConfig(r=int(rank), lora_alpha=float(alpha or rank), target_modules=target_modules,
                               init_lora_weights=True)
             inject_adapter_in_model(lora, self.central.unet)
             self.encoder = GeneEncoder(len(self.genes), central.cond_dim, hidden)
+        # store the resolved module names, never the pattern: a record is read back without compiling anything
+        from peft.tuners.lora import LoraLayer
+
+        self.adapter_config["target_modules"] = sorted(
+            name for name, module in self.central.unet.named_modules() if isinstance(module, LoraLayer)
+        )
         for name, p in self.central.unet.named_parameters():
             p.requires_grad_("lora_" in name)
         self.encoder.to(self.central.device)
@@ -179,8 +230,8 @@ class LocalModel(nn.Module):
         return tensors_to_numpy(state)
 
     def adapter_sha256(self) -> str:
-        """Return the sha256 of the adapter weights."""
-        return sha256_tensors(self.adapter_state())
+        """Return the adapter's fingerprint: one sha256 over its weights, configuration and gene list."""
+        return fingerprint(self.adapter_state(), {"config": self.adapter_config}, self.genes)
 
     def load_adapter_state(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Load weights produced by :meth:`adapter_state` (exact key set required)."""
@@ -206,12 +257,13 @@ class LocalModel(nn.Module):
                 f"the adapter was trained for condition width {config['cond_dim']}, the central model has "
                 f"{central.cond_dim}; pass the central model the adapter was trained on."
             )
+        targets = check_stored_targets(config.get("target_modules"), central.unet)
         model = cls(
             central,
             genes,
             rank=int(config["rank"]),
             alpha=float(config["alpha"]),
-            target_modules=str(config["target_modules"]),
+            target_modules=targets,
             hidden=int(config["hidden"]),
             cond_dropout=float(config["cond_dropout"]),
         )

@@ -105,15 +105,15 @@ def sample_images(
     null branch, so neither wastes a forward pass.
     """
     from .._logging import progress as _progress
+    from .._utils import check_guidance_scale, check_memory, check_positive_int
 
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"`n` must be a positive integer, got {n!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    if not np.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+    # one vocabulary with the skin: a wrong type is a TypeError, a wrong value a ValueError
+    n = check_positive_int(n, "n")
+    steps = check_positive_int(steps, "steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    guidance_scale = check_guidance_scale(guidance_scale)
+    side = int(model.config.get("image_size", model.config["sample_size"]))
+    check_memory(2.0 * n * side * side * 3, "n", f"{n} patches of {side} px")
     make_scheduler(scheduler, model.scheduler_config)  # validates the name before any compute
     per_sample = isinstance(generator, Sequence) and not isinstance(generator, torch.Generator)
     if per_sample and len(generator) != n:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 MODEL_FORMAT = "c2lst-central-v1"
-ADAPTER_FORMAT = "c2lst-local-v1"
+#: Adapter records: v2 fingerprints weights + configuration + gene list (:func:`fingerprint`) and stores the
+#: resolved LoRA module names; v1 (c2lst <= 0.x before issue 13) fingerprinted the weights only.
+ADAPTER_FORMAT = "c2lst-local-v2"
+ADAPTER_FORMAT_V1 = "c2lst-local-v1"
+#: ``c2lst.json`` field naming what its ``sha256`` covers; absent in models saved before issue 13 (weights only).
+FINGERPRINT_VERSION = "weights+config-v2"
 
 #: File suffixes that need unpickling to read; c2lst refuses to load them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -35,12 +43,79 @@ def check_no_pickles(paths: Iterable[Path], root: str | Path | None = None) -> N
         )
 
 
+def default_file_mode() -> int:
+    """Return the mode a new file gets from the process umask (``0o666 & ~umask``), as ``open()`` would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def apply_umask(paths: Iterable[str | Path]) -> None:
+    """Give files written by libraries that create them ``0600`` (safetensors) the process umask's mode.
+
+    A lab's shared model directory must be readable by the group when the umask says so, like every other file.
+    """
+    mode = default_file_mode()
+    for p in paths:
+        p = Path(p)
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """Write ``tensors`` (made contiguous, on CPU) to ``path`` atomically."""
+    """Write ``tensors`` (made contiguous, on CPU) to ``path`` atomically, with the process umask's file mode."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    apply_umask([tmp])  # safetensors creates its files 0600
     tmp.replace(path)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor | np.ndarray], where: str) -> None:
+    """Raise :class:`ValueError` naming ``where`` and the first tensors holding NaN or Inf."""
+    bad = []
+    for name, t in tensors.items():
+        ok = bool(torch.isfinite(t).all()) if isinstance(t, torch.Tensor) else bool(np.isfinite(np.asarray(t)).all())
+        if not ok:
+            bad.append(str(name))
+    if bad:
+        raise ValueError(
+            f"{where}: weights {bad[:5]} contain NaN or Inf ({len(bad)} tensors); such a model makes black or "
+            "noise patches. Use the weights of an earlier checkpoint or retrain."
+        )
+
+
+def canonical_json(obj: Any) -> str:
+    """Return ``obj`` (a mapping or a JSON string) as canonical JSON (sorted keys, no whitespace)."""
+    if isinstance(obj, str | bytes):
+        obj = json.loads(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(
+    weights: str | Mapping[str, torch.Tensor | np.ndarray],
+    configs: Mapping[str, Any],
+    genes: Sequence[str] = (),
+) -> str:
+    """Return one sha256 over weights, every configuration that changes the output and the gene list.
+
+    Parameters
+    ----------
+    weights
+        Named tensors (hashed with :func:`sha256_tensors`) or the hex digest of the weight files.
+    configs
+        ``{name: configuration}``: mappings or JSON strings, hashed as canonical JSON in name order.
+    genes
+        The gene list, in model order (empty for a central model).
+    """
+    h = hashlib.sha256(b"c2lst-fingerprint-v2\0")
+    h.update((weights if isinstance(weights, str) else sha256_tensors(weights)).encode())
+    for name in sorted(configs):
+        h.update(f"\0{name}\0".encode())
+        h.update(canonical_json(configs[name]).encode())
+    h.update(b"\0genes\0")
+    h.update(json.dumps([str(g) for g in genes]).encode())
+    return h.hexdigest()
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -93,4 +168,27 @@ def numpy_to_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor
         if arr.dtype.kind not in "fiu":
             raise TypeError(f"adapter weight {k!r} has dtype {arr.dtype}; expected a numeric array.")
         out[str(k)] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return out
+
+
+#: JSON files of a saved central model whose content changes the output (``c2lst.json``'s own ``config`` is
+#: added by the caller). Keys starting with ``_`` (diffusers' class name and version) are bookkeeping.
+MODEL_CONFIG_FILES = ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+
+
+def model_configs(directory: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the configurations covered by a central model's fingerprint: ``config`` and its JSON files."""
+    directory = Path(directory)
+    out: dict[str, Any] = {"c2lst.json:config": dict(config)}
+    for rel in MODEL_CONFIG_FILES:
+        f = directory / rel
+        if not f.is_file():
+            continue
+        try:
+            doc = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"`path={str(directory)!r}`: {rel} is not valid JSON ({err}).") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"`path={str(directory)!r}`: {rel} must hold a JSON object.")
+        out[rel] = {k: v for k, v in doc.items() if not str(k).startswith("_")}
     return out

@@ -106,7 +106,13 @@ def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def check_mixed_precision(mixed_precision: Any, device: str | None = None) -> str:
-    """Return ``mixed_precision`` or raise a :class:`ValueError` naming it (call it before anything is written)."""
+    """Return ``mixed_precision`` or raise a :class:`ValueError` naming it (call it before anything is written).
+
+    ``device`` is validated too (an unknown device, or CUDA on a machine without one, is a :class:`ValueError`).
+    """
+    from .._utils import check_device
+
+    check_device(device)
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(
             f"`mixed_precision={mixed_precision!r}` is invalid; use one of {list(MIXED_PRECISION)}."
@@ -145,7 +151,19 @@ def latest_checkpoint(output_dir: str | Path, fingerprint: dict[str, Any] | None
         return None
     last = ckpts[-1]
     if fingerprint is not None:
-        saved = json.loads((last / _FINGERPRINT_FILE).read_text())
+        try:
+            saved = json.loads((last / _FINGERPRINT_FILE).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"`output_dir={str(output_dir)!r}`: the checkpoint {last.name} has no readable {_FINGERPRINT_FILE} "
+                f"({type(err).__name__}), so it cannot be matched to this run; delete it (or the whole "
+                "`checkpoints/` folder) to start over, or pass `resume=False`."
+            ) from None
+        if not isinstance(saved, dict):
+            raise ValueError(
+                f"`output_dir={str(output_dir)!r}`: {last.name}/{_FINGERPRINT_FILE} is not a JSON object; delete the "
+                "checkpoint to start over, or pass `resume=False`."
+            )
         mine = json.loads(json.dumps(fingerprint))
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
@@ -155,6 +173,45 @@ def latest_checkpoint(output_dir: str | Path, fingerprint: dict[str, Any] | None
                 "or use the original settings. Nothing was overwritten."
             )
     return last
+
+
+def _check_resume(out: Path, settings: TrainSettings) -> Path | None:
+    """Return the checkpoint to resume from (or None), refusing what resume cannot honour before any work."""
+    root = out / "checkpoints"
+    if root.exists() and not root.is_dir():
+        raise ValueError(
+            f"`output_dir={str(out)!r}` holds a file named 'checkpoints' where the checkpoints folder goes; move it "
+            "away or pass another `output_dir`."
+        )
+    if not settings.resume:
+        return None
+    start = latest_checkpoint(out, settings.fingerprint)
+    if start is not None and int(start.name[5:]) > settings.n_steps:
+        raise ValueError(
+            f"`n_steps={settings.n_steps}` is below the step of the newest checkpoint in `output_dir={str(out)!r}` "
+            f"({start.name}); resuming cannot train fewer steps than were done. Pass `n_steps>={start.name[5:]}`, "
+            "or `resume=False` / another `output_dir` to train from scratch."
+        )
+    return start
+
+
+def _set_aside_old_checkpoints(out: Path) -> None:
+    """With ``resume=False``, move an earlier run's checkpoints aside (kept, and logged).
+
+    They are then neither resumed nor mistaken for this run's when checkpoints are pruned.
+    """
+    from .._logging import logger
+
+    root = out / "checkpoints"
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    dest = out / f"checkpoints.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out / f"checkpoints.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    root.rename(dest)
+    logger.warning("resume=False: the earlier run's checkpoints in %s were moved to %s", root, dest)
 
 
 def train(
@@ -175,9 +232,12 @@ def train(
 
     out = Path(settings.output_dir) if settings.output_dir is not None else None
     start_ckpt = None
-    if out is not None and settings.resume:
-        start_ckpt = latest_checkpoint(out, settings.fingerprint)  # raises before anything is written
+    if out is not None:
+        start_ckpt = _check_resume(out, settings)  # raises before anything is written
     accelerator = _accelerator(settings)
+    if out is not None and not settings.resume and accelerator.is_main_process:
+        _set_aside_old_checkpoints(out)
+    accelerator.wait_for_everyone()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     if not params:

@@ -14,6 +14,10 @@ from .._logging import logger
 from .._utils import UNS_KEY, c2lst_uns, check_positive_int, keep_torch_threads, record_lineage
 
 TARGET_SUM = 1e4
+#: scanpy's ``seurat_v3`` fits a loess curve (skmisc) of variance on mean over the genes that vary; with few such
+#: genes the fit is singular and skmisc raises or crashes the interpreter. Below this many varying genes the
+#: genes are ranked with ``flavor="seurat"`` on the log-normalised values instead (logged).
+MIN_LOESS_GENES = 30
 NORMALIZE_LOG1P = "normalize_total+log1p"
 AS_IS = "none (input taken as log-normalised)"
 
@@ -55,6 +59,84 @@ def _check_values(mat: Any, where: str) -> bool:
             "(>= 0), not scaled/centred data."
         )
     return bool(np.all(vals == np.round(vals)))
+
+
+#: Largest value accepted as log-normalised expression: ``log1p`` of a whole spot's counts at a target sum of
+#: 1e6 (CPM) is 13.8; larger non-integer values are counts or scaled data, not log-normalised values.
+MAX_LOG_VALUE = 20.0
+
+
+def _check_log_values(mat: Any, where: str) -> None:
+    """Refuse non-integer values that are not plausibly log-normalised (say what is assumed)."""
+    vals = _values(mat)
+    if not vals.size:
+        return
+    top = float(vals.max())
+    off = float(np.abs(vals - np.round(vals)).max())
+    fix = (
+        "Pass raw counts as integers (e.g. `np.rint(x).astype(int)`) or log-normalised values "
+        "(`scanpy.pp.normalize_total` + `scanpy.pp.log1p`)."
+    )
+    if off <= 1e-3 and top >= 1:
+        raise ValueError(
+            f"{where} is not integer-valued, so it would be taken as log-normalised, but every value is within "
+            f"{off:.2g} of an integer (max {top:.6g}): these look like counts with floating-point noise. {fix}"
+        )
+    if top > MAX_LOG_VALUE:
+        raise ValueError(
+            f"{where} is not integer-valued, so it would be taken as log-normalised, but its values reach {top:.6g} "
+            f"(> {MAX_LOG_VALUE}, more than log1p of a whole spot's counts per million). {fix}"
+        )
+
+
+def _check_selectable(mat: Any, where: str, n_top_genes: int | None, n_vars: int) -> int:
+    """Check that the matrix can be normalised and ranked; return the number of genes that vary across spots."""
+    totals = np.asarray(mat.sum(axis=1), dtype=np.float64).ravel()
+    if not (totals > 0).any():
+        raise ValueError(
+            f"{where} holds no non-zero value (all {len(totals)} spots are empty); pass the layer with counts "
+            "(`layer=`) or a table with expressed genes."
+        )
+    if n_top_genes is None or n_top_genes == n_vars:
+        return n_vars
+    if len(totals) < 2:
+        raise ValueError(
+            f"`n_top_genes={n_top_genes}`: highly variable genes need at least 2 spots, `adata` has "
+            f"{len(totals)}; list the genes with `genes=` instead."
+        )
+    if sparse.issparse(mat):
+        m = mat.tocsc().astype(np.float64)
+        var = np.asarray(m.multiply(m).mean(axis=0)).ravel() - np.asarray(m.mean(axis=0)).ravel() ** 2
+    else:
+        var = np.asarray(mat, dtype=np.float64).var(axis=0)
+    n_varying = int((var > 0).sum())
+    if n_varying == 0:
+        raise ValueError(
+            f"`n_top_genes={n_top_genes}`: no gene of {where} varies across spots, so no gene is more variable "
+            "than another; list the genes with `genes=` instead."
+        )
+    return n_varying
+
+
+def _rank_log_genes(sc: Any, tmp: AnnData, n_top_genes: int) -> tuple[list[str], str]:
+    """Rank log-normalised genes with scanpy's ``flavor="seurat"``; fall back to plain variance where it fails.
+
+    ``flavor="seurat"`` bins genes by mean expression; with very few or degenerate genes the binning fails
+    inside scanpy, and the genes are ranked by the variance of their log-normalised values (logged).
+    """
+    try:
+        with np.errstate(all="ignore"):
+            df = sc.pp.highly_variable_genes(tmp, flavor="seurat", n_top_genes=n_top_genes, inplace=False)
+        return tmp.var_names[_top(df["dispersions_norm"], n_top_genes, ascending=False)].tolist(), "seurat"
+    except (ValueError, IndexError) as err:
+        logger.info(
+            "prepare_expression: flavor='seurat' failed on these genes (%s); ranking the genes by the variance of "
+            "their log-normalised values instead.",
+            err,
+        )
+    x = tmp.X.toarray() if sparse.issparse(tmp.X) else np.asarray(tmp.X)
+    scores = pd.Series(np.asarray(x, dtype=np.float64).var(axis=0), index=tmp.var_names)
+    return tmp.var_names[_top(scores, n_top_genes, ascending=False)].tolist(), "variance"
 
 
 def _check_genes(genes: Any, var_names: pd.Index, arg: str = "genes") -> list[str]:
@@ -103,6 +185,14 @@ def prepare_expression(
     :func:`scanpy.pp.log1p`. Non-integer values are taken as already log-normalised (logged at info level):
     they are used as they are and genes are chosen with ``flavor="seurat"``. ``.X`` is never modified.
 
+    Degenerate counts are checked before scanpy runs: an all-zero matrix, fewer than two spots or no gene that
+    varies raise a :class:`ValueError` naming the fix; with fewer than ``MIN_LOESS_GENES`` (30) varying genes
+    the loess fit of ``seurat_v3`` is singular, so genes are ranked with ``flavor="seurat"`` on the
+    log-normalised counts (and by plain variance where that binning fails); the flavour used is logged and
+    recorded. Non-integer values that are all within 1e-3 of integers (counts with floating-point noise) or
+    exceed 20 are refused rather than taken as log-normalised. With ``n_top_genes`` equal to the number of
+    genes all genes are kept (``flavor="all"``).
+
     Parameters
     ----------
     adata
@@ -148,6 +238,8 @@ def prepare_expression(
     mat = _get_matrix(adata, layer)
     where = f"`layer={layer!r}`" if layer is not None else "`adata.X` (layer=None)"
     is_counts = _check_values(mat, where)
+    if not is_counts:
+        _check_log_values(mat, where)
     if genes is not None:
         genes = _check_genes(genes, adata.var_names)
     else:
@@ -157,6 +249,7 @@ def prepare_expression(
                 f"`n_top_genes={n_top_genes}` exceeds the number of genes ({adata.n_vars}); pass "
                 f"`n_top_genes<={adata.n_vars}` or list the genes with `genes=`."
             )
+    n_varying = _check_selectable(mat, where, n_top_genes if genes is None else None, adata.n_vars)
 
     import scanpy as sc
 
@@ -165,23 +258,38 @@ def prepare_expression(
         X=x, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=adata.var_names.copy())
     )
     flavor = "given"
+    if genes is None and n_top_genes == adata.n_vars:
+        genes, flavor = adata.var_names.tolist(), "all"  # every gene is kept: nothing to rank
     if is_counts:
-        if genes is None:
-            flavor = "seurat_v3"
-            df = sc.pp.highly_variable_genes(tmp, flavor=flavor, n_top_genes=n_top_genes, inplace=False)
-            genes = tmp.var_names[_top(df["highly_variable_rank"], n_top_genes, ascending=True)].tolist()
+        if genes is None and n_varying >= MIN_LOESS_GENES:
+            try:
+                df = sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, inplace=False)
+                genes = tmp.var_names[_top(df["highly_variable_rank"], n_top_genes, ascending=True)].tolist()
+                flavor = "seurat_v3"
+            except ValueError as err:  # skmisc's loess: "Chernobyl! trL>n", "near singularities", ...
+                logger.info(
+                    "prepare_expression: the loess fit of flavor='seurat_v3' failed (%s); ranking genes with "
+                    "flavor='seurat' on the log-normalised counts instead.",
+                    err,
+                )
+        elif genes is None:
+            logger.info(
+                "prepare_expression: only %d genes vary across spots (< %d), too few for the loess fit of "
+                "flavor='seurat_v3'; ranking genes with flavor='seurat' on the log-normalised counts instead.",
+                n_varying,
+                MIN_LOESS_GENES,
+            )
         sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
         sc.pp.log1p(tmp)
         normalization, target_sum = NORMALIZE_LOG1P, TARGET_SUM
     else:
         logger.info(
-            f"prepare_expression: {where} is not integer-valued; taken as log-normalised, used as is."
+            f"prepare_expression: {where} is not integer-valued; taken as log-normalised (values in "
+            f"[0, {float(_values(mat).max()) if _values(mat).size else 0.0:.3g}]), used as is."
         )
-        if genes is None:
-            flavor = "seurat"
-            df = sc.pp.highly_variable_genes(tmp, flavor=flavor, n_top_genes=n_top_genes, inplace=False)
-            genes = tmp.var_names[_top(df["dispersions_norm"], n_top_genes, ascending=False)].tolist()
         normalization, target_sum = AS_IS, 0.0
+    if genes is None:
+        genes, flavor = _rank_log_genes(sc, tmp, n_top_genes)
     out = tmp[:, genes].X
     out = np.asarray(out.toarray() if sparse.issparse(out) else out, dtype=np.float32)
 

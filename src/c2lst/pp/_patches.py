@@ -11,7 +11,7 @@ import numpy as np
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._utils import c2lst_uns, check_positive_float, check_positive_int, record_lineage
+from .._utils import c2lst_uns, check_memory, check_positive_float, check_positive_int, record_lineage
 from ._resolve import Resolved, resolve
 from ._sampling import (
     RESCALE_RULES,
@@ -190,6 +190,42 @@ def _resample(plan: _Plan, idx: np.ndarray, res: Resolved) -> np.ndarray:
     return out
 
 
+def _check_fill(patches: np.ndarray, outside: np.ndarray, image_key: str) -> None:
+    """Refuse patches that are pure fill value (0 in every pixel and channel) although their spot is on the image.
+
+    Tissue is never exactly black in every pixel of a patch; that is what a zarr store returns for chunks that are
+    missing (deleted, not copied, a half-written store), so silently returning them would train on black patches.
+    """
+    inside = np.flatnonzero(~outside)
+    if not inside.size:
+        return
+    black = inside[(patches[inside].reshape(len(inside), -1) == 0).all(axis=1)]
+    if black.size:
+        raise ValueError(
+            f"image {image_key!r}: {black.size} of {inside.size} patches inside the image are pure fill value (0 in "
+            f"every pixel, e.g. rows {black[:5].tolist()}); the store's chunks under them are missing or empty. "
+            "Check the image element's zarr store (re-copy or re-write it) before extracting patches."
+        )
+
+
+def _check_bounds(res: Any, extents: np.ndarray, patch_um: Any, patch_px: Any, size: int) -> None:
+    """Refuse footprints larger than the image and outputs that cannot fit into memory, before any read."""
+    h0, w0 = res.level_shapes[0]
+    px = np.asarray(extents, dtype=np.float64) * float(np.sqrt(abs(np.linalg.det(res.shapes_to_image[:2, :2]))))
+    top = float(px.max()) if px.size else 0.0
+    if not np.isfinite(top) or top > 2 * max(h0, w0):
+        arg = (
+            "`patch_px`" if patch_px is not None
+            else "`patch_um`" if patch_um is not None
+            else f"the circle radius of shapes {res.shapes_key!r}"
+        )
+        raise ValueError(
+            f"{arg} gives patches of {top:.4g} px of image {res.image_key!r}, larger than the image itself "
+            f"({h0} x {w0} px at level 0); pass a smaller value (or fix the radius / transformation)."
+        )
+    check_memory(float(len(px)) * size * size * 3, "size", f"{len(px)} patches of {size} x {size} px")
+
+
 def extract_patches(
     sdata: Any,
     *,
@@ -280,6 +316,7 @@ def extract_patches(
 
     res = resolve(sdata, table_key=table_key, image_key=image_key, coordinate_system=coordinate_system)
     extents, extent_info = _extents(res, patch_um, patch_px)
+    _check_bounds(res, extents, patch_um, patch_px, size)
     centres0, clipped, outside = _footprints(res, extents)
     if outside.all():
         raise ValueError(
@@ -294,7 +331,15 @@ def extract_patches(
     patches = np.full((len(extents), size, size, 3), 255, dtype=np.uint8)
     with _one_blas_thread():
         for idx in _progress(batches, enabled=progress, desc="extract_patches", unit="batch"):
-            patches[idx] = to_uint8(_resample(plan, idx, res), res.dtype)
+            try:
+                patches[idx] = to_uint8(_resample(plan, idx, res), res.dtype)
+            except (OSError, RuntimeError, ValueError, TypeError) as err:  # zarr codecs, missing files, ...
+                raise ValueError(
+                    f"image {res.image_key!r}: reading its pixels failed ({type(err).__name__}: {str(err)[:200]}); "
+                    "its zarr store may be corrupt or incomplete. Re-copy or re-write the image element."
+                ) from err
+
+    _check_fill(patches, outside, res.image_key)
 
     # ---- everything validated and computed: write
     table = res.table

@@ -24,8 +24,16 @@ from .._utils import (
     to_jsonable,
 )
 from ..models.central import denoising_loss, patches_to_tensor, to_model_input
-from ..models.local import DEFAULT_TARGETS, LocalModel
-from ..models.store import ADAPTER_FORMAT, load_safetensors, save_safetensors
+from ..models.local import DEFAULT_TARGETS, LocalModel, check_stored_targets
+from ..models.store import (
+    ADAPTER_FORMAT,
+    ADAPTER_FORMAT_V1,
+    check_finite,
+    fingerprint,
+    load_safetensors,
+    save_safetensors,
+    sha256_tensors,
+)
 from ..models.train import TrainSettings, check_mixed_precision, dihedral, train
 from ._central import resolve_central
 from ._inputs import check_patches
@@ -70,6 +78,7 @@ def adapt(
     unlabelled_fraction: float = 0.5,
     seed: int = 0,
     key_added: str = "c2lst_local",
+    overwrite: bool = False,
     output_dir: str | os.PathLike | None = None,
     resume: bool = True,
     ema: bool = True,
@@ -118,6 +127,9 @@ def adapt(
         Seeds adapter initialisation, batches, augmentation, noise and dropout.
     key_added
         The adapter is stored in ``uns["c2lst"]["local"][key_added]``.
+    overwrite
+        Replace an existing adapter of that key (as :func:`load_adapter`); without it an existing key is an
+        error raised before any training.
     output_dir
         Directory for checkpoints (enables resume); ``None`` trains in memory.
     resume
@@ -190,6 +202,7 @@ def adapt(
                 "both with the same `size=`."
             )
         un_t = patches_to_tensor(un)
+    check_key_added(adata, key_added, overwrite)  # after the input checks, before anything is written
     out = check_output_dir(output_dir)
     n = adata.n_obs
     if n < batch_size:
@@ -335,10 +348,55 @@ def get_adapter(adata: AnnData, key: str, arg: str = "adapter_key") -> dict:
     return registry[key]
 
 
-def load_local_model(record: dict, central) -> LocalModel:
-    """Rebuild the :class:`LocalModel` stored in an adapter record."""
-    config = json.loads(str(record["config"]))
-    genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
+def verify_adapter(record: dict, where: str) -> tuple[dict, list[str]]:
+    """Check an adapter record against its recorded fingerprint; return its configuration and gene list.
+
+    Records of the current format (:data:`ADAPTER_FORMAT`) carry one sha256 over weights, configuration and gene
+    list; records written before it (:data:`ADAPTER_FORMAT_V1`) only over the weights, which is accepted with a
+    logged warning. Non-finite weights are refused. Nothing is compiled or evaluated.
+    """
+    fmt = str(record.get("format", ""))
+    if fmt not in (ADAPTER_FORMAT, ADAPTER_FORMAT_V1):
+        raise ValueError(f"{where} is not a c2lst adapter (format {fmt!r}, expected {ADAPTER_FORMAT!r}).")
+    weights = record.get("weights")
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"{where} holds no adapter weights; run `c2lst.tl.adapt` or `c2lst.tl.load_adapter` again.")
+    try:
+        config = json.loads(str(record["config"]))
+        genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where} has no valid configuration or gene list ({err}).") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: the adapter configuration must be a JSON object, got {type(config).__name__}.")
+    arrays = {str(k): np.asarray(v) for k, v in weights.items()}
+    bad = [k for k, v in arrays.items() if v.dtype.kind not in "fiu"]
+    if bad:
+        raise TypeError(f"{where}: adapter weights {bad[:5]} are not numeric arrays.")
+    recorded = str(record.get("sha256", ""))
+    if fmt == ADAPTER_FORMAT:
+        actual = fingerprint({k: v.astype(np.float32) for k, v in arrays.items()}, {"config": config}, genes)
+        what = "weights, configuration and gene list"
+    else:
+        actual = sha256_tensors({k: v.astype(np.float32) for k, v in arrays.items()})
+        what = "weights"
+    if actual != recorded:
+        raise ValueError(
+            f"{where}: the adapter's {what} do not match their recorded sha256 ({actual[:12]}… vs "
+            f"{recorded[:12]}…); the record was changed or corrupted. Adapt again or load the original file."
+        )
+    if fmt == ADAPTER_FORMAT_V1:
+        logger.warning(
+            "%s was written by an older c2lst: only its weights are covered by its sha256, not its configuration "
+            "or gene list; export it again with `c2lst.tl.export_adapter` after checking it.",
+            where,
+        )
+    check_finite(arrays, where)
+    return config, genes
+
+
+def load_local_model(record: dict, central, where: str = "the adapter record") -> LocalModel:
+    """Rebuild the :class:`LocalModel` stored in an adapter record, after checking its fingerprint."""
+    config, genes = verify_adapter(record, where)
     return LocalModel.from_adapter(central, genes, config, dict(record["weights"]))
 
 
@@ -388,23 +446,31 @@ def load_adapter(
     """
     from safetensors import safe_open
 
-    from ..models.store import sha256_tensors
-
-    if not overwrite and key_added in adata.uns.get(UNS_KEY, {}).get("local", {}):
-        raise ValueError(
-            f"`key_added={key_added!r}` already holds an adapter; pass `overwrite=True` to replace it."
-        )
+    check_key_added(adata, key_added, overwrite)
     tensors = load_safetensors(path)
     with safe_open(str(path), framework="pt") as fh:
         meta = dict(fh.metadata() or {})
-    if meta.get("format") != ADAPTER_FORMAT:
+    if meta.get("format") not in (ADAPTER_FORMAT, ADAPTER_FORMAT_V1):
         raise ValueError(f"`path={str(path)!r}` is not a c2lst adapter (format {meta.get('format')!r}).")
-    weights = {k: v.numpy() for k, v in tensors.items()}
-    if sha256_tensors(weights) != meta.get("sha256"):
-        raise ValueError(
-            f"`path={str(path)!r}`: adapter weights do not match their recorded sha256 (corrupted?)."
-        )
     record = dict(meta)
-    record["weights"] = weights
-    record["genes"] = np.asarray(json.loads(meta["genes"]), dtype=object)
+    record["weights"] = {k: v.numpy() for k, v in tensors.items()}
+    try:
+        record["genes"] = np.asarray(json.loads(meta["genes"]), dtype=object)
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"`path={str(path)!r}`: the adapter's gene list is missing or not JSON ({err}).") from None
+    config, _ = verify_adapter(record, f"`path={str(path)!r}`")
+    check_stored_targets(config.get("target_modules"), None, f"`path={str(path)!r}`")
     c2lst_uns(adata, "local")[key_added] = record
+
+
+def check_key_added(adata: AnnData, key_added: Any, overwrite: bool) -> None:
+    """Refuse a missing/invalid adapter key, or an existing one without ``overwrite=True``."""
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"`overwrite` must be True or False, got {overwrite!r}.")
+    if not overwrite and key_added in adata.uns.get(UNS_KEY, {}).get("local", {}):
+        raise ValueError(
+            f"`key_added={key_added!r}` already holds an adapter; pass `overwrite=True` to replace it, or another "
+            "`key_added=`."
+        )

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._utils import check_positive_int, check_seed, get_table, require_obsm
+from .._utils import check_kwargs, check_positive_int, check_seed, get_table, require_obsm
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -206,7 +206,14 @@ def budget_curve(
             f"`gene_selection='train'` needs the counts in layer {record.get('layer')!r}, which the table lacks; "
             "restore it or pass `gene_selection='given'`."
         )
-    p_kw = dict(predictor_kwargs or {})
+    own = {k: f"pass `{k}=` to budget_curve" for k in ("seed", "expr_key", "patch_key", "progress")}
+    adapt_kwargs = check_kwargs(adapt_kwargs, "adapt_kwargs", {**own, "central": "pass `central=` to budget_curve",
+                                                                "unlabelled": "pass `unlabelled=` to budget_curve",
+                                                                "overwrite": "set by budget_curve"})
+    synthesize_kwargs = check_kwargs(synthesize_kwargs, "synthesize_kwargs", {
+        **own, "central": "pass `central=` to budget_curve", "table_key": "set by budget_curve",
+        "table_added": "set by budget_curve", "n_per_condition": "pass `synthetic_per_spot=` to budget_curve"})
+    p_kw = check_kwargs(predictor_kwargs, "predictor_kwargs", own)
     if "n_steps" not in p_kw:
         epochs = p_kw.pop("n_epochs", None)
         pool_max = round((1 - test_fraction) * table.n_obs)
@@ -261,8 +268,9 @@ def budget_curve(
             cond_kw = _conditions_kwargs(cond_label, other, record, n_real, synthetic_per_spot, rseed)
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
+            # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
             adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
-                  unlabelled=un, **a_kw)
+                  unlabelled=un, **{"overwrite": True, **a_kw})
             sd = SpatialData(tables={"train": real})
             for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
                 if arm not in todo:

@@ -11,6 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._logging import logger
+from .._utils import as_float_matrix
 from ..pp._expression import NORMALIZE_LOG1P, apply_expression
 
 
@@ -32,6 +33,29 @@ def _check_finite(expr: np.ndarray, what: str) -> None:
         raise ValueError(
             f"`conditions` ({what}) contains NaN or Inf (rows {bad}…); remove or impute those profiles."
         )
+
+
+def _check_range(expr: np.ndarray, params: dict, what: str) -> None:
+    """Refuse preprocessed profiles outside the range the recorded preprocessing can produce.
+
+    Log-normalised values are >= 0, and with ``normalize_total(target_sum)`` + ``log1p`` no gene exceeds
+    ``log1p(target_sum)`` (a spot whose counts all fall on that gene): larger values are not log-normalised and
+    would give ``inf`` counts in ``X``.
+    """
+    if expr.size and float(expr.min()) < 0:
+        raise ValueError(
+            f"`conditions` ({what}) holds negative values (min {float(expr.min()):.4g}); profiles are preprocessed "
+            "(log-normalised) expression, >= 0. Pass `np.log1p` of normalised counts, or an AnnData of counts."
+        )
+    target_sum = float(params.get("target_sum", 0.0) or 0.0)
+    if str(params.get("normalization")) == NORMALIZE_LOG1P and target_sum > 0 and expr.size:
+        top = float(np.log1p(target_sum))
+        if float(expr.max()) > top * (1 + 1e-4):
+            raise ValueError(
+                f"`conditions` ({what}) holds values up to {float(expr.max()):.4g}, beyond log1p(target_sum="
+                f"{target_sum:g}) = {top:.4g}, the largest a log-normalised gene can reach; values are taken as "
+                "`log1p(normalize_total(counts))`. Pass log-normalised profiles, or an AnnData of counts."
+            )
 
 
 def _to_counts(expr: np.ndarray, params: dict) -> np.ndarray:
@@ -198,21 +222,28 @@ def resolve_conditions(
                 f"`conditions` lacks the adapter's genes {missing[:10]}{'…' if len(missing) > 10 else ''} "
                 f"({len(missing)} of {len(genes)}); give one column per adapter gene."
             )
-        expr = conditions[genes].to_numpy(dtype=np.float32)
+        dup = sorted({str(c) for c in conditions.columns[conditions.columns.duplicated()] if c in set(genes)})
+        if dup:
+            raise ValueError(
+                f"`conditions` has duplicate gene columns {dup[:10]}; give each adapter gene one column."
+            )
+        expr = as_float_matrix(conditions[genes], "conditions")
         if expr.shape[0] == 0:
             raise ValueError("`conditions` has no rows; pass at least one expression profile.")
         _check_finite(expr, "dataframe")
+        _check_range(expr, params, "dataframe")
         return Conditions(
             expr, _to_counts(expr, params), np.asarray(conditions.index, dtype=str), "dataframe"
         )
     if isinstance(conditions, np.ndarray | list):
-        expr = np.asarray(conditions, dtype=np.float32)
+        expr = as_float_matrix(conditions, "conditions")
         if expr.ndim != 2 or expr.shape[1] != len(genes) or expr.shape[0] == 0:
             raise ValueError(
                 f"`conditions` array has shape {expr.shape}; expected (n_profiles >= 1, {len(genes)}) over the "
                 "adapter's genes in order (see `uns['c2lst']['local'][adapter_key]['genes']`)."
             )
         _check_finite(expr, "array")
+        _check_range(expr, params, "array")
         parents = np.asarray([f"condition_{i}" for i in range(expr.shape[0])], dtype=str)
         return Conditions(expr, _to_counts(expr, params), parents, "array")
     raise TypeError(

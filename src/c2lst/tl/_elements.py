@@ -71,6 +71,58 @@ def existing_names(sdata: Any) -> set[str]:
     return names
 
 
+def foreign_elements(sdata: Any, name: str) -> list[str]:
+    """Return the elements ``synthesize(table_added=name)`` would replace that c2lst did not write.
+
+    c2lst writes a table ``name`` (every row marked ``obs["c2lst_synthetic"]``, with ``obs["c2lst_run_id"]``),
+    an image ``{name}_image`` and circles ``{name}_spots``, both only in coordinate system ``name``. An element of
+    one of those names that is of another kind or lacks those marks is the user's: it is never replaced.
+    Elements that are only on disk (left by an interrupted run, invisible to zarr) are not judged here.
+    """
+    from spatialdata.transformations import get_transformation
+
+    expected = {name: "tables", f"{name}_image": "images", f"{name}_spots": "shapes"}
+    bad = []
+    for kind in ("images", "labels", "points", "shapes", "tables"):
+        for el_name, element in getattr(sdata, kind).items():
+            if el_name not in expected:
+                continue
+            if kind != expected[el_name]:
+                bad.append(el_name)
+            elif kind == "tables":
+                obs = element.obs
+                if not ("c2lst_synthetic" in obs and "c2lst_run_id" in obs and bool(np.all(obs["c2lst_synthetic"]))):
+                    bad.append(el_name)
+            else:
+                try:
+                    systems = set(get_transformation(element, get_all=True))
+                except Exception:
+                    systems = set()
+                if systems != {name}:
+                    bad.append(el_name)
+    return sorted(bad)
+
+
+def check_store_writable(sdata: Any) -> None:
+    """Raise before any compute when ``sdata`` says it is backed by a store that is gone or read-only."""
+    path = getattr(sdata, "path", None)
+    if path is None:
+        return
+    root = Path(path)
+    if not root.exists():
+        raise ValueError(
+            f"`sdata` is backed by the zarr store {str(root)!r}, which no longer exists; restore it, or write the "
+            "SpatialData elsewhere first (`sdata.write(new_path)`)."
+        )
+    dirs = [root, *(root / k for k in ("images", "shapes", "tables") if (root / k).is_dir())]
+    locked = [str(d) for d in dirs if not os.access(d, os.W_OK | os.X_OK)]
+    if locked or not os.access(root.parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"`sdata` is backed by the zarr store {str(root)!r}, which is not writable ({locked or [str(root.parent)]}); "
+            "fix its permissions or write the SpatialData elsewhere first (`sdata.write(new_path)`)."
+        )
+
+
 def existing_names_in_memory(sdata: Any) -> set[str]:
     """Return the names of the elements ``sdata`` holds in memory."""
     return {n for kind in ("images", "labels", "points", "shapes", "tables") for n in getattr(sdata, kind)}
@@ -85,13 +137,15 @@ def add_elements(sdata: Any, elements: dict[str, tuple[str, Any]], *, overwrite:
     elements already on disk are deleted (table first) only once their replacements are completely written, so a
     table never annotates shapes of another run.
     """
+    backed = sdata.is_backed() and sdata.path is not None
+    if backed:
+        check_store_writable(sdata)
+        # write first: a failed write leaves the in-memory object (and the old elements on disk) as they were
+        _write_atomic(sdata, elements, replace=overwrite)
     if overwrite:
         for element_name in elements:
             if element_name in existing_names_in_memory(sdata):
-                del sdata[element_name]  # it may be lazily backed by the folder that is replaced below
-    backed = sdata.is_backed() and sdata.path is not None and Path(sdata.path).exists()
-    if backed:
-        _write_atomic(sdata, elements, replace=overwrite)
+                del sdata[element_name]  # it may be lazily backed by the folder that was just replaced
     for element_name, (kind, element) in elements.items():
         getattr(sdata, _KIND[kind])[element_name] = element
 
@@ -124,6 +178,12 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: 
         order = [n for n, (k, _) in elements.items() if k != "tables"] + [
             n for n, (k, _) in elements.items() if k == "tables"
         ]
+        taken = [n for n in order if (target / elements[n][0] / n).exists()]
+        if taken and not replace:  # another writer moved elements of these names in since the checks
+            raise ValueError(
+                f"elements {taken} already exist in the store {str(target)!r} (written by another process "
+                "meanwhile); pass another `table_added=` or `overwrite=True`."
+            )
         old = [target / elements[n][0] / n for n in reversed(order)] if replace else []
         old = [path for path in old if path.exists()]
         # the new elements are complete in `tmp`: delete their predecessors, the annotating table first
@@ -139,7 +199,14 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: 
                 for meta in (".zgroup", ".zattrs", "zarr.json"):
                     if (src / meta).is_file():
                         shutil.copy2(src / meta, dst_parent / meta)
-            os.replace(src / element_name, dst_parent / element_name)
+            dst = dst_parent / element_name
+            try:
+                os.replace(src / element_name, dst)
+            except OSError as err:  # lost the race between the check and the move
+                raise ValueError(
+                    f"element {element_name!r} already exists in the store {str(target)!r} ({err}); pass another "
+                    "`table_added=` or `overwrite=True`."
+                ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -13,9 +13,13 @@ from scipy import sparse
 
 from .._logging import logger
 from .._utils import (
-    check_nonneg_float,
+    check_device,
+    check_element_name,
+    check_guidance_scale,
+    check_memory,
     check_positive_int,
     check_seed,
+    check_seed_range,
     get_table,
     new_run_id,
     record_lineage,
@@ -25,7 +29,7 @@ from ..models.sampling import DEFAULT_SCHEDULER, SCHEDULERS
 from ._adapt import get_adapter, load_local_model
 from ._central import resolve_central
 from ._conditions import check_mixup_options, resolve_conditions
-from ._elements import add_elements, build_elements, existing_names
+from ._elements import add_elements, build_elements, check_store_writable, existing_names, foreign_elements
 
 
 def synthesize(
@@ -95,7 +99,8 @@ def synthesize(
     patch_key
         ``obsm`` key of the synthetic patches in the new table.
     overwrite
-        Replace existing elements of those names.
+        Replace existing elements of those names, if c2lst wrote them (a synthetic table, its image and circles);
+        elements of the user's are never replaced. The new elements are written before the old ones are dropped.
     verify
         Check the central model against the sha256 the adapter recorded.
     device
@@ -127,25 +132,45 @@ def synthesize(
     n_per_condition = check_positive_int(n_per_condition, "n_per_condition")
     steps = check_positive_int(steps, "steps")
     batch_size = check_positive_int(batch_size, "batch_size")
-    guidance_scale = check_nonneg_float(guidance_scale, "guidance_scale")
+    guidance_scale = check_guidance_scale(guidance_scale)
     seed = check_seed(seed)
     n_conditions, mixup_alpha = check_mixup_options(conditions, n_conditions, mixup_alpha)
-    if scheduler not in SCHEDULERS:
+    device = check_device(device)
+    if not isinstance(scheduler, str) or scheduler not in SCHEDULERS:
         raise ValueError(f"`scheduler={scheduler!r}` is unknown; valid schedulers are {list(SCHEDULERS)}.")
+    table_added = check_element_name(table_added, "table_added")
+    if not isinstance(patch_key, str) or not patch_key:
+        raise TypeError(f"`patch_key` must be a non-empty string, got {patch_key!r}.")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"`overwrite` must be True or False, got {overwrite!r}.")
+    if table_added == table_key:
+        raise ValueError(f"`table_added={table_added!r}` equals `table_key`; choose a new name.")
     new_names = {table_added, f"{table_added}_image", f"{table_added}_spots"}
     clash = sorted(new_names & existing_names(sdata))
     if clash and not overwrite:
         raise ValueError(
             f"`table_added={table_added!r}`: elements {clash} already exist; pass `overwrite=True` or another name."
         )
-    if table_added == table_key:
-        raise ValueError(f"`table_added={table_added!r}` equals `table_key`; choose a new name.")
+    foreign = foreign_elements(sdata, table_added)
+    if foreign:
+        raise ValueError(
+            f"`table_added={table_added!r}` would replace elements {foreign} that c2lst did not write (not a "
+            "synthetic table / image / circles of that name); even with `overwrite=True` they are kept. Choose "
+            "another `table_added=`."
+        )
+    check_store_writable(sdata)
     genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
     expr_params = json.loads(str(record["expr"]))
     expr_key = str(record.get("expr_key", "")) or _expr_key_of(table, genes)
     conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key,
                                n_conditions=n_conditions, mixup_alpha=mixup_alpha, seed=seed)
+    n_total = conds.expr.shape[0] * n_per_condition
+    check_seed_range(seed, n_total)
     model_c = _central_for(central, record, table, verify)
+    side = model_c.image_size
+    check_memory(
+        2.0 * n_total * side * side * 3, "n_per_condition", f"{n_total} patches of {side} px (and their tiled image)"
+    )
     # the local model owns a copy of the central model, so the LoRA weights can be fused for speed
     local = load_local_model(record, model_c).fuse_adapters()
     dev = (
