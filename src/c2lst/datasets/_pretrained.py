@@ -14,7 +14,7 @@ _ROOT = Path(__file__).parent / "_pretrained"
 #: recorded when the script installed them. A model whose files do not match is refused.
 PRETRAINED: dict[str, dict[str, str | int]] = {
     "tiny-sim": {
-        "sha256": "3a3e98d4fa987171255de2c6ff8bffce1b34c562fda1113748d77d414ce9ca1f",
+        "sha256": "8856282f02159f09011c6c19eff64597bdf7f118787e9e6f10143bd9e0f006c1",
         "preset": "tiny",
         "image_size": 32,
         "description": "tiny preset (32 px, v-prediction) trained on simulated H&E of four non-local stains",
