@@ -311,3 +311,40 @@ def test_sample_bad_input(tiny_central):
         model.sample(0)
     with pytest.raises(ValueError, match="condition"):
         model.sample(2, condition=torch.zeros(2, 3))
+
+
+def test_from_pretrained_refuses_another_architecture(tmp_path):
+    """A transformer folder (PixCell's architecture) must not load as a randomly initialised UNet."""
+    from diffusers import PixArtTransformer2DModel
+
+    tr = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+        cross_attention_dim=16, caption_channels=16, sample_size=8, patch_size=2, norm_type="ada_norm_single",
+    )
+    tr.save_pretrained(tmp_path / "pixart")
+    with pytest.raises(ValueError, match=r"describes a 'PixArtTransformer2DModel', not a diffusers UNet2DModel"):
+        CentralModel.from_pretrained(tmp_path / "pixart")
+    # a pipeline folder with a transformer and no unet/ is named as such
+    (tmp_path / "pipe").mkdir()
+    tr.save_pretrained(tmp_path / "pipe" / "transformer")
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "PixArtSigmaPipeline"}')
+    with pytest.raises(ValueError, match=r"pipeline without a `unet/` folder.*transformer"):
+        CentralModel.from_pretrained(tmp_path / "pipe")
+
+
+def test_from_pretrained_refuses_missing_or_unexpected_weights(tmp_path):
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file, save_file
+
+    model = CentralModel.from_preset("tiny", sample_size=16)
+    model.unet.save_pretrained(tmp_path / "plain")
+    weights = tmp_path / "plain" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    renamed = {("old." + k if i % 3 == 0 else k): v for i, (k, v) in enumerate(state.items())}
+    save_file(renamed, weights)
+    with pytest.raises(ValueError, match=r"missing keys.*unexpected keys.*random weights"):
+        CentralModel.from_pretrained(tmp_path / "plain")
+    save_file(state, weights)  # the intact folder loads, with the same weights
+    back = CentralModel.from_pretrained(tmp_path / "plain")
+    assert isinstance(back.unet, UNet2DModel)
+    assert all(torch.equal(back.unet.state_dict()[k], v) for k, v in state.items())

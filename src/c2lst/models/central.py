@@ -371,7 +371,7 @@ class CentralModel(nn.Module):
         if not local.exists():
             if str(path).startswith((".", "/", "~")) or local.suffix:
                 raise FileNotFoundError(f"`path={str(path)!r}` does not exist; pass a saved model directory.")
-            unet = UNet2DModel.from_pretrained(str(path), subfolder=subfolder, use_safetensors=True, **hub_kwargs)
+            unet = _load_strict(UNet2DModel, str(path), path, subfolder=subfolder, **hub_kwargs)
             model = cls._wrap_plain_unet(unet.float())
             model.source = str(path)
             return model.eval()
@@ -399,17 +399,8 @@ class CentralModel(nn.Module):
                 _verify_fingerprint(local, meta, path, files)
             else:
                 logger.warning("loading %s without sha256 verification (verify=False)", path)
-            try:
-                unet = UNet2DModel.from_pretrained(local / "unet", use_safetensors=True)
-                vae = (
-                    AutoencoderKL.from_pretrained(local / "vae", use_safetensors=True)
-                    if (local / "vae").is_dir()
-                    else None
-                )
-            except (OSError, ValueError) as err:
-                raise ValueError(
-                    f"`path={str(path)!r}`: could not load the weights from safetensors ({err})."
-                ) from None
+            unet = _load_strict(UNet2DModel, local / "unet", path)
+            vae = _load_strict(AutoencoderKL, local / "vae", path) if (local / "vae").is_dir() else None
             # weights stored in float16 (the shipped models) are upcast: c2lst trains and samples in float32
             model = cls(meta["config"], unet=unet.float(), vae=vae.float() if vae is not None else None)
             cond = load_safetensors(local / "c2lst_condition.safetensors")
@@ -423,15 +414,19 @@ class CentralModel(nn.Module):
             model.source = str(local.resolve())
             return model.eval()
         unet_dir = local / "unet" if (local / "unet" / "config.json").is_file() else local
+        if not (unet_dir / "config.json").is_file() and (local / "model_index.json").is_file():
+            parts = sorted(p.name for p in local.iterdir() if (p / "config.json").is_file())
+            raise ValueError(
+                f"`path={str(path)!r}` is a diffusers pipeline without a `unet/` folder (it has {parts}); c2lst "
+                "central models are UNet2DModel folders (transformer backbones such as PixArtTransformer2DModel are "
+                "not supported yet). Pass a folder written by `CentralModel.save_pretrained`."
+            )
         if not (unet_dir / "config.json").is_file():
             raise ValueError(
                 f"`path={str(path)!r}` is not a model directory (no c2lst.json, config.json or unet/config.json); "
                 "pass the directory written by `CentralModel.save_pretrained` or `UNet2DModel.save_pretrained`."
             )
-        try:
-            unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"`path={str(path)!r}`: could not load a UNet2DModel from safetensors ({err}).") from None
+        unet = _load_strict(UNet2DModel, unet_dir, path)
         check_finite(unet.state_dict(), f"`path={str(path)!r}`")
         model = cls._wrap_plain_unet(unet.float())
         model.source = str(local.resolve())
@@ -495,6 +490,43 @@ def _verify_fingerprint(local: Path, meta: Mapping[str, Any], path: Any, files: 
             "configs; save it again with `CentralModel.save_pretrained` to cover them.",
             path,
         )
+
+
+
+def _load_strict(model_cls: type, source: str | Path, path: Any, **kwargs: Any) -> Any:
+    """Load a diffusers model from ``source``, refusing another class's folder and weights that do not fit.
+
+    diffusers fills missing weights with a random initialisation and only logs it, so a folder of another
+    architecture (e.g. a ``PixArtTransformer2DModel``) would "load" as a random UNet. Here the folder's
+    ``config.json`` must name ``model_cls`` and every weight must be present, expected and of the right shape.
+    """
+    name = model_cls.__name__
+    cfg = Path(source) / (kwargs.get("subfolder") or "") / "config.json"
+    if cfg.is_file():
+        try:
+            declared = json.loads(cfg.read_text()).get("_class_name")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`path={str(path)!r}`: {cfg} is not valid JSON ({err}).") from None
+        if declared is not None and declared != name:
+            raise ValueError(
+                f"`path={str(path)!r}`: {cfg} describes a {declared!r}, not a diffusers {name}; c2lst central models "
+                "are UNet2DModel folders (transformer backbones such as PixArtTransformer2DModel are not supported "
+                "yet). Pass a folder written by `CentralModel.save_pretrained` or `UNet2DModel.save_pretrained`."
+            )
+    try:
+        model, info = model_cls.from_pretrained(source, use_safetensors=True, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"`path={str(path)!r}`: could not load a {name} from safetensors ({err}).") from None
+    bad = {key: list(val) for key, val in info.items() if val}
+    if bad:
+        detail = "; ".join(
+            f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(str(x) for x in v[:3])})" for k, v in bad.items()
+        )
+        raise ValueError(
+            f"`path={str(path)!r}`: the weights in {source} do not fit the {name} its config.json describes "
+            f"({detail}); c2lst refuses to fill the rest with random weights. Pass the folder the model was saved to."
+        )
+    return model
 
 
 def denoising_loss(
