@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--kind", default="v_prediction", help="central parameterisation")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--central", default=None, help="a shipped central model (e.g. tiny-sim) instead of pretraining")
     ap.add_argument("--cache", default="benchmarks/_cache")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 1.0])
     ap.add_argument("--arms", nargs="+", default=["real", "real+synthetic", "real+null", "real+copy"])
@@ -73,7 +74,11 @@ def main() -> None:
         ap.error(f"--features {args.features} is a frozen feature space: pass --mode ridge.")
     t0 = time.perf_counter()
     size = c2lst.models.PRESETS[args.preset]["sample_size"]
-    model = central(args.cache, preset=args.preset, kind=args.kind, steps=args.pretrain_steps, data=corpus(size))
+    if args.central:
+        model = c2lst.datasets.pretrained_central(args.central)
+        size = model.image_size
+    else:
+        model = central(args.cache, preset=args.preset, kind=args.kind, steps=args.pretrain_steps, data=corpus(size))
     local = c2lst.datasets.simulated_visium(n_spots=args.spots, seed=args.seed)
     c2lst.pp.extract_patches(local, size=size, progress=False)
     c2lst.pp.prepare_expression(local.tables["table"], n_top_genes=args.genes)

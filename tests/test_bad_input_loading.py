@@ -35,6 +35,18 @@ CASES = Cases()
 
 
 # ============================================================================ model loading
+
+def _exported_adapter(env):
+    """Export the fixture's adapter and return ``(table, file, metadata, tensors)`` to tamper with."""
+    from safetensors import safe_open
+
+    t = table(env)
+    f = c2lst.tl.export_adapter(t, env.tmp / "a.safetensors")
+    with safe_open(str(f), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    return t, f, meta, tensors
+
 @CASES("load-truncated-unet-safetensors", ValueError, r"`path=.*sha256.*verify=False")
 def _(env):
     d = model_copy(env, "truncated")
@@ -100,13 +112,7 @@ def _(env):
 
 @CASES("load-adapter-tampered-weights", ValueError, r"`path=.*recorded sha256")
 def _(env):
-    from safetensors import safe_open
-
-    t = table(env)
-    f = c2lst.tl.export_adapter(t, env.tmp / "a.safetensors")
-    with safe_open(str(f), framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    t, f, meta, tensors = _exported_adapter(env)
     first = sorted(tensors)[0]
     tensors[first] = tensors[first] + 1
     save_file(tensors, str(f), metadata=meta)
@@ -206,33 +212,25 @@ def _(env):
 
 @CASES("synth-uns-target-modules-regex-rehashed", ValueError, r"`target_modules=.*is a pattern, not a list of module")
 def _(env):
-    rec = _record(env)
-    cfg = json.loads(rec["config"])
-    cfg["target_modules"] = "([a-z_.0-9]+)+X"  # catastrophic backtracking if it were ever matched
-    rec["config"] = json.dumps(cfg)
-    _rehash(rec)
-    return _synth(env), [env.sdata]
+    return _synth_with_config(env, target_modules="([a-z_.0-9]+)+X")  # catastrophic backtracking if matched
 
 
 @CASES("synth-uns-target-modules-unknown-module", ValueError, r"`target_modules` names modules the central UNet")
 def _(env):
+    return _synth_with_config(env, target_modules=["down_blocks.0.nope"])
+
+
+def _synth_with_config(env, **changes):
+    """Edit the stored adapter config, re-hash the record (a consistent forgery) and synthesize from it."""
     rec = _record(env)
-    cfg = json.loads(rec["config"])
-    cfg["target_modules"] = ["down_blocks.0.nope"]
-    rec["config"] = json.dumps(cfg)
+    rec["config"] = json.dumps({**json.loads(rec["config"]), **changes})
     _rehash(rec)
     return _synth(env), [env.sdata]
 
 
 @CASES("load-adapter-file-config-edited", ValueError, r"`path=.*configuration and gene list do not match")
 def _(env):
-    from safetensors import safe_open
-
-    t = table(env)
-    f = c2lst.tl.export_adapter(t, env.tmp / "a.safetensors")
-    with safe_open(str(f), framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    t, f, meta, tensors = _exported_adapter(env)
     cfg = json.loads(meta["config"])
     cfg["alpha"] = 2 * cfg["alpha"]
     meta["config"] = json.dumps(cfg)
@@ -242,13 +240,7 @@ def _(env):
 
 @CASES("load-adapter-file-genes-edited", ValueError, r"`path=.*do not match their recorded sha256")
 def _(env):
-    from safetensors import safe_open
-
-    t = table(env)
-    f = c2lst.tl.export_adapter(t, env.tmp / "a.safetensors")
-    with safe_open(str(f), framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    t, f, meta, tensors = _exported_adapter(env)
     meta["genes"] = json.dumps(list(reversed(json.loads(meta["genes"]))))
     save_file(tensors, str(f), metadata=meta)
     return lambda: c2lst.tl.load_adapter(t, f, key_added="other"), [t]
