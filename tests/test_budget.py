@@ -208,4 +208,19 @@ def test_demo_end_to_end_tiny(tmp_path):
     back = spatialdata.read_zarr(tmp_path / "demo" / "local.zarr")
     assert "c2lst_synthetic" in back.tables and "local" in back.tables["table"].uns["c2lst"]
     assert summary["adapter"]["ratio"] < 0.10
-    assert "Spot budget" in (tmp_path / "demo" / "report.md").read_text()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "Spot budget" in report
+    # the demo starts from the shipped central model; `pretrain=True` trains one on the simulated corpus
+    assert summary["central"]["name"] == "tiny-sim" and "shipped model `tiny-sim`" in report
+    assert summary["central"]["steps"] == 6000
+    assert not (tmp_path / "demo" / "central").exists()
+
+
+def test_demo_can_pretrain_its_own_central(tmp_path):
+    from c2lst._demo import TEST, run_demo
+
+    summary = run_demo(tmp_path / "demo", settings=TEST, progress=False, pretrain=True)
+    assert summary["central"]["name"] == "pretrained in this run"
+    assert summary["central"]["steps"] == TEST.pretrain_steps
+    assert (tmp_path / "demo" / "central" / "model" / "c2lst.json").is_file()
+    assert "pretrained in this run" in (tmp_path / "demo" / "report.md").read_text()
