@@ -12,12 +12,17 @@ import c2lst
 from c2lst._utils import quiet_io_warnings
 
 
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (so imports and logging start clean); return its stderr."""
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stderr
+
+
 def test_import_is_lazy_and_cli_help_is_light():
     code = (
         "import sys, c2lst, c2lst._cli; heavy = {'torch', 'diffusers', 'spatialdata', 'scanpy'} & set(sys.modules);"
         " assert not heavy, heavy"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    _python(code)
 
 
 def test_spatial_evaluation_does_not_import_squidpy():
@@ -27,7 +32,7 @@ def test_spatial_evaluation_does_not_import_squidpy():
         " xy = rng.uniform(0, 9, (30, 2)); i = e.morans_i(np.c_[xy[:, 0], rng.normal(size=30)], xy);"
         " assert i[0] > 0.5 and 'squidpy' not in sys.modules, (i, 'squidpy' in sys.modules)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    _python(code)
 
 
 def test_logger_propagates_and_falls_back_to_stderr():
@@ -36,8 +41,7 @@ def test_logger_propagates_and_falls_back_to_stderr():
         "import logging, c2lst._logging as L; L.logger.warning('first');"
         " logging.basicConfig(format='ROOT %(name)s %(message)s'); L.logger.warning('second')"
     )
-    err = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stderr
-    assert err.splitlines() == ["c2lst: first", "ROOT c2lst second"]
+    assert _python(code).splitlines() == ["c2lst: first", "ROOT c2lst second"]
 
 
 def test_lazy_attributes():

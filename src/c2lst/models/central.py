@@ -492,7 +492,6 @@ def _verify_fingerprint(local: Path, meta: Mapping[str, Any], path: Any, files: 
         )
 
 
-
 def _load_strict(model_cls: type, source: str | Path, path: Any, **kwargs: Any) -> Any:
     """Load a diffusers model from ``source``, refusing another class's folder and weights that do not fit.
 
