@@ -332,6 +332,8 @@ def _save_checkpoint(accelerator, out: Path, step: int, losses, ema, settings: T
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    # every rank writes its own random_states_<rank>.pkl: wait for all of them before the rename publishes it
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"step": torch.tensor(step), "losses": torch.tensor(losses, dtype=torch.float64)}
         if ema is not None:
