@@ -62,12 +62,3 @@ def make_table(n=64, *, size=32, seed=0, genes=("g_nuclei", "g_colour", "g_noise
     return adata
 
 
-def snapshot(adata):
-    """Return a comparable summary of an AnnData's keys and arrays (to assert it was left unchanged)."""
-    return (
-        sorted(adata.obsm),
-        sorted(adata.obsp),
-        sorted(adata.obs.columns),
-        repr(adata.uns),
-        {k: np.asarray(v).tobytes() for k, v in adata.obsm.items()},
-    )

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Affine, Identity
-
-from c2lst._utils import to_jsonable
 
 
 def pattern(h: int, w: int) -> np.ndarray:
@@ -95,14 +91,3 @@ def expected_linear_patch(centre, extent, size):
     return np.stack(field(xx, yy), axis=-1)
 
 
-def snapshot(sdata) -> str:
-    """Return a string capturing everything extract_patches could write, to check bad input leaves no trace."""
-    parts = {
-        name: sorted(getattr(sdata, name)) for name in ("images", "shapes", "labels", "points", "tables")
-    }
-    for key, t in sdata.tables.items():
-        parts[f"{key}.obs"] = t.obs.reset_index().to_json()
-        parts[f"{key}.obsm"] = sorted(t.obsm)
-        parts[f"{key}.uns"] = to_jsonable(dict(t.uns))
-        parts[f"{key}.X"] = float(np.asarray(t.X).sum()) if t.X is not None else 0.0
-    return json.dumps(parts, sort_keys=True, default=str)

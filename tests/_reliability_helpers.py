@@ -76,6 +76,34 @@ def snapshot(obj: Any) -> dict[str, Any]:
     return {"object": copy.deepcopy(obj)}
 
 
+class Snapshot:
+    """A deep snapshot that compares with ``==`` (``assert state(x) == before``); its repr names the difference."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, obj: Any) -> None:
+        self.data = snapshot(obj)
+        self.diff = ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Snapshot):
+            return NotImplemented
+        try:
+            assert_same(self.data, other.data)
+        except AssertionError as err:
+            self.diff = other.diff = str(err) or "differs"
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.diff or 'equal'})"
+
+
+def state(obj: Any) -> Snapshot:
+    """Return a :class:`Snapshot` of ``obj`` (an AnnData, a SpatialData, an array or a plain object)."""
+    return Snapshot(obj)
+
+
 def assert_same(a: Any, b: Any, path: str = "") -> None:
     """Assert that two snapshots (nested dicts of arrays, frames, scalars) are equal, naming the first difference."""
     if isinstance(a, Mapping):

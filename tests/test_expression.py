@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _reliability_helpers import state as snapshot
 from scipy import sparse
 
 import c2lst
-from c2lst._utils import to_jsonable
 from c2lst.pp import prepare_expression
 from c2lst.pp._expression import apply_expression, expression_genes, expression_params
 
@@ -33,19 +31,6 @@ def _counts(n_obs=60, n_vars=40, seed=0, sparse_x=True):
 
 def _dense(m):
     return m.toarray() if sparse.issparse(m) else np.asarray(m)
-
-
-def _snapshot(adata):
-    return json.dumps(
-        {
-            "X": float(_dense(adata.X).sum()),
-            "layers": sorted(adata.layers),
-            "obsm": sorted(adata.obsm),
-            "uns": to_jsonable(dict(adata.uns)),
-        },
-        sort_keys=True,
-        default=str,
-    )
 
 
 def _manual_lognorm(x, genes_idx):
@@ -94,9 +79,9 @@ def test_given_genes_in_given_order_from_a_layer_with_copy():
     adata = _counts()
     adata.layers["counts"] = adata.X.copy()
     adata.X = sparse.csr_matrix(adata.shape, dtype=np.float32)
-    before = _snapshot(adata)
+    before = snapshot(adata)
     out = prepare_expression(adata, genes=["g7", "g2", "g30"], layer="counts", copy=True)
-    assert _snapshot(adata) == before  # copy=True leaves the input alone
+    assert snapshot(adata) == before  # copy=True leaves the input alone
     rec = out.uns["c2lst"]["expr"]["c2lst_expr"]
     assert list(rec["genes"]) == ["g7", "g2", "g30"]
     assert rec["flavor"] == "given"
@@ -174,10 +159,10 @@ def _negative():
 )
 def test_bad_input_leaves_adata_unchanged(make, kwargs, exc, match):
     adata = make()
-    before = _snapshot(adata)
+    before = snapshot(adata)
     with pytest.raises(exc, match=match):
         prepare_expression(adata, **kwargs)
-    assert _snapshot(adata) == before
+    assert snapshot(adata) == before
 
 
 def test_not_an_anndata():

@@ -17,7 +17,8 @@ from c2lst.models import distances as D
 from c2lst.models import features as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _eval_helpers import BACKGROUND, NUCLEUS, disc_patches, make_table, snapshot
+from _eval_helpers import BACKGROUND, NUCLEUS, disc_patches, make_table
+from _reliability_helpers import state as snapshot
 
 
 @pytest.fixture(scope="module")

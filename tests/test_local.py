@@ -12,6 +12,7 @@ import pytest
 import scanpy as sc
 import spatialdata
 import torch
+from _reliability_helpers import state as snapshot
 
 import c2lst
 from c2lst._utils import lineage
@@ -108,7 +109,7 @@ def test_guidance_changes_output_and_zero_is_null(adapted_sdata, tiny_central):
         outs[g] = sd.tables[f"s{int(g)}"].obsm["c2lst_patch"]
     assert not np.array_equal(outs[1.0], outs[3.0])
     # guidance 0 = the adapted model's null branch: the central model + LoRA with the null embedding
-    from c2lst.tl._adapt import load_local_model
+    from c2lst.tl._adapters import load_local_model
 
     local = load_local_model(adapted_sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"], central)
     null = local.central.sample(4, steps=3, generator=[_gen(i) for i in range(4)])
@@ -238,10 +239,6 @@ def test_adapt_unlabelled_images_and_encoder_lr(sim_sdata, tiny_central):
 
 
 # ----------------------------------------------------------------------------------------- bad input
-def _snapshot(sd):
-    return {k: (t.n_obs, sorted(t.uns.get("c2lst", {}))) for k, t in sd.tables.items()}, set(sd.images)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
@@ -259,10 +256,10 @@ def _snapshot(sd):
     ],
 )
 def test_synthesize_bad_input(adapted_sdata, kwargs, exc, match):
-    before = _snapshot(adapted_sdata)
+    before = snapshot(adapted_sdata)
     with pytest.raises(exc, match=match):
         c2lst.tl.synthesize(adapted_sdata, steps=1, progress=False, **kwargs)
-    assert _snapshot(adapted_sdata) == before
+    assert snapshot(adapted_sdata) == before
 
 
 def test_synthesize_existing_table_needs_overwrite(adapted_sdata):

@@ -15,7 +15,8 @@ from spatialdata.transformations import Identity, Scale
 from c2lst.pp import extract_patches
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _pp_helpers import circles, image, make_sdata, pattern, snapshot, table
+from _pp_helpers import circles, image, make_sdata, pattern, table
+from _reliability_helpers import state as snapshot
 
 XY = ("x", "y")
 

@@ -21,7 +21,8 @@ from c2lst.models.ridge import ridge_alpha
 from c2lst.tl._evaluate_prediction import morans_i
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _eval_helpers import disc_patches, make_table, snapshot
+from _eval_helpers import disc_patches, make_table
+from _reliability_helpers import state as snapshot
 
 GENES = ["g_nuclei", "g_colour", "g_noise"]
 

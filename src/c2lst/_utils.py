@@ -1,20 +1,22 @@
-"""Small helpers shared by the skin (``pp``, ``tl``): validation, ``.uns`` bookkeeping, lineage."""
+"""Small helpers shared by the skin (``pp``, ``tl``): validation and warnings (records live in ``_records``)."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import json
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from ._version import __version__
+from ._records import UNS_KEY, lineage, new_run_id, record_lineage, root, section, to_jsonable
 
-UNS_KEY = "c2lst"
+__all__ = ["UNS_KEY", "c2lst_uns", "lineage", "new_run_id", "record_lineage", "to_jsonable"]
+
+
+def c2lst_uns(adata: Any, name: str | None = None) -> dict:
+    """Return (creating it) ``adata.uns["c2lst"]`` or one of its sections (see :mod:`c2lst._records`)."""
+    return root(adata) if name is None else section(adata, name, create=True)
 
 
 # --------------------------------------------------------------------------- validation
@@ -207,82 +209,54 @@ def get_table(sdata: Any, table_key: str):
     return tables[table_key]
 
 
+def as_table(data: Any, table_key: str = "table", arg: str = "adata") -> Any:
+    """Return ``data`` when it is an AnnData, else the table ``table_key`` of a SpatialData.
+
+    This is how every function that reads one table accepts either container (scverse users hold both).
+    """
+    from anndata import AnnData
+
+    if isinstance(data, AnnData):
+        return data
+    if getattr(data, "tables", None) is None:
+        raise TypeError(
+            f"`{arg}` must be an AnnData or a SpatialData (with `table_key=`), got {type(data).__name__}."
+        )
+    return get_table(data, table_key)
+
+
+def renamed_arguments(**renames: str):
+    """Decorate a public function whose keyword arguments were renamed: ``old=value`` still works, with a warning.
+
+    ``renames`` maps each old name to its new name. Passing both names is a :class:`TypeError`.
+    """
+    import functools
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"`{old}` was renamed `{new}`; pass only `{new}=`.")
+                    warnings.warn(
+                        f"`{func.__module__.split('._')[0]}.{func.__name__}({old}=...)` is deprecated; use `{new}=`.",
+                        FutureWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def require_obsm(adata: Any, key: str, arg: str, hint: str) -> np.ndarray:
     """Return ``adata.obsm[key]`` or raise a :class:`KeyError` that names ``arg`` and the step to run."""
     if key not in adata.obsm:
         raise KeyError(f"`{arg}={key!r}` is not in `adata.obsm` (keys: {sorted(adata.obsm)}); {hint}")
     return adata.obsm[key]
-
-
-# --------------------------------------------------------------------------- .uns bookkeeping
-def c2lst_uns(adata: Any, section: str | None = None) -> dict:
-    """Return (creating it) ``adata.uns["c2lst"]`` or one of its sections."""
-    root = adata.uns.setdefault(UNS_KEY, {})
-    if section is None:
-        return root
-    return root.setdefault(section, {})
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, tuples and paths into plain JSON types."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 64 else f"<array shape={obj.shape} dtype={obj.dtype}>"
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    return str(obj)
-
-
-def new_run_id() -> str:
-    """Return a fresh run identifier."""
-    return uuid.uuid4().hex[:12]
-
-
-def record_lineage(
-    adata: Any,
-    *,
-    function: str,
-    parameters: Mapping[str, Any],
-    seed: int | None,
-    input_table: str | None,
-    model_sha256: Mapping[str, str] | None = None,
-    run_id: str | None = None,
-) -> str:
-    """Append a lineage record to ``adata.uns["c2lst"]["lineage"]`` and return its run id.
-
-    Records are stored under their run id. ``parameters`` is kept as a JSON string so the record
-    survives zarr/h5ad round trips unchanged; it is parsed with :func:`json.loads`, never evaluated.
-    """
-    run_id = run_id or new_run_id()
-    record = {
-        "run_id": run_id,
-        "function": function,
-        "c2lst_version": __version__,
-        "parameters": json.dumps(to_jsonable(dict(parameters)), sort_keys=True),
-        "seed": -1 if seed is None else int(seed),
-        "input_table": "" if input_table is None else str(input_table),
-        "model_sha256": json.dumps(dict(model_sha256 or {}), sort_keys=True),
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    c2lst_uns(adata, "lineage")[run_id] = record
-    return run_id
-
-
-def lineage(adata: Any) -> list[dict]:
-    """Return the lineage records of ``adata`` with parameters parsed, oldest first."""
-    recs = []
-    for rec in c2lst_uns(adata, "lineage").values() if UNS_KEY in adata.uns else []:
-        rec = dict(rec)
-        for key in ("parameters", "model_sha256"):
-            if isinstance(rec.get(key), str):
-                rec[key] = json.loads(rec[key])
-        recs.append(rec)
-    return sorted(recs, key=lambda r: r["created"])
 
 
 @contextlib.contextmanager

@@ -11,9 +11,9 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._records import synthetic_mask
 from .._utils import check_positive_int, check_seed
 from ..tl._fidelity import _side_patches
-from ..tl._tables import synthetic_mask
 from ._utils import check_show_save, finish
 
 

@@ -12,9 +12,9 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils import UNS_KEY, check_positive_int
+from .. import _records as records
+from .._utils import check_positive_int
 from ..tl._evaluate_prediction import prediction_metrics
-from ..tl._tables import _PRED_HINT, expression_genes, gene_names
 from ._utils import check_show_save, finish
 
 
@@ -134,13 +134,10 @@ def spatial_expression(
         raise ValueError("`genes` is empty; pass at least one gene name.")
     for key, arg in ((pred_key, "pred_key"), (spatial_key, "spatial_key")):
         if key not in adata.obsm:
-            hint = _PRED_HINT if arg == "pred_key" else "pass the key of the spot coordinates."
+            hint = records.PRED_HINT if arg == "pred_key" else "pass the key of the spot coordinates."
             raise KeyError(f"`{arg}={key!r}` is not in `adata.obsm` (keys: {sorted(adata.obsm)}); {hint}")
-    rec = adata.uns.get(UNS_KEY, {}).get("pred", {}).get(pred_key, {})
-    if "genes" not in rec:
-        raise KeyError(f"`uns['c2lst']['pred'][{pred_key!r}]` is missing; {_PRED_HINT}")
-    pred_genes = pd.Index(gene_names(rec["genes"]))
-    obs_genes = pd.Index(expression_genes(adata, expr_key))
+    pred_genes = pd.Index(records.gene_names(records.prediction_record(adata, pred_key)["genes"]))
+    obs_genes = pd.Index(records.expression_genes(adata, expr_key, var_names_fallback=True))
     bad = [g for g in genes if g not in pred_genes or g not in obs_genes]
     if bad:
         raise KeyError(

@@ -11,7 +11,8 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, keep_torch_threads, record_lineage
+from .._records import expression_record, gene_names, record_lineage, store
+from .._utils import check_positive_int, keep_torch_threads
 
 TARGET_SUM = 1e4
 #: scanpy's ``seurat_v3`` fits a loess curve (skmisc) of variance on mean over the genes that vary; with few such
@@ -303,7 +304,7 @@ def prepare_expression(
     }
     target = adata.copy() if copy else adata
     target.obsm[key_added] = out
-    c2lst_uns(target, "expr")[key_added] = params
+    store(target, "expr", key_added, params)
     record_lineage(
         target,
         function="c2lst.pp.prepare_expression",
@@ -316,18 +317,12 @@ def prepare_expression(
 
 def expression_genes(adata: AnnData, key: str = "c2lst_expr") -> list[str]:
     """Return the genes, in model order, recorded by :func:`prepare_expression` under ``key``."""
-    return [str(g) for g in expression_params(adata, key)["genes"]]
+    return list(gene_names(expression_params(adata, key)["genes"]))
 
 
 def expression_params(adata: AnnData, key: str = "c2lst_expr") -> dict:
     """Return the record ``uns["c2lst"]["expr"][key]`` written by :func:`prepare_expression`."""
-    rec = adata.uns.get(UNS_KEY, {}).get("expr", {}).get(key)
-    if rec is None:
-        raise KeyError(
-            f"`key={key!r}` has no expression record in `uns['c2lst']['expr']`; run "
-            f"`c2lst.pp.prepare_expression(adata, key_added={key!r})` first."
-        )
-    return dict(rec)
+    return expression_record(adata, key, arg="key")
 
 
 def apply_expression(

@@ -11,7 +11,8 @@ import numpy as np
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._utils import c2lst_uns, check_memory, check_positive_float, check_positive_int, record_lineage
+from .._records import record_lineage, store
+from .._utils import check_memory, check_positive_float, check_positive_int
 from ._resolve import Resolved, resolve
 from ._sampling import (
     RESCALE_RULES,
@@ -373,7 +374,7 @@ def extract_patches(
         logger.info(f"extract_patches: overwriting `obsm[{key_added!r}]`.")
     table.obsm[key_added] = patches
     table.obs[f"{key_added}_clipped"] = clipped
-    c2lst_uns(table, "patches")[key_added] = params
+    store(table, "patches", key_added, params)
     record_lineage(
         table,
         function="c2lst.pp.extract_patches",

@@ -1,6 +1,7 @@
 """Tools: one public function per C2L-ST step (pretrain, adapt, synthesize, predict, evaluate)."""
 
-from ._adapt import adapt, export_adapter, load_adapter
+from ._adapt import adapt
+from ._adapters import export_adapter, load_adapter
 from ._augment import concat_augmented
 from ._budget import budget_curve
 from ._embedding import image_features, mixing_score

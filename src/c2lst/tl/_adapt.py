@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 
 from .._logging import logger
+from .._records import expression_matrix
 from .._utils import (
     UNS_KEY,
     c2lst_uns,
@@ -24,40 +25,15 @@ from .._utils import (
     to_jsonable,
 )
 from ..models.central import denoising_loss, patches_to_tensor, to_model_input
-from ..models.local import DEFAULT_TARGETS, LocalModel, check_stored_targets
+from ..models.local import DEFAULT_TARGETS, LocalModel
 from ..models.store import (
     ADAPTER_FORMAT,
-    ADAPTER_FORMAT_V1,
-    check_finite,
-    fingerprint,
-    load_safetensors,
-    save_safetensors,
-    sha256_tensors,
 )
 from ..models.train import TrainSettings, check_mixed_precision, dihedral, train
+from ._adapters import check_key_added
 from ._central import resolve_central
 from ._inputs import check_patches
 from ._pretrain import check_output_dir
-
-
-def expression_info(adata: AnnData, expr_key: str) -> tuple[np.ndarray, list[str], dict]:
-    """Return the prepared expression matrix, its genes and its preprocessing record."""
-    expr = require_obsm(adata, expr_key, "expr_key", "run `c2lst.pp.prepare_expression(adata)` first.")
-    record = adata.uns.get(UNS_KEY, {}).get("expr", {}).get(expr_key)
-    if record is None or "genes" not in record:
-        raise KeyError(
-            f"`expr_key={expr_key!r}` has no gene list in `uns['c2lst']['expr']`; run "
-            "`c2lst.pp.prepare_expression(adata)` to create it."
-        )
-    genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
-    expr = np.asarray(expr, dtype=np.float32)
-    if expr.ndim != 2 or expr.shape[1] != len(genes):
-        raise ValueError(f"`obsm[{expr_key!r}]` has shape {expr.shape}, expected (n_obs, {len(genes)}).")
-    if not np.isfinite(expr).all():
-        raise ValueError(
-            f"`obsm[{expr_key!r}]` contains NaN or Inf; fix the counts and re-run `prepare_expression`."
-        )
-    return expr, genes, dict(record)
 
 
 def adapt(
@@ -183,7 +159,7 @@ def adapt(
         np.asarray(require_obsm(adata, patch_key, "patch_key", "run `c2lst.pp.extract_patches` first.")),
         f"obsm[{patch_key!r}]",
     )
-    expr, genes, expr_record = expression_info(adata, expr_key)
+    expr, genes, expr_record = expression_matrix(adata, expr_key)
     model_c = resolve_central(central, adata, verify=verify)
     if patches.shape[1] != model_c.image_size:
         raise ValueError(
@@ -335,142 +311,3 @@ def _central_path(central: Any, adata: AnnData, model) -> str:
         if model.sha256 and entry.get("sha256") == model.sha256:
             return str(entry.get("path", ""))
     return str(getattr(model, "source", "") or "")  # a loaded model knows its directory or shipped name
-
-
-def get_adapter(adata: AnnData, key: str, arg: str = "adapter_key") -> dict:
-    """Return the adapter record ``uns["c2lst"]["local"][key]`` or raise a :class:`KeyError` listing the keys."""
-    registry = adata.uns.get(UNS_KEY, {}).get("local", {})
-    if key not in registry:
-        raise KeyError(
-            f"`{arg}={key!r}` is not in `uns['c2lst']['local']` (keys: {sorted(registry)}); run "
-            "`c2lst.tl.adapt` or `c2lst.tl.load_adapter` first."
-        )
-    return registry[key]
-
-
-def verify_adapter(record: dict, where: str) -> tuple[dict, list[str]]:
-    """Check an adapter record against its recorded fingerprint; return its configuration and gene list.
-
-    Records of the current format (:data:`ADAPTER_FORMAT`) carry one sha256 over weights, configuration and gene
-    list; records written before it (:data:`ADAPTER_FORMAT_V1`) only over the weights, which is accepted with a
-    logged warning. Non-finite weights are refused. Nothing is compiled or evaluated.
-    """
-    fmt = str(record.get("format", ""))
-    if fmt not in (ADAPTER_FORMAT, ADAPTER_FORMAT_V1):
-        raise ValueError(f"{where} is not a c2lst adapter (format {fmt!r}, expected {ADAPTER_FORMAT!r}).")
-    weights = record.get("weights")
-    if not isinstance(weights, dict) or not weights:
-        raise ValueError(f"{where} holds no adapter weights; run `c2lst.tl.adapt` or `c2lst.tl.load_adapter` again.")
-    try:
-        config = json.loads(str(record["config"]))
-        genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{where} has no valid configuration or gene list ({err}).") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{where}: the adapter configuration must be a JSON object, got {type(config).__name__}.")
-    arrays = {str(k): np.asarray(v) for k, v in weights.items()}
-    bad = [k for k, v in arrays.items() if v.dtype.kind not in "fiu"]
-    if bad:
-        raise TypeError(f"{where}: adapter weights {bad[:5]} are not numeric arrays.")
-    recorded = str(record.get("sha256", ""))
-    if fmt == ADAPTER_FORMAT:
-        actual = fingerprint({k: v.astype(np.float32) for k, v in arrays.items()}, {"config": config}, genes)
-        what = "weights, configuration and gene list"
-    else:
-        actual = sha256_tensors({k: v.astype(np.float32) for k, v in arrays.items()})
-        what = "weights"
-    if actual != recorded:
-        raise ValueError(
-            f"{where}: the adapter's {what} do not match their recorded sha256 ({actual[:12]}… vs "
-            f"{recorded[:12]}…); the record was changed or corrupted. Adapt again or load the original file."
-        )
-    if fmt == ADAPTER_FORMAT_V1:
-        logger.warning(
-            "%s was written by an older c2lst: only its weights are covered by its sha256, not its configuration "
-            "or gene list; export it again with `c2lst.tl.export_adapter` after checking it.",
-            where,
-        )
-    check_finite(arrays, where)
-    return config, genes
-
-
-def load_local_model(record: dict, central, where: str = "the adapter record") -> LocalModel:
-    """Rebuild the :class:`LocalModel` stored in an adapter record, after checking its fingerprint."""
-    config, genes = verify_adapter(record, where)
-    return LocalModel.from_adapter(central, genes, config, dict(record["weights"]))
-
-
-def export_adapter(adata: AnnData, path: str | os.PathLike, *, key: str = "c2lst_local") -> Path:
-    """Write the adapter ``uns["c2lst"]["local"][key]`` to a safetensors file.
-
-    Parameters
-    ----------
-    adata
-        Table holding the adapter.
-    path
-        Target ``.safetensors`` file.
-    key
-        Adapter key.
-
-    Returns
-    -------
-    The path written. Weights are tensors; gene list, configuration and provenance are JSON metadata.
-    """
-    record = get_adapter(adata, key, arg="key")
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"`path={str(path)!r}` must end in '.safetensors'.")
-    meta = {k: str(v) for k, v in record.items() if k not in ("weights", "genes")}
-    meta["genes"] = json.dumps([str(g) for g in np.asarray(record["genes"]).tolist()])
-    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in record["weights"].items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, path, metadata=meta)
-    return path
-
-
-def load_adapter(
-    adata: AnnData, path: str | os.PathLike, *, key_added: str = "c2lst_local", overwrite: bool = False
-) -> None:
-    """Read an adapter written by :func:`export_adapter` into ``uns["c2lst"]["local"][key_added]``.
-
-    Parameters
-    ----------
-    adata
-        Table to receive the adapter.
-    path
-        A ``.safetensors`` file (pickle-based formats are refused).
-    key_added
-        Adapter key.
-    overwrite
-        Replace an existing adapter of that key.
-    """
-    from safetensors import safe_open
-
-    check_key_added(adata, key_added, overwrite)
-    tensors = load_safetensors(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
-    if meta.get("format") not in (ADAPTER_FORMAT, ADAPTER_FORMAT_V1):
-        raise ValueError(f"`path={str(path)!r}` is not a c2lst adapter (format {meta.get('format')!r}).")
-    record = dict(meta)
-    record["weights"] = {k: v.numpy() for k, v in tensors.items()}
-    try:
-        record["genes"] = np.asarray(json.loads(meta["genes"]), dtype=object)
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"`path={str(path)!r}`: the adapter's gene list is missing or not JSON ({err}).") from None
-    config, _ = verify_adapter(record, f"`path={str(path)!r}`")
-    check_stored_targets(config.get("target_modules"), None, f"`path={str(path)!r}`")
-    c2lst_uns(adata, "local")[key_added] = record
-
-
-def check_key_added(adata: AnnData, key_added: Any, overwrite: bool) -> None:
-    """Refuse a missing/invalid adapter key, or an existing one without ``overwrite=True``."""
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"`overwrite` must be True or False, got {overwrite!r}.")
-    if not overwrite and key_added in adata.uns.get(UNS_KEY, {}).get("local", {}):
-        raise ValueError(
-            f"`key_added={key_added!r}` already holds an adapter; pass `overwrite=True` to replace it, or another "
-            "`key_added=`."
-        )

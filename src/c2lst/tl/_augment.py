@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .. import _records as records
 from .._utils import get_table
 
 
@@ -73,15 +74,8 @@ def concat_augmented(
         s.obsm["spatial"] = pos.reindex(s.obs["c2lst_parent"]).to_numpy()
     both = ad.concat([r, s], join="inner", merge="same")
     both.obs["c2lst_synthetic"] = both.obs["c2lst_synthetic"].astype(bool)
-    both.uns["c2lst"] = {
-        "augmented": {
-            "real_key": real_key,
-            "synthetic_key": synthetic_key,
-            "n_real": int(r.n_obs),
-            "n_synthetic": int(s.n_obs),
-        }
-    }
-    expr = syn.uns.get("c2lst", {}).get("expr")
-    if expr:
-        both.uns["c2lst"]["expr"] = dict(expr)
+    augmented = {"real_key": real_key, "synthetic_key": synthetic_key, "n_real": r.n_obs, "n_synthetic": s.n_obs}
+    records.root(both)["augmented"] = augmented
+    for key, rec in records.section(syn, "expr").items():
+        records.store(both, "expr", key, dict(rec))
     return both

@@ -8,9 +8,11 @@ from typing import Any
 
 from anndata import AnnData
 
-from .._utils import UNS_KEY
+from .. import _records as records
+from .._logging import logger
 from ..datasets._pretrained import PRETRAINED, pretrained_central
 from ..models.central import CentralModel
+from ..models.local import central_fingerprint
 
 
 def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool = True) -> CentralModel:
@@ -22,7 +24,7 @@ def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool 
     if isinstance(central, CentralModel):
         return central
     if isinstance(central, str | os.PathLike):
-        registry = adata.uns.get(UNS_KEY, {}).get("central", {}) if adata is not None else {}
+        registry = records.section(adata, "central") if adata is not None else {}
         if isinstance(central, str) and central in registry:
             entry = registry[central]
             path = str(entry.get("path", ""))
@@ -58,3 +60,29 @@ def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool 
         f"model's name ({list(PRETRAINED)}), "
         f"got {type(central).__name__}."
     )
+
+
+def central_for_adapter(central: Any, record: dict, table: AnnData, verify: bool) -> CentralModel:
+    """Return the central model an adapter record was trained on (``central=None``: its recorded path).
+
+    The model's fingerprint must match the one the adapter recorded; with ``verify=False`` a mismatch is logged.
+    """
+    if central is None:
+        path = str(record.get("central_path", ""))
+        if not path:
+            raise ValueError(
+                "the adapter does not record where its central model lives (it was adapted from an in-memory "
+                "model); pass `central=` (a CentralModel or its directory)."
+            )
+        central = path
+    model = resolve_central(central, table, verify=verify)
+    fp = central_fingerprint(model)
+    if fp != str(record["central_sha256"]):
+        msg = (
+            f"the central model's sha256 {fp[:12]}… differs from the one the adapter was trained on "
+            f"({str(record['central_sha256'])[:12]}…)"
+        )
+        if verify:
+            raise ValueError(msg + "; pass the original central model, or `verify=False` to proceed anyway.")
+        logger.warning(msg + "; continuing because verify=False")
+    return model

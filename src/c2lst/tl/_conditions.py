@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .. import _records as records
 from .._logging import logger
 from .._utils import as_float_matrix
 from ..pp._expression import NORMALIZE_LOG1P, apply_expression
@@ -67,8 +68,8 @@ def _to_counts(expr: np.ndarray, params: dict) -> np.ndarray:
 
 def _from_table(table: AnnData, genes: list[str], params: dict, expr_key: str, source: str) -> Conditions:
     missing = [g for g in genes if g not in table.var_names]
-    stored = table.uns.get("c2lst", {}).get("expr", {}).get(expr_key)
-    if stored is not None and expr_key in table.obsm and [str(g) for g in stored["genes"]] == genes:
+    stored = records.section(table, "expr").get(expr_key)
+    if stored is not None and expr_key in table.obsm and list(records.gene_names(stored["genes"])) == genes:
         expr = np.asarray(table.obsm[expr_key], dtype=np.float32)
     else:
         if missing:

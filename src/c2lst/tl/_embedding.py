@@ -14,7 +14,8 @@ import numpy as np
 from anndata import AnnData
 
 from .._logging import logger
-from .._utils import c2lst_uns, check_positive_int, record_lineage
+from .._records import record_lineage, store
+from .._utils import check_positive_int
 from ..models import features as _features
 from ._tables import _check_adata, _patches, synthetic_mask
 
@@ -79,12 +80,8 @@ def image_features(
     out = ((feats - mean) / std).astype(np.float32)
     target = adata.copy() if copy else adata
     target.obsm[key_added] = out
-    c2lst_uns(target, "features")[key_added] = {
-        "features": features,
-        "threshold": float(thr),
-        "n_reference": len(base),
-        "patch_key": patch_key,
-    }
+    record = {"features": features, "threshold": float(thr), "n_reference": len(base), "patch_key": patch_key}
+    store(target, "features", key_added, record)
     record_lineage(
         target,
         function="c2lst.tl.image_features",

@@ -12,6 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._logging import logger
+from .._records import expression_entry, expression_key_of
 from .._utils import (
     check_device,
     check_element_name,
@@ -24,10 +25,9 @@ from .._utils import (
     new_run_id,
     record_lineage,
 )
-from ..models.local import central_fingerprint
 from ..models.sampling import DEFAULT_SCHEDULER, SCHEDULERS
-from ._adapt import get_adapter, load_local_model
-from ._central import resolve_central
+from ._adapters import get_adapter, load_local_model
+from ._central import central_for_adapter
 from ._conditions import check_mixup_options, resolve_conditions
 from ._elements import add_elements, build_elements, check_store_writable, existing_names, foreign_elements
 
@@ -161,12 +161,12 @@ def synthesize(
     check_store_writable(sdata)
     genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
     expr_params = json.loads(str(record["expr"]))
-    expr_key = str(record.get("expr_key", "")) or _expr_key_of(table, genes)
+    expr_key = str(record.get("expr_key", "")) or expression_key_of(table, genes)
     conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key,
                                n_conditions=n_conditions, mixup_alpha=mixup_alpha, seed=seed)
     n_total = conds.expr.shape[0] * n_per_condition
     check_seed_range(seed, n_total)
-    model_c = _central_for(central, record, table, verify)
+    model_c = central_for_adapter(central, record, table, verify)
     side = model_c.image_size
     check_memory(
         2.0 * n_total * side * side * 3, "n_per_condition", f"{n_total} patches of {side} px (and their tiled image)"
@@ -214,7 +214,7 @@ def synthesize(
     new = AnnData(X=sparse.csr_matrix(conds.counts[cond_idx]), obs=obs, var=pd.DataFrame(index=genes))
     new.obsm[patch_key] = patches
     new.obsm[expr_key] = conds.expr[cond_idx].astype(np.float32)
-    new.uns["c2lst"] = {"expr": {expr_key: {**_expr_record(expr_params, genes)}}}
+    new.uns["c2lst"] = {"expr": {expr_key: expression_entry(expr_params, genes)}}
     params = {
         "table_key": table_key,
         "adapter_key": adapter_key,
@@ -243,38 +243,3 @@ def synthesize(
     add_elements(sdata, elements, overwrite=overwrite)
     logger.info("synthesize: %d patches from %d profiles written to %r", n, m, table_added)
     return sdata
-
-
-def _expr_key_of(table: AnnData, genes: list[str]) -> str:
-    for key, rec in table.uns.get("c2lst", {}).get("expr", {}).items():
-        if [str(g) for g in np.asarray(rec["genes"]).tolist()] == genes:
-            return str(key)
-    return "c2lst_expr"
-
-
-def _expr_record(params: dict, genes: list[str]) -> dict:
-    rec = {k: v for k, v in params.items() if v is not None}
-    rec["genes"] = np.asarray(genes, dtype=str)
-    return rec
-
-
-def _central_for(central: Any, record: dict, table: AnnData, verify: bool):
-    if central is None:
-        path = str(record.get("central_path", ""))
-        if not path:
-            raise ValueError(
-                "the adapter does not record where its central model lives (it was adapted from an in-memory "
-                "model); pass `central=` (a CentralModel or its directory)."
-            )
-        central = path
-    model = resolve_central(central, table, verify=verify)
-    fp = central_fingerprint(model)
-    if fp != str(record["central_sha256"]):
-        msg = (
-            f"the central model's sha256 {fp[:12]}… differs from the one the adapter was trained on "
-            f"({str(record['central_sha256'])[:12]}…)"
-        )
-        if verify:
-            raise ValueError(msg + "; pass the original central model, or `verify=False` to proceed anyway.")
-        logger.warning(msg + "; continuing because verify=False")
-    return model

@@ -8,11 +8,15 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from .._utils import UNS_KEY, require_obsm
+from .._records import EXPR_HINT, PATCH_HINT, PRED_HINT, gene_names, synthetic_mask
+from .._records import expression_genes as _expression_genes
+from .._utils import require_obsm
 
-_PATCH_HINT = "run `c2lst.pp.extract_patches` first (or pass the `patch_key` it used)."
-_EXPR_HINT = "run `c2lst.pp.prepare_expression` first (or pass the `key_added` it used as `expr_key`)."
-_PRED_HINT = "run `c2lst.tl.predict_expression` first (or pass the `key_added` it used as `pred_key`)."
+__all__ = ["expression_genes", "gene_names", "synthetic_mask"]
+
+_PATCH_HINT = PATCH_HINT
+_EXPR_HINT = EXPR_HINT
+_PRED_HINT = PRED_HINT
 
 
 def _check_adata(adata: Any, name: str = "adata") -> AnnData:
@@ -21,34 +25,9 @@ def _check_adata(adata: Any, name: str = "adata") -> AnnData:
     return adata
 
 
-def gene_names(values: Any) -> np.ndarray:
-    """Return gene names as an object array of ``str`` (also from numpy ``StringDType`` arrays read from zarr)."""
-    return np.asarray([str(v) for v in np.asarray(values).tolist()], dtype=object)
-
-
 def expression_genes(adata: AnnData, expr_key: str) -> np.ndarray:
-    """Return the gene names of ``obsm[expr_key]`` recorded by :func:`c2lst.pp.prepare_expression`."""
-    mat = require_obsm(adata, expr_key, "expr_key", _EXPR_HINT)
-    rec = adata.uns.get(UNS_KEY, {}).get("expr", {}).get(expr_key, {})
-    if "genes" in rec:
-        genes = gene_names(rec["genes"])
-    elif mat.shape[1] == adata.n_vars:  # e.g. a synthetic table whose X holds the conditioning genes
-        genes = gene_names(adata.var_names)
-    else:
-        raise KeyError(f"`uns['c2lst']['expr'][{expr_key!r}]['genes']` is missing; {_EXPR_HINT}")
-    if len(genes) != mat.shape[1]:
-        raise ValueError(
-            f"`obsm[{expr_key!r}]` has {mat.shape[1]} columns but {len(genes)} recorded genes; {_EXPR_HINT}"
-        )
-    return genes
-
-
-def synthetic_mask(adata: AnnData) -> np.ndarray:
-    """Return a boolean mask of rows marked ``obs["c2lst_synthetic"]`` (all False when the column is absent)."""
-    if "c2lst_synthetic" not in adata.obs:
-        return np.zeros(adata.n_obs, dtype=bool)
-    col = adata.obs["c2lst_synthetic"]
-    return np.asarray(col.astype("boolean").fillna(False), dtype=bool)
+    """Return the gene names of ``obsm[expr_key]`` (a synthetic table without a record: its ``var_names``)."""
+    return gene_names(_expression_genes(adata, expr_key, var_names_fallback=True))
 
 
 def _gene_diff(a: Sequence[str], b: Sequence[str]) -> str:
