@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# the test helpers (_reliability_helpers, _eval_helpers, ...) are plain modules next to this file
+sys.path.insert(0, str(Path(__file__).parent))
 
 # pytest-xdist workers share the cores: each gets its share (at most 2 threads; the models are tiny)
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

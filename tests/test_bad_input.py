@@ -10,7 +10,6 @@ the per-function tests in ``test_patches_errors.py``, ``test_expression.py``, ``
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -19,11 +18,6 @@ import pandas as pd
 import pytest
 import spatialdata
 import torch
-
-import c2lst
-from c2lst.models import CentralModel
-
-sys.path.insert(0, str(Path(__file__).parent))
 from _bad_input_common import (  # noqa: F401 - the *_fixture names are fixtures
     Cases,
     adapter,
@@ -35,6 +29,9 @@ from _bad_input_common import (  # noqa: F401 - the *_fixture names are fixtures
     run_case,
     table,
 )
+
+import c2lst
+from c2lst.models import CentralModel
 
 CASES = Cases()
 

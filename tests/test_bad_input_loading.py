@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-import c2lst
-from c2lst.models import CentralModel
-
-sys.path.insert(0, str(Path(__file__).parent))
 from _bad_input_common import (  # noqa: F401 - the *_fixture names are fixtures
     Cases,
     backed_store_fixture,
@@ -30,6 +23,10 @@ from _bad_input_common import (  # noqa: F401 - the *_fixture names are fixtures
     table,
     truncate,
 )
+from safetensors.torch import load_file, save_file
+
+import c2lst
+from c2lst.models import CentralModel
 
 CASES = Cases()
 

@@ -25,7 +25,6 @@ import pytest
 import spatialdata
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "_fault_scripts"))
 import fault_jobs
 from _reliability_helpers import assert_same, snapshot_adata

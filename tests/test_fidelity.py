@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _eval_helpers import BACKGROUND, NUCLEUS, disc_patches, make_table
+from _reliability_helpers import state as snapshot
 from skimage import color, draw, feature, measure
 
 import c2lst
 from c2lst.models import distances as D
 from c2lst.models import features as F
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_helpers import BACKGROUND, NUCLEUS, disc_patches, make_table
-from _reliability_helpers import state as snapshot
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,18 @@ an absurd learning rate on fine patches). Complements the NaN-loss test of ``tes
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 import torch
+from _reliability_helpers import assert_same, snapshot_adata
 from safetensors.torch import load_file
 
 import c2lst
 from c2lst.models import CentralModel, TrainingDivergedError
 from c2lst.models.train import TrainSettings, latest_checkpoint, step_generator, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _reliability_helpers import assert_same, snapshot_adata
 
 
 class _ScaleGrad(torch.autograd.Function):

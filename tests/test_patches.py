@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import dask.array as da
 import numpy as np
 import pytest
 import spatialdata as sd
-from shapely.geometry import Polygon
-from spatialdata import SpatialData
-from spatialdata.models import ShapesModel
-from spatialdata.transformations import Affine, Identity, Scale, Sequence, Translation
-
-from c2lst.pp import extract_patches
-
-sys.path.insert(0, str(Path(__file__).parent))
 from _pp_helpers import (
     circles,
     expected_linear_patch,
@@ -26,6 +15,12 @@ from _pp_helpers import (
     pattern,
     table,
 )
+from shapely.geometry import Polygon
+from spatialdata import SpatialData
+from spatialdata.models import ShapesModel
+from spatialdata.transformations import Affine, Identity, Scale, Sequence, Translation
+
+from c2lst.pp import extract_patches
 
 XY = ("x", "y")
 

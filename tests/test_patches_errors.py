@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pytest
+from _pp_helpers import circles, image, make_sdata, pattern, table
+from _reliability_helpers import state as snapshot
 from spatialdata import SpatialData
 from spatialdata.models import Image3DModel, Labels2DModel
 from spatialdata.transformations import Identity, Scale
 
 from c2lst.pp import extract_patches
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _pp_helpers import circles, image, make_sdata, pattern, table
-from _reliability_helpers import state as snapshot
 
 XY = ("x", "y")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,13 +9,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from _eval_helpers import make_table
 from matplotlib.figure import Figure
 
 import c2lst
 from c2lst.pl._budget import summarise_curve
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_helpers import make_table
 
 
 @pytest.fixture(autouse=True)

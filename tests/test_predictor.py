@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _eval_helpers import disc_patches, make_table
+from _reliability_helpers import state as snapshot
 from scipy import stats
 from sklearn.neighbors import NearestNeighbors
 
@@ -19,10 +19,6 @@ from c2lst.models._nets import dihedral
 from c2lst.models.predictor import ExpressionPredictor
 from c2lst.models.ridge import ridge_alpha
 from c2lst.tl._evaluate_prediction import morans_i
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_helpers import disc_patches, make_table
-from _reliability_helpers import state as snapshot
 
 GENES = ["g_nuclei", "g_colour", "g_noise"]
 

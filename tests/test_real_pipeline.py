@@ -7,21 +7,18 @@ metrics are finite, not the quality of the models (see ``benchmarks/bench_real.p
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import shared_data_dir
 from PIL import Image
 from scipy.ndimage import map_coordinates
 
 import c2lst
 from c2lst._utils import lineage
-
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import shared_data_dir
 
 SIZE = 32
 N_GENES = 12

@@ -11,22 +11,19 @@ import json
 import logging
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 import torch
+from _reliability_helpers import assert_same, snapshot
 from safetensors.torch import load_file, save_file
 
 import c2lst
 from c2lst._utils import lineage, record_lineage
 from c2lst.models import CentralModel
 from c2lst.tl._central import resolve_central
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _reliability_helpers import assert_same, snapshot
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "c2lst"
 

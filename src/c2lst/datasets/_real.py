@@ -11,8 +11,8 @@ from scipy import sparse
 from spatialdata import SpatialData
 
 from .._logging import logger, progress
+from .._spatial import annotate_table, image_element, spots_element
 from .._utils import check_nonneg_float, check_positive_float, check_positive_int, check_seed
-from ._elements import annotate_table, image_element, spots_element
 from ._io import IMAGE_SUFFIXES, check_file, read_rgb
 from ._patches import resize_patches
 

@@ -13,9 +13,9 @@ from scipy import sparse
 from spatialdata import SpatialData
 
 from .._logging import logger
+from .._spatial import annotate_table, image_element, spots_element
 from .._utils import check_positive_float, check_positive_int, check_seed
 from ._counts import MIN_GENES_EXTRA, draw_counts, make_panel
-from ._elements import annotate_table, image_element, spots_element
 from ._render import image_shape, render_od
 from ._stain import STAIN_PRESETS, mix_stains, resolve_stain, stain_record
 from ._tissue import (

@@ -10,11 +10,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
 from anndata import AnnData
-from shapely.geometry import Point
 
+from .._spatial import annotate_table, image_element, spots_element
 from .._utils import quiet_io_warnings
 
 _KIND = {"images": "images", "shapes": "shapes", "tables": "tables"}
@@ -37,27 +36,12 @@ def build_elements(
     patches: np.ndarray, table: AnnData, *, name: str, coordinate_system: str
 ) -> dict[str, tuple[str, Any]]:
     """Return ``{element_name: (kind, element)}`` for the tiled image, its circles and the annotating table."""
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity
-
     image_name, shapes_name = f"{name}_image", f"{name}_spots"
     canvas, centres = tile_patches(patches)
-    tf = {coordinate_system: Identity()}
-    chunk = min(1024, max(canvas.shape[1:]))
-    image = Image2DModel.parse(canvas, dims=("c", "y", "x"), c_coords=["r", "g", "b"], transformations=tf,
-                               chunks=(3, chunk, chunk))
-    ids = np.arange(len(patches))
-    gdf = gpd.GeoDataFrame(
-        {"radius": np.full(len(patches), patches.shape[1] / 2.0)},
-        geometry=[Point(x, y) for x, y in centres],
-        index=ids,
-    )
-    shapes = ShapesModel.parse(gdf, transformations=tf)
-    table.obs["region"] = shapes_name
-    table.obs["region"] = table.obs["region"].astype("category")
-    table.obs["spot_id"] = ids
+    image = image_element(canvas, coordinate_system=coordinate_system, pyramid=False)
+    shapes = spots_element(centres, patches.shape[1] / 2.0, coordinate_system=coordinate_system)
     table.obsm["spatial"] = centres
-    table = TableModel.parse(table, region=shapes_name, region_key="region", instance_key="spot_id")
+    table = annotate_table(table, shapes_name)
     return {image_name: ("images", image), shapes_name: ("shapes", shapes), name: ("tables", table)}
 
 
