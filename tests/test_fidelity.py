@@ -13,7 +13,7 @@ import torch
 from skimage import color, draw, feature, measure
 
 import c2lst
-from c2lst.models import distances as D
+from c2lst import metrics as D
 from c2lst.models import features as F
 
 sys.path.insert(0, str(Path(__file__).parent))
