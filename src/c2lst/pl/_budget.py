@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy import stats
 
+from ..metrics import mean_ci
 from ._utils import check_show_save, finish
 
 _STYLE = {"real": ("tab:gray", "o", "real only"), "real+synthetic": ("tab:red", "s", "real + synthetic")}
@@ -19,7 +18,8 @@ _STYLE = {"real": ("tab:gray", "o", "real only"), "real+synthetic": ("tab:red", 
 def summarise_curve(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float = 0.95) -> pd.DataFrame:
     """Return mean, standard deviation and ``ci`` confidence half-width of ``metric`` per condition and fraction.
 
-    The half-width is Student's t quantile times the standard error over repeats (0 with a single repeat).
+    The interval is :func:`c2lst.metrics.mean_ci` over repeats: Student's t quantile times the standard error
+    (0 with a single repeat).
 
     Parameters
     ----------
@@ -40,14 +40,13 @@ def summarise_curve(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float
     >>> summarise_curve(df)["mean"].round(2).tolist()
     [0.6]
     """
-    g = curve.groupby(["condition", "fraction"], sort=True)[metric]
-    out = g.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    groups = curve.groupby(["condition", "fraction"], sort=True)[metric]
+    out = groups.agg(["std", "count"]).reset_index().rename(columns={"count": "n"})
+    intervals = pd.DataFrame([mean_ci(vals.to_numpy(), ci=ci) for _, vals in groups])
+    out.insert(2, "mean", intervals["mean"].to_numpy())
     out["std"] = out["std"].fillna(0.0)
-    dof = np.maximum(out["n"].to_numpy() - 1, 1)
-    half = stats.t.ppf(0.5 + ci / 2, dof) * out["std"].to_numpy() / np.sqrt(out["n"].to_numpy())
-    half = np.where(out["n"].to_numpy() > 1, half, 0.0)
-    out["ci_low"] = out["mean"] - half
-    out["ci_high"] = out["mean"] + half
+    out["ci_low"] = intervals["low"].to_numpy()
+    out["ci_high"] = intervals["high"].to_numpy()
     return out
 
 

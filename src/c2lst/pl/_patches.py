@@ -12,7 +12,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from .._utils import check_positive_int, check_seed
-from ..tl._fidelity import _side_patches
+from ..tl._fidelity import _child_patches, _side_patches
 from ..tl._tables import synthetic_mask
 from ._utils import check_show_save, finish
 
@@ -94,13 +94,7 @@ def patches(
 
     if not isinstance(synthetic, AnnData):
         raise TypeError(f"`synthetic` must be an AnnData table or None, got {type(synthetic).__name__}.")
-    if parent_key not in synthetic.obs:
-        raise KeyError(
-            f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
-            "pass the table written by `c2lst.tl.synthesize`."
-        )
-    syn_p, syn_t = _side_patches(synthetic, "synthetic", patch_key, synthetic=True)
-    parents = syn_t.obs[parent_key].astype(str).to_numpy()
+    syn_p, parents = _child_patches(synthetic, patch_key, parent_key)
     with_children = real_names[real_names.isin(parents)]
     if len(with_children) == 0:
         raise ValueError(

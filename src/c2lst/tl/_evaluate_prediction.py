@@ -8,69 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, keep_torch_threads, record_lineage, require_obsm
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from ..metrics import morans_i, pearson
 from ._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ac = a - a.mean(axis=0)
-    bc = b - b.mean(axis=0)
-    den = np.sqrt((ac**2).sum(axis=0) * (bc**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (ac * bc).sum(axis=0) / den
-    return np.where(den > 0, r, np.nan)
-
-
-@keep_torch_threads
-def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np.ndarray:
-    """Return Moran's I of every column of ``values`` on a kNN graph of ``coords`` (scanpy).
-
-    The graph joins each spot to its ``n_neighs`` nearest spots (scikit-learn, the spot itself excluded); the
-    statistic is :func:`scanpy.metrics.morans_i` on it. This equals squidpy's ``spatial_neighbors`` (generic,
-    kNN) + ``spatial_autocorr(mode="moran")`` to float precision without importing squidpy. Constant columns
-    give NaN.
-
-    Parameters
-    ----------
-    values
-        ``(n, k)`` maps.
-    coords
-        ``(n, 2)`` spatial coordinates.
-    n_neighs
-        Neighbours per spot (capped at ``n - 1``).
-
-    Returns
-    -------
-    ``(k,)`` float array.
-
-    Examples
-    --------
-    >>> xy = np.stack(np.meshgrid(np.arange(8), np.arange(8)), -1).reshape(-1, 2).astype(float)
-    >>> bool(morans_i(xy[:, :1], xy)[0] > 0.5)
-    True
-    """
-    import scanpy as sc
-    from sklearn.neighbors import NearestNeighbors
-
-    values = np.asarray(values, dtype=np.float64)
-    coords = np.asarray(coords, dtype=np.float64)
-    n, k = values.shape
-    k_nn = max(1, min(n_neighs, n - 1))
-    _, idx = NearestNeighbors(n_neighbors=k_nn + 1).fit(coords).kneighbors(coords)
-    # drop each spot itself (the first neighbour, or wherever it appears when coordinates repeat)
-    keep = idx != np.arange(n)[:, None]
-    nbrs = np.stack([row[m][:k_nn] for row, m in zip(idx, keep, strict=True)])
-    graph = sparse.csr_matrix((np.ones(n * k_nn), (np.repeat(np.arange(n), k_nn), nbrs.ravel())), shape=(n, n))
-    out = np.full(k, np.nan)
-    varying = values.std(axis=0) > 0
-    if varying.any():
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out[varying] = np.atleast_1d(sc.metrics.morans_i(graph, np.ascontiguousarray(values[:, varying].T)))
-    return out
 
 
 def evaluate_prediction(
@@ -88,7 +30,7 @@ def evaluate_prediction(
 
     Spatial coherence compares Moran's I of the predicted and the observed map of each gene
     (:func:`scanpy.metrics.morans_i` on a ``n_neighs`` kNN graph of the spots, built aside, so ``adata.obsp``
-    and ``adata.uns`` are untouched; see :func:`morans_i`). Use :func:`c2lst.tl.prediction_metrics`
+    and ``adata.uns`` are untouched; see :func:`c2lst.metrics.morans_i`). Use :func:`c2lst.tl.prediction_metrics`
     to get the result as a tidy per-gene DataFrame. Evaluate on held-out real spots: select them first
     (e.g. ``adata[~adata.obs["c2lst_synthetic"]]``).
 
@@ -162,7 +104,7 @@ def evaluate_prediction(
             )
         coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
 
-    r = _pearson(pred, obs)
+    r = pearson(pred, obs)
     mse = ((pred - obs) ** 2).mean(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

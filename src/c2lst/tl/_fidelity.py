@@ -7,11 +7,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import stats
 
+from .. import metrics
 from .._logging import logger
 from .._utils import check_positive_int, check_seed
-from ..models import distances as _distances
 from ..models import features as _features
 from ._tables import _PATCH_HINT, synthetic_mask
 
@@ -38,6 +37,17 @@ def _side_patches(
     if isinstance(data, np.ndarray):
         return _features.check_patches(data, name), None
     raise TypeError(f"`{name}` must be an AnnData or a uint8 array (n, S, S, 3), got {type(data).__name__}.")
+
+
+def _child_patches(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the synthetic rows' uint8 patches and each row's parent spot id (``obs[parent_key]``, as str)."""
+    if parent_key not in synthetic.obs:
+        raise KeyError(
+            f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
+            "pass the table written by `c2lst.tl.synthesize`."
+        )
+    patches, table = _side_patches(synthetic, "synthetic", patch_key, synthetic=True)
+    return patches, table.obs[parent_key].astype(str).to_numpy()
 
 
 def _check_two(real: np.ndarray, synthetic: np.ndarray) -> None:
@@ -71,8 +81,9 @@ def evaluate_fidelity(
     colour deconvolution + colour + texture, 21 features; no download), with the nuclei threshold fixed on the
     real patches so both sides share one nuclei definition. Features are standardised by the real set's mean
     and standard deviation, so distances are in units of real variability. FID is the Fréchet distance of
-    Gaussian fits (:func:`scipy.linalg.sqrtm`); KID the unbiased MMD² with the cubic polynomial kernel over
-    ``n_subsets`` random subsets (seeded). Both are ~0 for sets from one distribution.
+    Gaussian fits (:func:`c2lst.metrics.frechet_distance`); KID the unbiased MMD² with the cubic polynomial
+    kernel over ``n_subsets`` random subsets (seeded; :func:`c2lst.metrics.kernel_distance`). Both are ~0 for
+    sets from one distribution.
 
     Parameters
     ----------
@@ -137,8 +148,8 @@ def evaluate_fidelity(
         thr = float("nan")
         f_real = _features.torch_features(real_p, feature_extractor, batch_size=batch_size)
         f_syn = _features.torch_features(syn_p, feature_extractor, batch_size=batch_size)
-    fid = _distances.frechet_distance(f_real, f_syn)
-    kid, kid_std = _distances.kernel_distance(
+    fid = metrics.frechet_distance(f_real, f_syn)
+    kid, kid_std = metrics.kernel_distance(
         f_real, f_syn, n_subsets=n_subsets, subset_size=subset_size, seed=seed
     )
     out = {
@@ -198,14 +209,8 @@ def evaluate_composition(
     for name, t in (("real", real), ("synthetic", synthetic)):
         if not isinstance(t, AnnData):
             raise TypeError(f"`{name}` must be an AnnData table, got {type(t).__name__}.")
-    if parent_key not in synthetic.obs:
-        raise KeyError(
-            f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
-            "pass the table written by `c2lst.tl.synthesize`."
-        )
     real_p, real_t = _side_patches(real, "real", patch_key, synthetic=False)
-    syn_p, syn_t = _side_patches(synthetic, "synthetic", patch_key, synthetic=True)
-    parents = syn_t.obs[parent_key].astype(str).to_numpy()
+    syn_p, parents = _child_patches(synthetic, patch_key, parent_key)
     real_index = pd.Index(real_t.obs_names.astype(str))
     pos = real_index.get_indexer(parents)
     if (pos < 0).all():
@@ -249,7 +254,7 @@ def evaluate_composition(
         for j, name in enumerate(names):
             df[f"true_{name}"] = vals[:, j]
     df.index.name = "parent"
-    df.attrs["spearman"] = {name: _spearman(df[a], df[b]) for name, a, b in pairs}
+    df.attrs["spearman"] = {name: metrics.spearman(df[a], df[b]) for name, a, b in pairs}
     df.attrs["hematoxylin_threshold"] = thr
     return df
 
@@ -262,10 +267,3 @@ def _patch_nuclei(patches: np.ndarray, thr: float) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_area = np.where(count > 0, area / np.maximum(count, 1), np.nan)
     return {"n_nuclei": count, "mean_area": mean_area}
-
-
-def _spearman(a: pd.Series, b: pd.Series) -> float:
-    ok = np.isfinite(a.to_numpy(dtype=np.float64)) & np.isfinite(b.to_numpy(dtype=np.float64))
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float("nan")
-    return float(stats.spearmanr(a[ok], b[ok]).statistic)
