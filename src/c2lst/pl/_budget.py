@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..metrics import mean_ci
-from ._utils import check_show_save, finish
+from ._utils import check_show_save, doc_params, finish
 
 _STYLE = {"real": ("tab:gray", "o", "real only"), "real+synthetic": ("tab:red", "s", "real + synthetic")}
 
@@ -50,6 +50,7 @@ def summarise_curve(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float
     return out
 
 
+@doc_params
 def budget_curve(
     curve: pd.DataFrame,
     *,
@@ -72,18 +73,15 @@ def budget_curve(
         Column to plot (``"pearson_r"`` or ``"mse"``).
     ci
         Confidence level of the error bars, in (0, 1).
-    ax
-        Draw into this axes instead of a new figure.
+    {ax}
     title
         Axes title.
-    show
-        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
-    save
-        Write the figure to this path.
+    {show_save}
 
     Returns
     -------
-    The figure.
+    The figure: mean ``metric`` against the fraction of real spots, one line per arm, with ``ci`` error
+    bars.
 
     Examples
     --------

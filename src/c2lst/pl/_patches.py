@@ -14,9 +14,10 @@ from matplotlib.figure import Figure
 from .._utils import check_positive_int, check_seed
 from ..tl._fidelity import _child_patches, _side_patches
 from ..tl._tables import synthetic_mask
-from ._utils import check_show_save, finish
+from ._utils import check_show_save, doc_params, finish
 
 
+@doc_params
 def patches(
     real: AnnData,
     synthetic: AnnData | None = None,
@@ -53,14 +54,12 @@ def patches(
         Seed of the random choice of spots.
     panel_size
         Inches per patch panel.
-    show
-        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
-    save
-        Write the figure to this path (format from the suffix).
+    {show_save}
 
     Returns
     -------
-    The figure.
+    The figure: one parent spot per row, its real patch first, then its synthetic children (a grid of
+    real patches when there are none).
 
     Examples
     --------
