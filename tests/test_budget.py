@@ -71,12 +71,12 @@ def test_budget_curve_runs_and_plans(sim_sdata, tiny_central):
 
 def test_budget_genes_are_chosen_on_training_spots_only(sim_sdata):
     from c2lst.pp._expression import apply_expression, prepare_expression
-    from c2lst.tl._budget import _repeat_table
+    from c2lst.tl._budget_arms import repeat_table
 
     table = sim_sdata.tables["table"]
     record = table.uns["c2lst"]["expr"]["c2lst_expr"]
     pool = np.arange(0, table.n_obs, 3)  # a third of the spots
-    base = _repeat_table(table, pool, "train", record, "c2lst_expr", "c2lst_patch", prepare_expression,
+    base = repeat_table(table, pool, "train", record, "c2lst_expr", "c2lst_patch", prepare_expression,
                          apply_expression)
     alone = table[pool].copy()
     prepare_expression(alone, n_top_genes=int(record["n_top_genes"]))

@@ -14,7 +14,7 @@ from _reliability_helpers import state as snapshot
 from skimage import color, draw, feature, measure
 
 import c2lst
-from c2lst.models import distances as D
+from c2lst import metrics as D
 from c2lst.models import features as F
 
 

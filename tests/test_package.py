@@ -35,6 +35,16 @@ def test_spatial_evaluation_does_not_import_squidpy():
     _python(code)
 
 
+def test_metrics_do_not_import_torch():
+    """``c2lst.metrics`` is numpy/scipy (scanpy on first use of Moran's I): no torch, no AnnData bookkeeping."""
+    code = (
+        "import sys, c2lst; m = c2lst.metrics; import c2lst.metrics as mm; assert m is mm;"
+        " assert m.pearson([1., 2., 3.], [3., 5., 7.]) > 0.999;"
+        " heavy = {'torch', 'diffusers', 'spatialdata', 'anndata'} & set(sys.modules); assert not heavy, heavy"
+    )
+    _python(code)
+
+
 def test_logger_propagates_and_falls_back_to_stderr():
     """Users' logging configuration receives c2lst's records; without one, c2lst prints them itself, once."""
     code = (
@@ -45,7 +55,7 @@ def test_logger_propagates_and_falls_back_to_stderr():
 
 
 def test_lazy_attributes():
-    assert {"datasets", "models", "pl", "pp", "tl"} <= set(dir(c2lst))
+    assert {"datasets", "metrics", "models", "pl", "pp", "tl"} <= set(dir(c2lst))
     assert c2lst.tl.synthesize.__module__.startswith("c2lst.tl")
     from c2lst import pl
 

@@ -110,6 +110,14 @@ def test_budget_curve(curve, tmp_path):
         c2lst.pl.budget_curve(curve, ci=95)
 
 
+def test_plot_docstrings_share_the_show_save_text():
+    for func in (c2lst.pl.patches, c2lst.pl.budget_curve, c2lst.pl.gene_correlation, c2lst.pl.spatial_expression):
+        doc = func.__doc__
+        assert "{" + "show_save}" not in doc and "{" + "ax}" not in doc
+        assert "\n    show\n        Call :func:`matplotlib.pyplot.show`" in doc
+        assert "\n    save\n        Write the figure to this path" in doc
+
+
 def test_budget_summary_is_a_t_interval(curve):
     s = summarise_curve(curve).set_index(["condition", "fraction"])
     vals = curve.query("condition == 'real' and fraction == 0.5")["pearson_r"].to_numpy()

@@ -1,6 +1,6 @@
 """c2lst: Central-to-Local adaptive generative diffusion for spatial transcriptomics.
 
-The subpackages ``pp``, ``tl``, ``pl``, ``get``, ``datasets`` and ``models`` load on first use (PEP 562), so
+The subpackages ``pp``, ``tl``, ``pl``, ``get``, ``metrics``, ``datasets`` and ``models`` load on first use (PEP 562), so
 ``import c2lst`` and the ``c2lst --help`` command line start instantly; the first access to, e.g.,
 ``c2lst.tl`` imports torch, diffusers and spatialdata.
 """
@@ -14,11 +14,11 @@ from ._logging import settings
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from . import datasets, get, models, pl, pp, tl
+    from . import datasets, get, metrics, models, pl, pp, tl
 
-_SUBMODULES = ("datasets", "get", "models", "pl", "pp", "tl")
+_SUBMODULES = ("datasets", "get", "metrics", "models", "pl", "pp", "tl")
 
-__all__ = ["__version__", "datasets", "get", "models", "pl", "pp", "settings", "tl"]
+__all__ = ["__version__", "datasets", "get", "metrics", "models", "pl", "pp", "settings", "tl"]
 
 
 def __getattr__(name: str) -> Any:

@@ -62,7 +62,7 @@ def run_demo(
 
     matplotlib.use("Agg")
     import c2lst
-    from c2lst import datasets, pl, pp, tl
+    from c2lst import datasets, get, pl, pp, tl
 
     cfg = settings or (QUICK if quick else FULL)
     if pretrain:
@@ -148,7 +148,7 @@ def run_demo(
     pred = tl.fit_predictor([table], n_steps=cfg.predictor_steps, seed=seed, progress=False)
     tl.predict_expression(table, predictor=pred)
     tl.evaluate_prediction(table)
-    metrics = tl.prediction_metrics(table)
+    metrics = get.metrics(table)
     top = metrics.sort_values("pearson_r", ascending=False).index[:3].tolist()
     figs = {
         "patches.png": pl.patches(table, syn, n=6, show=False),

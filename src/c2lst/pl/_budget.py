@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy import stats
 
-from ._utils import check_show_save, finish
+from ..metrics import mean_ci
+from ._utils import check_show_save, doc_params, finish
 
 _STYLE = {"real": ("tab:gray", "o", "real only"), "real+synthetic": ("tab:red", "s", "real + synthetic")}
 
@@ -19,7 +18,8 @@ _STYLE = {"real": ("tab:gray", "o", "real only"), "real+synthetic": ("tab:red", 
 def summarise_curve(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float = 0.95) -> pd.DataFrame:
     """Return mean, standard deviation and ``ci`` confidence half-width of ``metric`` per condition and fraction.
 
-    The half-width is Student's t quantile times the standard error over repeats (0 with a single repeat).
+    The interval is :func:`c2lst.metrics.mean_ci` over repeats: Student's t quantile times the standard error
+    (0 with a single repeat).
 
     Parameters
     ----------
@@ -40,17 +40,17 @@ def summarise_curve(curve: pd.DataFrame, *, metric: str = "pearson_r", ci: float
     >>> summarise_curve(df)["mean"].round(2).tolist()
     [0.6]
     """
-    g = curve.groupby(["condition", "fraction"], sort=True)[metric]
-    out = g.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    groups = curve.groupby(["condition", "fraction"], sort=True)[metric]
+    out = groups.agg(["std", "count"]).reset_index().rename(columns={"count": "n"})
+    intervals = pd.DataFrame([mean_ci(vals.to_numpy(), ci=ci) for _, vals in groups])
+    out.insert(2, "mean", intervals["mean"].to_numpy())
     out["std"] = out["std"].fillna(0.0)
-    dof = np.maximum(out["n"].to_numpy() - 1, 1)
-    half = stats.t.ppf(0.5 + ci / 2, dof) * out["std"].to_numpy() / np.sqrt(out["n"].to_numpy())
-    half = np.where(out["n"].to_numpy() > 1, half, 0.0)
-    out["ci_low"] = out["mean"] - half
-    out["ci_high"] = out["mean"] + half
+    out["ci_low"] = intervals["low"].to_numpy()
+    out["ci_high"] = intervals["high"].to_numpy()
     return out
 
 
+@doc_params
 def budget_curve(
     curve: pd.DataFrame,
     *,
@@ -73,18 +73,15 @@ def budget_curve(
         Column to plot (``"pearson_r"`` or ``"mse"``).
     ci
         Confidence level of the error bars, in (0, 1).
-    ax
-        Draw into this axes instead of a new figure.
+    {ax}
     title
         Axes title.
-    show
-        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
-    save
-        Write the figure to this path.
+    {show_save}
 
     Returns
     -------
-    The figure.
+    The figure: mean ``metric`` against the fraction of real spots, one line per arm, with ``ci`` error
+    bars.
 
     Examples
     --------

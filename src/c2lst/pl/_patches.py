@@ -12,11 +12,12 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from .._records import synthetic_mask
+from .._tables import child_patches, side_patches
 from .._utils import check_positive_int, check_seed
-from ..tl._fidelity import _side_patches
-from ._utils import check_show_save, finish
+from ._utils import check_show_save, doc_params, finish
 
 
+@doc_params
 def patches(
     real: AnnData,
     synthetic: AnnData | None = None,
@@ -53,14 +54,12 @@ def patches(
         Seed of the random choice of spots.
     panel_size
         Inches per patch panel.
-    show
-        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
-    save
-        Write the figure to this path (format from the suffix).
+    {show_save}
 
     Returns
     -------
-    The figure.
+    The figure: one parent spot per row, its real patch first, then its synthetic children (a grid of
+    real patches when there are none).
 
     Examples
     --------
@@ -74,7 +73,7 @@ def patches(
         raise TypeError(f"`real` must be an AnnData table, got {type(real).__name__}.")
     if synthetic is None and synthetic_mask(real).any() and (~synthetic_mask(real)).any():
         synthetic = real
-    real_p, real_t = _side_patches(real, "real", patch_key, synthetic=False)
+    real_p, real_t = side_patches(real, "real", patch_key, synthetic=False)
     real_names = pd.Index(real_t.obs_names.astype(str))
 
     if synthetic is None:
@@ -94,13 +93,7 @@ def patches(
 
     if not isinstance(synthetic, AnnData):
         raise TypeError(f"`synthetic` must be an AnnData table or None, got {type(synthetic).__name__}.")
-    if parent_key not in synthetic.obs:
-        raise KeyError(
-            f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
-            "pass the table written by `c2lst.tl.synthesize`."
-        )
-    syn_p, syn_t = _side_patches(synthetic, "synthetic", patch_key, synthetic=True)
-    parents = syn_t.obs[parent_key].astype(str).to_numpy()
+    syn_p, parents = child_patches(synthetic, patch_key, parent_key)
     with_children = real_names[real_names.isin(parents)]
     if len(with_children) == 0:
         raise ValueError(

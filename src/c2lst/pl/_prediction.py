@@ -14,10 +14,12 @@ from matplotlib.figure import Figure
 
 from .. import _records as records
 from .._utils import check_positive_int
-from ..tl._evaluate_prediction import prediction_metrics
-from ._utils import check_show_save, finish
+from ..get import metrics as prediction_metrics
+from ..metrics import pearson
+from ._utils import check_show_save, doc_params, finish
 
 
+@doc_params
 def gene_correlation(
     adata: AnnData,
     *,
@@ -40,16 +42,12 @@ def gene_correlation(
         Show the ``n_top`` best genes; ``None`` shows all.
     metric
         ``"pearson_r"`` (higher is better), ``"mse"`` (lower is better) or a Moran's I column.
-    ax
-        Draw into this axes instead of a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
-    save
-        Write the figure to this path.
+    {ax}
+    {show_save}
 
     Returns
     -------
-    The figure. A dashed line marks the mean over all genes.
+    The figure: one bar per gene, best first; a dashed line marks the mean over all genes.
 
     Examples
     --------
@@ -81,6 +79,7 @@ def gene_correlation(
     return finish(fig, show, save)
 
 
+@doc_params
 def spatial_expression(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -113,14 +112,12 @@ def spatial_expression(
         Colour map.
     panel_size
         Inches per panel.
-    show
-        Call :func:`matplotlib.pyplot.show` (``None``: no, the figure is returned).
-    save
-        Write the figure to this path.
+    {show_save}
 
     Returns
     -------
-    The figure. Panel titles give the Pearson r of the gene.
+    The figure: one row per gene, observed left and predicted right; the predicted panel's title gives
+    the gene's Pearson r (:func:`c2lst.metrics.pearson`).
 
     Examples
     --------
@@ -155,7 +152,7 @@ def spatial_expression(
     for r, gene in enumerate(genes):
         vmin = float(min(obs[:, r].min(), pred[:, r].min()))
         vmax = float(max(obs[:, r].max(), pred[:, r].max()))
-        rr = np.corrcoef(obs[:, r], pred[:, r])[0, 1] if np.ptp(obs[:, r]) and np.ptp(pred[:, r]) else np.nan
+        rr = pearson(obs[:, r], pred[:, r])
         for c, (vals, label) in enumerate(
             ((obs[:, r], "observed"), (pred[:, r], f"predicted (r = {rr:.2f})"))
         ):

@@ -13,6 +13,7 @@ from anndata import AnnData
 from .._logging import logger
 from .._logging import progress as _progress
 from .._utils import check_kwargs, check_positive_int, check_seed, get_table, require_obsm
+from ._budget_arms import check_conditions, conditions_kwargs, copy_arm, repeat_table, score_run
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -222,8 +223,8 @@ def budget_curve(
     if "synthetic_weight" in p_kw:
         raise ValueError("pass `synthetic_weight=` to `budget_curve` itself, not in `predictor_kwargs`.")
     weights = _check_weights(synthetic_weight)
-    cond_label, other = _check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
-                                          arms)
+    cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
+                                         arms)
     from ._central import resolve_central
 
     model = resolve_central(central, table)
@@ -251,8 +252,8 @@ def budget_curve(
                     "spots, a larger `test_fraction` or more `n_blocks`."
                 )
             with quiet_io_warnings():
-                base = _repeat_table(table, pool, gene_selection, record, expr_key, patch_key,
-                                     prepare_expression, apply_expression)
+                base = repeat_table(table, pool, gene_selection, record, expr_key, patch_key,
+                                    prepare_expression, apply_expression)
             repeat_data = {r: (test, pool, base)}
         test, pool, base = repeat_data[r]
         n_real = max(1, round(f * len(pool)))
@@ -265,7 +266,7 @@ def budget_curve(
         extra: dict[str, AnnData] = {}
         todo = [a for a in arms if a == "real" or any(np.isclose(f, syn_fracs))]
         if any(a in ("real+synthetic", "real+null") for a in todo):
-            cond_kw = _conditions_kwargs(cond_label, other, record, n_real, synthetic_per_spot, rseed)
+            cond_kw = conditions_kwargs(cond_label, other, record, n_real, synthetic_per_spot, rseed)
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
             # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
@@ -280,7 +281,7 @@ def budget_curve(
                            patch_key=patch_key, table_added=arm.replace("+", "_"), progress=False, **kw)
                 extra[arm] = sd.tables[arm.replace("+", "_")]
         if "real+copy" in todo:
-            extra["real+copy"] = _copies(real, synthetic_per_spot, patch_key, expr_key)
+            extra["real+copy"] = copy_arm(real, synthetic_per_spot, patch_key, expr_key)
         fits = [(a, w) for a in todo for w in ([math.nan] if a == "real" else weights)]
         for arm, w in fits:
             tables = [real] if arm == "real" else [real, extra[arm]]
@@ -297,87 +298,11 @@ def budget_curve(
                 "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),
                 "n_test": int(test.sum()),
                 "n_steps": int(pred.training.get("n_steps", 0)),
-                **_score(pred, held, expr_key, patch_key, gene_kind),
+                **score_run(pred, held, expr_key, patch_key, gene_kind),
             })
         logger.info("budget: fraction %.2f repeat %d: %s", f, r,
                     ", ".join(f"{row['condition']} r={row['pearson_r']:.3f}" for row in rows[-len(fits):]))
     return pd.DataFrame(rows)
-
-
-def _check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms):
-    """Validate ``conditions=`` of :func:`budget_curve`; return its result label and the unpaired table."""
-    layer = str(record.get("layer", "X"))
-    if conditions is None:
-        return "train", None
-    if isinstance(conditions, str):
-        if conditions != "mixup":
-            raise ValueError(
-                f"`conditions={conditions!r}` is unknown; use None (the training spots), 'mixup' or an AnnData of "
-                "another slide's expression."
-            )
-        if (layer != "X" and layer not in table.layers) or (layer == "X" and table.X is None):
-            raise ValueError(
-                f"`conditions='mixup'` mixes raw counts, but the table lacks {layer!r} the expression was "
-                "prepared from; restore the counts."
-            )
-        n_pool = (1 - test_fraction) * table.n_obs
-        if "real+synthetic" in arms or "real+null" in arms:
-            small = [f for f in syn_fracs if round(f * n_pool) < 2]
-            if small:
-                raise ValueError(
-                    f"`conditions='mixup'` needs at least 2 training spots to mix, but `synthetic_fractions` "
-                    f"{small} leave fewer; drop those fractions from the synthetic arms (`synthetic_fractions=`)."
-                )
-        return "mixup", None
-    if not isinstance(conditions, AnnData):
-        raise TypeError(
-            f"`conditions` must be None, 'mixup' or an AnnData of another slide, got {type(conditions).__name__}."
-        )
-    if conditions.n_obs == 0:
-        raise ValueError("`conditions` is an empty AnnData; pass another slide's table with at least one spot.")
-    shared = conditions.obs_names.intersection(table.obs_names)
-    if len(shared):
-        raise ValueError(
-            f"`conditions` shares {len(shared)} spot names with the table (e.g. {list(shared[:3])}): unpaired "
-            "expression must come from another slide or source. The local slide's other sequenced spots each "
-            "have their image, so conditioning on them would use labelled spots without counting them; pass "
-            "another slide's table (rename its spots if the names only collide by chance)."
-        )
-    needed = (
-        [str(g) for g in np.asarray(record["genes"]).tolist()] if gene_selection == "given"
-        else [str(g) for g in table.var_names]
-    )
-    missing = [g for g in needed if g not in conditions.var_names]
-    if missing:
-        raise KeyError(
-            f"`conditions` lacks {len(missing)} of the {len(needed)} genes budget_curve may select "
-            f"(e.g. {missing[:5]}; genes are matched by name); subset both tables to their shared genes first."
-        )
-    if layer != "X" and layer not in conditions.layers:
-        raise KeyError(
-            f"`conditions` lacks layer {layer!r}, where the table's raw counts are; store the other slide's raw "
-            f"counts there (`conditions.layers[{layer!r}] = ...`)."
-        )
-    return "unpaired", conditions
-
-
-def _conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str, Any]:
-    """``synthesize`` options of one run: ``per_spot`` rows per training spot from the chosen conditions."""
-    if label == "train":
-        return {"n_per_condition": per_spot}
-    n = n_real * per_spot
-    if label == "mixup":
-        return {"conditions": "mixup", "n_conditions": n, "n_per_condition": 1}
-    layer = str(record.get("layer", "X"))
-    idx = np.sort(np.random.default_rng([seed, 11]).choice(other.n_obs, n, replace=n > other.n_obs))
-    mat = other.X if layer == "X" else other.layers[layer]
-    cond = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
-    cond.obs_names = np.asarray(other.obs_names, dtype=str)[idx]
-    if layer != "X":
-        cond.layers[layer] = cond.X
-    if n > other.n_obs:
-        cond.obs_names_make_unique()
-    return {"conditions": cond, "n_per_condition": 1}
 
 
 def _check_weights(weight: float | Sequence[float]) -> list[float]:
@@ -400,66 +325,3 @@ def _check_fractions(fractions: Sequence[float], name: str) -> list[float]:
     if not values or any(not np.isfinite(f) or not (0 < f <= 1) for f in values):
         raise ValueError(f"`{name}={values}` must be non-empty values in (0, 1]; e.g. (0.1, 0.25, 1.0).")
     return values
-
-
-def _repeat_table(table, pool, gene_selection, record, expr_key, patch_key, prepare, apply) -> AnnData:
-    """A light table of one repeat: patches, coordinates, raw counts and expression over genes chosen on ``pool``."""
-    layer = str(record.get("layer", "X"))
-    counts = table.X if layer == "X" else table.layers.get(layer)
-    base = AnnData(X=counts, obs=pd.DataFrame(index=table.obs_names.copy()),
-                   var=pd.DataFrame(index=table.var_names.copy()))
-    if layer != "X" and counts is not None:
-        base.layers[layer] = counts  # mixup conditions mix these raw counts
-    for key in (patch_key, "spatial"):
-        base.obsm[key] = np.asarray(table.obsm[key])
-    if gene_selection == "given":
-        base.obsm[expr_key] = np.asarray(table.obsm[expr_key])
-        base.uns["c2lst"] = {"expr": {expr_key: dict(record)}}
-        return base
-    layer = str(record.get("layer", "X"))
-    counts = table.X if layer == "X" else table.layers[layer]
-    sub = AnnData(X=counts[pool], var=pd.DataFrame(index=table.var_names.copy()))
-    sub.obs_names = table.obs_names[pool]
-    prepare(sub, n_top_genes=int(record["n_top_genes"]))
-    new = dict(sub.uns["c2lst"]["expr"]["c2lst_expr"])
-    new["layer"] = layer
-    full = AnnData(X=counts, var=pd.DataFrame(index=table.var_names.copy()))
-    base.obsm[expr_key] = apply(full, genes=list(new["genes"]), params={**new, "layer": "X"})
-    base.uns["c2lst"] = {"expr": {expr_key: new}}
-    return base
-
-
-def _copies(real: AnnData, k: int, patch_key: str, expr_key: str) -> AnnData:
-    """The "perfect but redundant" control: each real spot's own patch and expression, ``k`` times."""
-    idx = np.repeat(np.arange(real.n_obs), k)
-    obs = pd.DataFrame(
-        {"c2lst_synthetic": True, "c2lst_parent": np.asarray(real.obs_names, dtype=str)[idx]},
-        index=[f"copy_{i}" for i in range(len(idx))],
-    )
-    out = AnnData(obs=obs)
-    out.obsm[patch_key] = np.asarray(real.obsm[patch_key])[idx]
-    out.obsm[expr_key] = np.asarray(real.obsm[expr_key])[idx]
-    out.uns["c2lst"] = {"expr": {expr_key: dict(real.uns["c2lst"]["expr"][expr_key])}}
-    return out
-
-
-def _score(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> dict[str, float]:
-    """Pearson r, MSE and Moran's I difference of ``pred`` on the held-out spots, per gene kind too."""
-    from ._evaluate_prediction import evaluate_prediction, prediction_metrics
-    from ._predict import predict_expression
-
-    ev = held.copy()
-    predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key)
-    evaluate_prediction(ev, expr_key=expr_key, spatial=True)
-    rec = ev.uns["c2lst"]["evaluation"]["c2lst_pred"]
-    out = {
-        "pearson_r": float(rec["mean_pearson_r"]),
-        "mse": float(rec["mean_mse"]),
-        "moran_difference": float(rec.get("mean_abs_moran_difference", math.nan)),
-    }
-    if gene_kind is not None:
-        r = prediction_metrics(ev)["pearson_r"].to_numpy()
-        for kind in sorted(set(gene_kind) - {"nan", ""}):
-            vals = r[gene_kind == kind]
-            out[f"pearson_r_{kind}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-    return out

@@ -15,9 +15,9 @@ from anndata import AnnData
 
 from .._logging import logger
 from .._records import record_lineage, store
+from .._tables import _check_adata, _patches, synthetic_mask
 from .._utils import check_positive_int
 from ..models import features as _features
-from ._tables import _check_adata, _patches, synthetic_mask
 
 FEATURES = ("morphometric",)
 

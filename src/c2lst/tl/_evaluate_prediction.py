@@ -1,4 +1,4 @@
-"""``tl.evaluate_prediction`` and ``tl.prediction_metrics``: per-gene accuracy and spatial coherence."""
+"""``tl.evaluate_prediction``: per-gene accuracy and spatial coherence of predicted expression."""
 
 from __future__ import annotations
 
@@ -8,69 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 
 from .._logging import logger
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, keep_torch_threads, record_lineage, require_obsm
-from ._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ac = a - a.mean(axis=0)
-    bc = b - b.mean(axis=0)
-    den = np.sqrt((ac**2).sum(axis=0) * (bc**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (ac * bc).sum(axis=0) / den
-    return np.where(den > 0, r, np.nan)
-
-
-@keep_torch_threads
-def morans_i(values: np.ndarray, coords: np.ndarray, *, n_neighs: int = 6) -> np.ndarray:
-    """Return Moran's I of every column of ``values`` on a kNN graph of ``coords`` (scanpy).
-
-    The graph joins each spot to its ``n_neighs`` nearest spots (scikit-learn, the spot itself excluded); the
-    statistic is :func:`scanpy.metrics.morans_i` on it. This equals squidpy's ``spatial_neighbors`` (generic,
-    kNN) + ``spatial_autocorr(mode="moran")`` to float precision without importing squidpy. Constant columns
-    give NaN.
-
-    Parameters
-    ----------
-    values
-        ``(n, k)`` maps.
-    coords
-        ``(n, 2)`` spatial coordinates.
-    n_neighs
-        Neighbours per spot (capped at ``n - 1``).
-
-    Returns
-    -------
-    ``(k,)`` float array.
-
-    Examples
-    --------
-    >>> xy = np.stack(np.meshgrid(np.arange(8), np.arange(8)), -1).reshape(-1, 2).astype(float)
-    >>> bool(morans_i(xy[:, :1], xy)[0] > 0.5)
-    True
-    """
-    import scanpy as sc
-    from sklearn.neighbors import NearestNeighbors
-
-    values = np.asarray(values, dtype=np.float64)
-    coords = np.asarray(coords, dtype=np.float64)
-    n, k = values.shape
-    k_nn = max(1, min(n_neighs, n - 1))
-    _, idx = NearestNeighbors(n_neighbors=k_nn + 1).fit(coords).kneighbors(coords)
-    # drop each spot itself (the first neighbour, or wherever it appears when coordinates repeat)
-    keep = idx != np.arange(n)[:, None]
-    nbrs = np.stack([row[m][:k_nn] for row, m in zip(idx, keep, strict=True)])
-    graph = sparse.csr_matrix((np.ones(n * k_nn), (np.repeat(np.arange(n), k_nn), nbrs.ravel())), shape=(n, n))
-    out = np.full(k, np.nan)
-    varying = values.std(axis=0) > 0
-    if varying.any():
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out[varying] = np.atleast_1d(sc.metrics.morans_i(graph, np.ascontiguousarray(values[:, varying].T)))
-    return out
+from .._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
+from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from ..get import metrics as get_metrics
+from ..metrics import morans_i, pearson
 
 
 def evaluate_prediction(
@@ -88,7 +31,7 @@ def evaluate_prediction(
 
     Spatial coherence compares Moran's I of the predicted and the observed map of each gene
     (:func:`scanpy.metrics.morans_i` on a ``n_neighs`` kNN graph of the spots, built aside, so ``adata.obsp``
-    and ``adata.uns`` are untouched; see :func:`morans_i`). Use :func:`c2lst.tl.prediction_metrics`
+    and ``adata.uns`` are untouched; see :func:`c2lst.metrics.morans_i`). Use :func:`c2lst.get.metrics`
     to get the result as a tidy per-gene DataFrame. Evaluate on held-out real spots: select them first
     (e.g. ``adata[~adata.obs["c2lst_synthetic"]]``).
 
@@ -120,15 +63,10 @@ def evaluate_prediction(
 
     Examples
     --------
-    >>> import c2lst
-    >>> sdata = c2lst.datasets.simulated_visium(n_spots=60)
-    >>> table = sdata.tables["table"]
-    >>> c2lst.pp.prepare_expression(table, n_top_genes=10)
-    >>> c2lst.pp.extract_patches(sdata, size=32, progress=False)
-    >>> model = c2lst.tl.fit_predictor(table, mode="ridge")
-    >>> c2lst.tl.predict_expression(table, predictor=model)
-    >>> c2lst.tl.evaluate_prediction(table)
-    >>> c2lst.tl.prediction_metrics(table).columns.tolist()[:2]
+    With ``table`` predicted as in :func:`c2lst.tl.predict_expression`:
+
+    >>> c2lst.tl.evaluate_prediction(table)  # doctest: +SKIP
+    >>> c2lst.get.metrics(table).columns.tolist()[:2]  # doctest: +SKIP
     ['pearson_r', 'mse']
     """
     _check_adata(adata)
@@ -162,7 +100,7 @@ def evaluate_prediction(
             )
         coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
 
-    r = _pearson(pred, obs)
+    r = pearson(pred, obs)
     mse = ((pred - obs) ** 2).mean(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -217,35 +155,12 @@ def evaluate_prediction(
 
 
 def prediction_metrics(adata: AnnData, key: str = "c2lst_pred") -> pd.DataFrame:
-    """Return the per-gene metrics stored by :func:`c2lst.tl.evaluate_prediction` as a DataFrame.
+    """Return the per-gene metrics stored by :func:`c2lst.tl.evaluate_prediction` (deprecated).
 
-    Parameters
-    ----------
-    adata
-        Table evaluated with :func:`c2lst.tl.evaluate_prediction`.
-    key
-        The evaluation's ``key_added`` (default: its ``pred_key``).
-
-    Returns
-    -------
-    One row per gene (index = gene names), columns ``pearson_r``, ``mse`` and, when computed,
-    ``moran_observed``, ``moran_predicted``, ``moran_difference``.
-
-    Examples
-    --------
-    With ``table`` evaluated as in :func:`c2lst.tl.evaluate_prediction`:
-
-    >>> df = c2lst.tl.prediction_metrics(table)  # doctest: +SKIP
-    >>> df.sort_values("pearson_r", ascending=False).head()  # doctest: +SKIP
+    .. deprecated:: 0.2
+       Use :func:`c2lst.get.metrics`, which reads every c2lst record the same way.
     """
-    _check_adata(adata)
-    evals = adata.uns.get(UNS_KEY, {}).get("evaluation", {})
-    if key not in evals:
-        raise KeyError(
-            f"no evaluation {key!r} in `uns['c2lst']['evaluation']` (have: {sorted(evals)}); run "
-            "`c2lst.tl.evaluate_prediction` first."
-        )
-    rec = evals[key]
-    cols = ["pearson_r", "mse", "moran_observed", "moran_predicted", "moran_difference"]
-    data = {c: np.asarray(rec[c], dtype=np.float64) for c in cols if c in rec}
-    return pd.DataFrame(data, index=pd.Index(gene_names(rec["genes"]), name="gene"))
+    warnings.warn(
+        "`c2lst.tl.prediction_metrics` is deprecated; use `c2lst.get.metrics(adata, key)`.", FutureWarning, stacklevel=2
+    )
+    return get_metrics(_check_adata(adata), key)

@@ -7,37 +7,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import stats
 
+from .. import metrics
 from .._logging import logger
+from .._tables import child_patches, side_patches
 from .._utils import check_positive_int, check_seed
-from ..models import distances as _distances
 from ..models import features as _features
-from ._tables import _PATCH_HINT, synthetic_mask
 
 FEATURE_SPACES = ("morphometric", "custom")
-
-
-def _side_patches(
-    data: Any, name: str, patch_key: str, *, synthetic: bool
-) -> tuple[np.ndarray, AnnData | None]:
-    """Return the uint8 patches of one side (AnnData rows of that side, or an array) and the table used."""
-    if isinstance(data, AnnData):
-        if patch_key not in data.obsm:
-            raise KeyError(
-                f"`patch_key={patch_key!r}` is not in `{name}.obsm` (keys: {sorted(data.obsm)}); {_PATCH_HINT}"
-            )
-        arr = np.asarray(data.obsm[patch_key])
-        mask = synthetic_mask(data)
-        if "c2lst_synthetic" in data.obs:
-            keep = mask if synthetic else ~mask
-            if keep.any():  # a table of the other kind only is used as is
-                arr = arr[keep]
-                data = data[keep]
-        return _features.check_patches(arr, f"{name}.obsm[{patch_key!r}]"), data
-    if isinstance(data, np.ndarray):
-        return _features.check_patches(data, name), None
-    raise TypeError(f"`{name}` must be an AnnData or a uint8 array (n, S, S, 3), got {type(data).__name__}.")
 
 
 def _check_two(real: np.ndarray, synthetic: np.ndarray) -> None:
@@ -71,8 +48,9 @@ def evaluate_fidelity(
     colour deconvolution + colour + texture, 21 features; no download), with the nuclei threshold fixed on the
     real patches so both sides share one nuclei definition. Features are standardised by the real set's mean
     and standard deviation, so distances are in units of real variability. FID is the Fréchet distance of
-    Gaussian fits (:func:`scipy.linalg.sqrtm`); KID the unbiased MMD² with the cubic polynomial kernel over
-    ``n_subsets`` random subsets (seeded). Both are ~0 for sets from one distribution.
+    Gaussian fits (:func:`c2lst.metrics.frechet_distance`); KID the unbiased MMD² with the cubic polynomial
+    kernel over ``n_subsets`` random subsets (seeded; :func:`c2lst.metrics.kernel_distance`). Both are ~0 for
+    sets from one distribution.
 
     Parameters
     ----------
@@ -125,8 +103,8 @@ def evaluate_fidelity(
     subset_size = check_positive_int(subset_size, "subset_size")
     batch_size = check_positive_int(batch_size, "batch_size")
     seed = check_seed(seed)
-    real_p, _ = _side_patches(real, "real", patch_key, synthetic=False)
-    syn_p, _ = _side_patches(synthetic, "synthetic", patch_key, synthetic=True)
+    real_p, _ = side_patches(real, "real", patch_key, synthetic=False)
+    syn_p, _ = side_patches(synthetic, "synthetic", patch_key, synthetic=True)
     _check_two(real_p, syn_p)
 
     if features == "morphometric":
@@ -137,8 +115,8 @@ def evaluate_fidelity(
         thr = float("nan")
         f_real = _features.torch_features(real_p, feature_extractor, batch_size=batch_size)
         f_syn = _features.torch_features(syn_p, feature_extractor, batch_size=batch_size)
-    fid = _distances.frechet_distance(f_real, f_syn)
-    kid, kid_std = _distances.kernel_distance(
+    fid = metrics.frechet_distance(f_real, f_syn)
+    kid, kid_std = metrics.kernel_distance(
         f_real, f_syn, n_subsets=n_subsets, subset_size=subset_size, seed=seed
     )
     out = {
@@ -198,14 +176,8 @@ def evaluate_composition(
     for name, t in (("real", real), ("synthetic", synthetic)):
         if not isinstance(t, AnnData):
             raise TypeError(f"`{name}` must be an AnnData table, got {type(t).__name__}.")
-    if parent_key not in synthetic.obs:
-        raise KeyError(
-            f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
-            "pass the table written by `c2lst.tl.synthesize`."
-        )
-    real_p, real_t = _side_patches(real, "real", patch_key, synthetic=False)
-    syn_p, syn_t = _side_patches(synthetic, "synthetic", patch_key, synthetic=True)
-    parents = syn_t.obs[parent_key].astype(str).to_numpy()
+    real_p, real_t = side_patches(real, "real", patch_key, synthetic=False)
+    syn_p, parents = child_patches(synthetic, patch_key, parent_key)
     real_index = pd.Index(real_t.obs_names.astype(str))
     pos = real_index.get_indexer(parents)
     if (pos < 0).all():
@@ -249,7 +221,7 @@ def evaluate_composition(
         for j, name in enumerate(names):
             df[f"true_{name}"] = vals[:, j]
     df.index.name = "parent"
-    df.attrs["spearman"] = {name: _spearman(df[a], df[b]) for name, a, b in pairs}
+    df.attrs["spearman"] = {name: metrics.spearman(df[a], df[b]) for name, a, b in pairs}
     df.attrs["hematoxylin_threshold"] = thr
     return df
 
@@ -262,10 +234,3 @@ def _patch_nuclei(patches: np.ndarray, thr: float) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_area = np.where(count > 0, area / np.maximum(count, 1), np.nan)
     return {"n_nuclei": count, "mean_area": mean_area}
-
-
-def _spearman(a: pd.Series, b: pd.Series) -> float:
-    ok = np.isfinite(a.to_numpy(dtype=np.float64)) & np.isfinite(b.to_numpy(dtype=np.float64))
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float("nan")
-    return float(stats.spearmanr(a[ok], b[ok]).statistic)

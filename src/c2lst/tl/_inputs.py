@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from .._tables import check_patches
+
 
 def _tables_of(obj: Any, patch_key: str) -> list[tuple[str, AnnData]]:
     """Return ``(name, table)`` pairs of an AnnData or the tables of a SpatialData that hold ``patch_key``."""
@@ -25,22 +27,6 @@ def _tables_of(obj: Any, patch_key: str) -> list[tuple[str, AnnData]]:
     raise TypeError(
         f"`data` items must be SpatialData, AnnData or uint8 arrays (N, H, W, 3), got {type(obj).__name__}."
     )
-
-
-def check_patches(arr: Any, name: str = "data") -> np.ndarray:
-    """Validate a uint8 RGB patch stack ``(N, H, W, 3)`` with square patches and return it."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"`{name}` patches must be a numpy array (N, H, W, 3), got {type(arr).__name__}.")
-    if arr.dtype != np.uint8:
-        raise TypeError(
-            f"`{name}` patches must be uint8 RGB (N, H, W, 3), got dtype {arr.dtype}; convert with "
-            "`skimage.util.img_as_ubyte` or re-run `c2lst.pp.extract_patches`."
-        )
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2]:
-        raise ValueError(f"`{name}` patches must have shape (N, H, H, 3), got {arr.shape}.")
-    if arr.shape[0] == 0:
-        raise ValueError(f"`{name}` holds no patches (shape {arr.shape}); pass at least one patch.")
-    return arr
 
 
 def collect_patches(data: Any, patch_key: str) -> tuple[np.ndarray, list[AnnData], list[str]]:

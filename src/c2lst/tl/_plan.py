@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-
-def _mean_ci(values: np.ndarray, ci: float) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + ci / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
-
-
-def _paired(values: np.ndarray, ci: float) -> tuple[float, float, float, int]:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    mean, low, high = _mean_ci(values, ci)
-    return mean, low, high, len(values)
+from ..metrics import mean_ci, paired_ci
 
 
 def plan_budget(
@@ -44,7 +25,7 @@ def plan_budget(
     The test is paired: for every repeat, ``metric`` of an arm at fraction ``f`` minus the all-real reference
     (``"real"`` at fraction 1.0) of the *same* repeat. An arm at ``f`` is non-inferior when the lower bound of
     the ``ci`` Student-t interval of those differences lies above ``-margin``; fix the margin before looking at
-    the results.
+    the results. Intervals come from :func:`c2lst.metrics.mean_ci` and :func:`c2lst.metrics.paired_ci`.
 
     Parameters
     ----------
@@ -94,11 +75,10 @@ def plan_budget(
     rows, table_rows = [], []
     for (cond, frac), grp in curve.groupby(["condition", "fraction"], sort=True):
         vals = grp.set_index("repeat")[metric]
-        m, lo, hi = _mean_ci(vals.to_numpy(), ci)
+        m, lo, hi, _ = mean_ci(vals.to_numpy(), ci=ci)
         table_rows.append({"condition": cond, "fraction": float(frac), "mean": m, "ci_low": lo, "ci_high": hi,
                            "n": len(vals)})
-        diff = (vals - ref.reindex(vals.index)).to_numpy()
-        dm, dlo, dhi, n = _paired(diff, ci)
+        dm, dlo, dhi, n = paired_ci(vals.to_numpy(), ref.reindex(vals.index).to_numpy(), ci=ci)
         rows.append({"condition": cond, "fraction": float(frac), "difference": dm, "ci_low": dlo, "ci_high": dhi,
                      "n": n, "non_inferior": bool(n >= 3 and dlo > -margin)})
     diffs = pd.DataFrame(rows)
@@ -112,7 +92,7 @@ def plan_budget(
     for frac, grp in curve[curve["condition"] == arm].groupby("fraction", sort=True):
         base = real_arm[np.isclose(real_arm["fraction"], frac)].set_index("repeat")[metric]
         vals = grp.set_index("repeat")[metric]
-        dm, dlo, dhi, n = _paired((vals - base.reindex(vals.index)).to_numpy(), ci)
+        dm, dlo, dhi, n = paired_ci(vals.to_numpy(), base.reindex(vals.index).to_numpy(), ci=ci)
         gain_rows.append({"fraction": float(frac), "gain": dm, "ci_low": dlo, "ci_high": dhi, "n": n})
     f_arm, f_real = smallest(arm), smallest("real")
     return {

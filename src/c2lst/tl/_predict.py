@@ -15,10 +15,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._logging import logger
-from .._utils import c2lst_uns, check_positive_int, check_seed, record_lineage
-from ..models.predictor import ExpressionPredictor
-from ._evaluate_prediction import evaluate_prediction, prediction_metrics
-from ._tables import (
+from .._tables import (
     _EXPR_HINT,
     _check_adata,
     _gene_diff,
@@ -27,6 +24,9 @@ from ._tables import (
     gene_names,
     synthetic_mask,
 )
+from .._utils import c2lst_uns, check_positive_int, check_seed, record_lineage
+from ..models.predictor import ExpressionPredictor
+from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 
 __all__ = ["evaluate_prediction", "fit_predictor", "predict_expression", "prediction_metrics"]
 

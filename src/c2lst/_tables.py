@@ -1,0 +1,95 @@
+"""Table checks and patch readers shared by ``tl`` and ``pl`` (no torch; records are read via ``_records``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from ._records import EXPR_HINT, PATCH_HINT, PRED_HINT, gene_names, synthetic_mask
+from ._records import expression_genes as _expression_genes
+from ._utils import require_obsm
+
+__all__ = ["child_patches", "expression_genes", "gene_names", "side_patches", "synthetic_mask"]
+
+_PATCH_HINT = PATCH_HINT
+_EXPR_HINT = EXPR_HINT
+_PRED_HINT = PRED_HINT
+
+
+def check_patches(arr: Any, name: str = "data") -> np.ndarray:
+    """Validate a uint8 RGB patch stack ``(N, H, W, 3)`` with square patches and return it."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"`{name}` patches must be a numpy array (N, H, W, 3), got {type(arr).__name__}.")
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"`{name}` patches must be uint8 RGB (N, H, W, 3), got dtype {arr.dtype}; convert with "
+            "`skimage.util.img_as_ubyte` or re-run `c2lst.pp.extract_patches`."
+        )
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2]:
+        raise ValueError(f"`{name}` patches must have shape (N, H, H, 3), got {arr.shape}.")
+    if arr.shape[0] == 0:
+        raise ValueError(f"`{name}` holds no patches (shape {arr.shape}); pass at least one patch.")
+    return arr
+
+
+def _check_adata(adata: Any, name: str = "adata") -> AnnData:
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`{name}` must be an AnnData table, got {type(adata).__name__}.")
+    return adata
+
+
+def expression_genes(adata: AnnData, expr_key: str) -> np.ndarray:
+    """Return the gene names of ``obsm[expr_key]`` (a synthetic table without a record: its ``var_names``)."""
+    return gene_names(_expression_genes(adata, expr_key, var_names_fallback=True))
+
+
+def _gene_diff(a: Sequence[str], b: Sequence[str]) -> str:
+    only_a = [g for g in a if g not in set(b)]
+    only_b = [g for g in b if g not in set(a)]
+    return f"only in the first: {only_a[:20]}; only in the second: {only_b[:20]}"
+
+
+def _patches(adata: AnnData, patch_key: str) -> np.ndarray:
+    arr = np.asarray(require_obsm(adata, patch_key, "patch_key", _PATCH_HINT))
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(
+            f"`obsm[{patch_key!r}]` must hold uint8 RGB patches (n, S, S, 3), got {arr.dtype} {arr.shape}; "
+            f"{_PATCH_HINT}"
+        )
+    return arr
+
+
+def side_patches(
+    data: Any, name: str, patch_key: str, *, synthetic: bool
+) -> tuple[np.ndarray, AnnData | None]:
+    """Return the uint8 patches of one side (AnnData rows of that side, or an array) and the table used."""
+    if isinstance(data, AnnData):
+        if patch_key not in data.obsm:
+            raise KeyError(
+                f"`patch_key={patch_key!r}` is not in `{name}.obsm` (keys: {sorted(data.obsm)}); {_PATCH_HINT}"
+            )
+        arr = np.asarray(data.obsm[patch_key])
+        mask = synthetic_mask(data)
+        if "c2lst_synthetic" in data.obs:
+            keep = mask if synthetic else ~mask
+            if keep.any():  # a table of the other kind only is used as is
+                arr = arr[keep]
+                data = data[keep]
+        return check_patches(arr, f"{name}.obsm[{patch_key!r}]"), data
+    if isinstance(data, np.ndarray):
+        return check_patches(data, name), None
+    raise TypeError(f"`{name}` must be an AnnData or a uint8 array (n, S, S, 3), got {type(data).__name__}.")
+
+
+def child_patches(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the synthetic rows' uint8 patches and each row's parent spot id (``obs[parent_key]``, as str)."""
+    if parent_key not in synthetic.obs:
+        raise KeyError(
+            f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
+            "pass the table written by `c2lst.tl.synthesize`."
+        )
+    patches, table = side_patches(synthetic, "synthetic", patch_key, synthetic=True)
+    return patches, table.obs[parent_key].astype(str).to_numpy()
