@@ -183,6 +183,8 @@ def test_engine_bad_inputs():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         model.fit(patches, bad)
+    with pytest.raises(ValueError, match="is not a device"):
+        model.fit(patches, np.ones((4, 3), np.float32), device="banana")
     fitted = ExpressionPredictor(GENES, mode="ridge").fit(patches, np.ones((4, 3), np.float32))
     big, _ = disc_patches(2, size=48)
     with pytest.raises(ValueError, match="size=32"):

@@ -5,6 +5,7 @@ The fit goes through the training loop shared with the denoisers (:func:`c2lst.m
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -157,7 +158,10 @@ def fit_network(
         lr_schedule="cosine",
         warmup_steps=max(1, n_steps // 20),
     )
-    losses = train(net, loss_fn, settings, rows=n).losses
+    dev = torch.device(device) if device is not None else None
+    # accelerate places a single process on the *current* CUDA device: make it the one asked for
+    with torch.cuda.device(dev) if dev is not None and dev.type == "cuda" else contextlib.nullcontext():
+        losses = train(net, loss_fn, settings, rows=n).losses
     net.eval()
     per_epoch = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, len(losses), steps_per_epoch)]
     summary = {

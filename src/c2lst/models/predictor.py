@@ -7,8 +7,10 @@ Modes
 ``"cnn"``
     A small convolutional network (conv-GroupNorm-ReLU blocks with max pooling, global average pooling, linear
     head; ~100k parameters with the default ``widths``) trained with AdamW on per-gene standardised targets, with
-    random dihedral augmentation (flips and 90° rotations). Inputs are scaled to [-1, 1]. With ``backbone=`` a
-    user module replaces the convolutional trunk and is fine-tuned with the head (inputs in [0, 1]).
+    random dihedral augmentation (flips and 90° rotations), through the loop shared with the denoisers
+    (:func:`c2lst.models.train.train`: epoch-wise batches, warm-up then cosine learning rate). Inputs are scaled
+    to [-1, 1]. With ``backbone=`` a user module replaces the convolutional trunk and is fine-tuned with the head
+    (inputs in [0, 1]).
 ``"ridge"``
     Frozen features + ridge regression, in the style of HEST-Benchmark. Features are the offline
     :func:`~c2lst.models.features.morphometric_features` or the output of a user ``backbone`` (a
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._utils import check_nonneg_float, check_positive_float, check_positive_int, check_seed
+from .._utils import check_device, check_nonneg_float, check_positive_float, check_positive_int, check_seed
 from . import features as _features
 from ._nets import PatchCNN, _BackboneHead, _init_weights, default_device, fit_network, module_sha256
 from ._predictor_io import CONFIG_NAME, WEIGHTS_NAME, PredictorPersistence
@@ -209,6 +211,7 @@ class ExpressionPredictor(PredictorPersistence):
         seed = check_seed(seed)
         lr = check_positive_float(lr, "lr")
         weight_decay = check_nonneg_float(weight_decay, "weight_decay")
+        check_device(device)
         y = np.asarray(expression, dtype=np.float32)
         if y.shape != (len(patches), len(self.genes)):
             raise ValueError(
@@ -263,8 +266,19 @@ class ExpressionPredictor(PredictorPersistence):
         gen = torch.Generator().manual_seed(int(seed))
         _init_weights(net if self.backbone is None else net.head, gen)
         self.training = fit_network(
-            net, self._input, patches, z, w, n_steps=total, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, augment=augment, seed=seed, device=device, progress=bar,
+            net,
+            self._input,
+            patches,
+            z,
+            w,
+            n_steps=total,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            augment=augment,
+            seed=seed,
+            device=device,
+            progress=bar,
         )
         self.network = net
         if self.backbone is not None:
