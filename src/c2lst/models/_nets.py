@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._logging import logger
 from .store import sha256_tensors
+from .train import TrainSettings, dihedral, train
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -122,9 +124,6 @@ def fit_network(
     cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
     backbone may hold BatchNorm layers) or weighs 0 are skipped. Returns the training summary of the predictor.
     """
-    from .._logging import logger
-    from .train import TrainSettings, dihedral, train
-
     n = len(patches)
     bs = min(batch_size, n)
     steps_per_epoch = math.ceil(n / bs)  # GroupNorm: a ragged last batch is fine
