@@ -77,25 +77,30 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         checkpoint_every=5,
         progress=False,
     )
-    import c2lst.tl._pretrain as mod
+    import c2lst.models.train as train_mod
 
-    real = mod.train
+    real = train_mod._save_checkpoint
 
-    def interrupted(model, loss_fn, settings):
-        settings.stop_after = 5  # behaves like a kill right after the step-5 checkpoint
-        return real(model, loss_fn, settings)
+    class Killed(Exception):
+        pass
 
-    monkeypatch.setattr(mod, "train", interrupted)
-    c2lst.tl.pretrain(
-        data,
-        preset="tiny",
-        n_steps=10,
-        batch_size=4,
-        output_dir=tmp_path / "b",
-        checkpoint_every=5,
-        progress=False,
-    )
-    monkeypatch.setattr(mod, "train", real)
+    def killed_after_step_5(accelerator, out, step, *args):
+        real(accelerator, out, step, *args)
+        if step == 5:
+            raise Killed  # behaves like a kill right after the step-5 checkpoint
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", killed_after_step_5)
+    with pytest.raises(Killed):
+        c2lst.tl.pretrain(
+            data,
+            preset="tiny",
+            n_steps=10,
+            batch_size=4,
+            output_dir=tmp_path / "b",
+            checkpoint_every=5,
+            progress=False,
+        )
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real)
     resumed = c2lst.tl.pretrain(
         data,
         preset="tiny",

@@ -168,13 +168,13 @@ def test_fit_predictor_on_central_features_round_trips(sim_sdata_base, tiny_cent
     assert model.training["n_features"] == 2 * central.unet.config.block_out_channels[-1]
     patches = np.asarray(table.obsm["c2lst_patch"])
     pred = model.predict(patches)
-    model.save(tmp_path / "pred")
-    back = ExpressionPredictor.load(tmp_path / "pred", backbone=CentralFeatureExtractor(central, t=50))
+    model.save_pretrained(tmp_path / "pred")
+    back = ExpressionPredictor.from_pretrained(tmp_path / "pred", backbone=CentralFeatureExtractor(central, t=50))
     np.testing.assert_allclose(back.predict(patches), pred, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="settings"):
-        ExpressionPredictor.load(tmp_path / "pred", backbone=CentralFeatureExtractor(central, t=10))
+        ExpressionPredictor.from_pretrained(tmp_path / "pred", backbone=CentralFeatureExtractor(central, t=10))
     with pytest.raises(ValueError, match="central-denoiser"):
-        ExpressionPredictor.load(tmp_path / "pred")
+        ExpressionPredictor.from_pretrained(tmp_path / "pred")
     # in-sample, ridge on central features fits better than the mean
     y = np.asarray(table.obsm["c2lst_expr"])
     assert ((pred - y) ** 2).mean() < ((y - y.mean(0)) ** 2).mean()

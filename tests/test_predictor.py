@@ -15,9 +15,9 @@ from scipy import stats
 from sklearn.neighbors import NearestNeighbors
 
 import c2lst
-from c2lst.models._nets import dihedral
 from c2lst.models.predictor import ExpressionPredictor
 from c2lst.models.ridge import ridge_alpha
+from c2lst.models.train import dihedral_transform
 from c2lst.tl._evaluate_prediction import morans_i
 
 GENES = ["g_nuclei", "g_colour", "g_noise"]
@@ -85,23 +85,23 @@ def test_cnn_save_load_round_trip(data, tmp_path):
     train, test = data
     x, y = train.obsm["c2lst_patch"][:64], train.obsm["c2lst_expr"][:64]
     model = ExpressionPredictor(GENES, widths=(8, 16)).fit(x, y, n_epochs=2, progress=False)
-    path = model.save(tmp_path / "pred")
+    path = model.save_pretrained(tmp_path / "pred")
     assert sorted(p.name for p in path.iterdir()) == ["predictor.safetensors", "predictor_config.json"]
     cfg = json.loads((path / "predictor_config.json").read_text())
     assert cfg["genes"] == GENES
     assert cfg["mode"] == "cnn"
     assert cfg["widths"] == [8, 16]
-    loaded = ExpressionPredictor.load(path)
+    loaded = ExpressionPredictor.from_pretrained(path)
     p = test.obsm["c2lst_patch"]
     assert model.predict(p).tobytes() == loaded.predict(p).tobytes()
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        model.save(path)
-    model.save(path, overwrite=True)
+        model.save_pretrained(path)
+    model.save_pretrained(path, overwrite=True)
 
 
 def test_dihedral_covers_the_eight_symmetries():
     x = torch.arange(9.0).reshape(1, 1, 3, 3).repeat(8, 1, 1, 1)
-    out = dihedral(x, torch.arange(8))
+    out = dihedral_transform(x, torch.arange(8))
     assert len({tuple(o.flatten().tolist()) for o in out}) == 8
     assert torch.equal(out[0], x[0])
 
@@ -113,7 +113,7 @@ def test_ridge_morphometric_learns_nuclei_and_round_trips(data, tmp_path):
     assert _r(pred[:, 0], test.obsm["c2lst_expr"][:, 0]) > 0.9
     assert model.feature_space == "morphometric"
     assert model.training["alpha"] > 0
-    loaded = ExpressionPredictor.load(model.save(tmp_path / "ridge"))
+    loaded = ExpressionPredictor.from_pretrained(model.save_pretrained(tmp_path / "ridge"))
     assert loaded.predict(test.obsm["c2lst_patch"]).tobytes() == pred.tobytes()
 
 
@@ -126,24 +126,24 @@ def test_ridge_with_custom_backbone(data, tmp_path):
     assert model.feature_space == "backbone"
     assert model.training["n_features"] == 7
     assert _r(pred[:, 1], test.obsm["c2lst_expr"][:, 1]) > 0.8
-    path = model.save(tmp_path / "bb")
+    path = model.save_pretrained(tmp_path / "bb")
     with pytest.raises(ValueError, match="backbone"):
-        ExpressionPredictor.load(path)
-    assert ExpressionPredictor.load(path, backbone=MeanColour()).predict(
+        ExpressionPredictor.from_pretrained(path)
+    assert ExpressionPredictor.from_pretrained(path, backbone=MeanColour()).predict(
         test.obsm["c2lst_patch"]
     ).tobytes() == (pred.tobytes())
     other = MeanColour()
     torch.nn.init.constant_(other.conv.weight, 0.1)
     with pytest.raises(ValueError, match="sha256"):
-        ExpressionPredictor.load(path, backbone=other)
+        ExpressionPredictor.from_pretrained(path, backbone=other)
 
 
 def test_cnn_mode_fine_tunes_a_backbone(data, tmp_path):
     train, _test = data
     x, y = train.obsm["c2lst_patch"][:64], train.obsm["c2lst_expr"][:64]
     model = ExpressionPredictor(GENES, backbone=MeanColour()).fit(x, y, n_epochs=2, progress=False)
-    path = model.save(tmp_path / "ft")
-    loaded = ExpressionPredictor.load(path, backbone=MeanColour())
+    path = model.save_pretrained(tmp_path / "ft")
+    loaded = ExpressionPredictor.from_pretrained(path, backbone=MeanColour())
     assert loaded.predict(x).tobytes() == model.predict(x).tobytes()
 
 
@@ -180,6 +180,8 @@ def test_engine_bad_inputs():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         model.fit(patches, bad)
+    with pytest.raises(ValueError, match="is not a device"):
+        model.fit(patches, np.ones((4, 3), np.float32), device="banana")
     fitted = ExpressionPredictor(GENES, mode="ridge").fit(patches, np.ones((4, 3), np.float32))
     big, _ = disc_patches(2, size=48)
     with pytest.raises(ValueError, match="size=32"):
@@ -273,7 +275,7 @@ def test_predict_expression_writes_obsm_uns_and_lineage(data, ridge_model, tmp_p
     assert rec["mode"] == "ridge"
     assert rec["run_id"] in out.uns["c2lst"]["lineage"]
     # from a saved directory, with another key
-    path = ridge_model.save(tmp_path / "m")
+    path = ridge_model.save_pretrained(tmp_path / "m")
     assert c2lst.tl.predict_expression(table, predictor=str(path), key_added="c2lst_pred2") is None
     np.testing.assert_array_equal(table.obsm["c2lst_pred2"], out.obsm["c2lst_pred"])
 

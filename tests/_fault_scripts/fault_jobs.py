@@ -78,16 +78,16 @@ def install_kill(kill: dict[str, Any] | None) -> None:
 
         torch.save = torn_save
     elif where == "before_rename":
-        import c2lst.models.train as train
+        import c2lst.models._checkpoint as checkpoint
 
-        real_state = train.save_safetensors
+        real_state = checkpoint.save_safetensors
 
         def state_then_die(*args, **kwargs):
             real_state(*args, **kwargs)
             if hit():
                 die()
 
-        train.save_safetensors = state_then_die
+        checkpoint.save_safetensors = state_then_die
     elif where in ("write_shapes", "write_table"):
         import spatialdata._io as sio
 

@@ -1,13 +1,22 @@
-"""Building blocks of the expression predictor: the small CNN, seeded initialisation, dihedral augmentation."""
+"""Building blocks of the expression predictor: the small CNN, seeded initialisation, the fit.
+
+The fit goes through the training loop shared with the denoisers (:func:`c2lst.models.train.train`).
+"""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from .._logging import logger
+from .store import sha256_tensors
+from .train import TrainSettings, dihedral, train
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -88,39 +97,81 @@ def _init_weights(module: nn.Module, generator: torch.Generator) -> None:
             nn.init.zeros_(m.bias)
 
 
-def dihedral(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
-    """Apply one of the 8 dihedral transforms per image: ``ops % 4`` quarter turns, then a flip if ``ops >= 4``.
+def module_sha256(module: nn.Module) -> str:
+    """Return the sha256 of a module's state dict (:func:`~c2lst.models.store.sha256_tensors`)."""
+    return sha256_tensors(module.state_dict())
 
-    Parameters
-    ----------
-    x
-        Images ``(B, C, H, W)`` with ``H == W``.
-    ops
-        Integer tensor ``(B,)`` with values in ``[0, 8)``.
 
-    Returns
-    -------
-    The transformed images (a new tensor).
+def fit_network(
+    net: nn.Module,
+    to_input: Callable[[torch.Tensor], torch.Tensor],
+    patches: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    *,
+    n_steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    augment: bool,
+    seed: int,
+    device: str | torch.device | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train ``net`` in place on the weighted MSE to ``targets`` through :func:`~c2lst.models.train.train`.
 
-    Examples
-    --------
-    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
-    >>> dihedral(x, torch.tensor([4]))[0, 0].tolist()
-    [[1.0, 0.0], [3.0, 2.0]]
+    Each epoch visits every row once (``rows=``); the learning rate warms up over 5 % of the steps, then follows a
+    cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
+    backbone may hold BatchNorm layers) or weighs 0 are skipped. Returns the training summary of the predictor.
     """
-    out = x.clone()
-    for op in range(1, 8):
-        sel = ops == op
-        if not bool(sel.any()):
-            continue
-        y = torch.rot90(x[sel], k=op % 4, dims=(2, 3))
-        out[sel] = torch.flip(y, dims=(3,)) if op >= 4 else y
-    return out
+    n = len(patches)
+    bs = min(batch_size, n)
+    steps_per_epoch = math.ceil(n / bs)  # GroupNorm: a ragged last batch is fine
+    x_all = torch.from_numpy(patches)
+    y_all = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+    w_all = torch.from_numpy(np.asarray(weights, dtype=np.float32))
 
+    def loss_fn(model: nn.Module, idx: torch.Tensor, gen: torch.Generator, dev: torch.device):
+        if len(idx) < 2 < n:
+            return None
+        wb = w_all[idx].to(dev)
+        if float(wb.sum()) <= 0:  # a batch of zero-weight rows teaches nothing
+            return None
+        x = to_input(x_all[idx])
+        if augment:
+            x = dihedral(x, gen)
+        per_row = ((model(x.to(dev)) - y_all[idx].to(dev)) ** 2).mean(dim=1)
+        return (per_row * wb).sum() / wb.sum()
 
-def _state_sha256(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    settings = TrainSettings(
+        n_steps=n_steps,
+        batch_size=bs,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=5.0,
+        ema=False,
+        seed=seed,
+        progress=progress,
+        desc="fit predictor",
+        device=None if device is None else str(device),
+        lr_schedule="cosine",
+        warmup_steps=max(1, n_steps // 20),
+    )
+    dev = torch.device(device) if device is not None else None
+    # accelerate places a single process on the *current* CUDA device: make it the one asked for
+    with torch.cuda.device(dev) if dev is not None and dev.type == "cuda" else contextlib.nullcontext():
+        losses = train(net, loss_fn, settings, rows=n).losses
+    net.eval()
+    per_epoch = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, len(losses), steps_per_epoch)]
+    summary = {
+        "n_steps": int(n_steps),
+        "n_epochs": round(n_steps / steps_per_epoch, 3),
+        "batch_size": int(bs),
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "augment": bool(augment),
+        "final_loss": per_epoch[-1] if per_epoch else float("nan"),
+        "loss_history": per_epoch,
+    }
+    logger.info(f"predictor trained: {n_steps} steps, final standardised MSE {summary['final_loss']:.3f}")
+    return summary

@@ -7,8 +7,10 @@ Modes
 ``"cnn"``
     A small convolutional network (conv-GroupNorm-ReLU blocks with max pooling, global average pooling, linear
     head; ~100k parameters with the default ``widths``) trained with AdamW on per-gene standardised targets, with
-    random dihedral augmentation (flips and 90° rotations). Inputs are scaled to [-1, 1]. With ``backbone=`` a
-    user module replaces the convolutional trunk and is fine-tuned with the head (inputs in [0, 1]).
+    random dihedral augmentation (flips and 90° rotations), through the loop shared with the denoisers
+    (:func:`c2lst.models.train.train`: epoch-wise batches, warm-up then cosine learning rate). Inputs are scaled
+    to [-1, 1]. With ``backbone=`` a user module replaces the convolutional trunk and is fine-tuned with the head
+    (inputs in [0, 1]).
 ``"ridge"``
     Frozen features + ridge regression, in the style of HEST-Benchmark. Features are the offline
     :func:`~c2lst.models.features.morphometric_features` or the output of a user ``backbone`` (a
@@ -22,38 +24,33 @@ Modes
 Row weights (``sample_weight``) let synthetic rows count less than real ones in both modes. ``n_steps`` fixes
 the CNN's optimiser steps whatever the number of rows, so arms of a comparison get equal compute.
 
-Weights are stored with safetensors next to a JSON config (no pickle); see :meth:`ExpressionPredictor.save`.
+Weights are stored with safetensors next to a JSON config, atomically and with a sha256 fingerprint (no pickle);
+see :meth:`ExpressionPredictor.save_pretrained`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._logging import logger
-from .._logging import progress as _progress
-from .._utils import check_nonneg_float, check_positive_float, check_positive_int, check_seed
-from .._version import __version__
+from .._utils import check_device, check_nonneg_float, check_positive_float, check_positive_int, check_seed
 from . import features as _features
-from ._nets import PatchCNN, _BackboneHead, _init_weights, _state_sha256, default_device, dihedral
+from ._nets import PatchCNN, _BackboneHead, _init_weights, default_device, fit_network, module_sha256
+from ._predictor_io import CONFIG_NAME, WEIGHTS_NAME, PredictorPersistence
 from .denoiser_features import CentralFeatureExtractor
-from .ridge import check_weights, ridge_alpha, ridge_fit
+from .ridge import check_weights, fit_ridge_head
+
+__all__ = ["CONFIG_NAME", "MODES", "WEIGHTS_NAME", "ExpressionPredictor"]
 
 MODES = ("cnn", "ridge")
-CONFIG_NAME = "predictor_config.json"
-WEIGHTS_NAME = "predictor.safetensors"
-_FORMAT = "c2lst.ExpressionPredictor"
 
 
-class ExpressionPredictor:
+class ExpressionPredictor(PredictorPersistence):
     """Predict prepared (log-normalised) expression of ``genes`` from uint8 RGB patches.
 
     Parameters
@@ -72,7 +69,7 @@ class ExpressionPredictor:
         mode it is the frozen feature extractor (default: morphometric features; a
         :class:`~c2lst.models.CentralFeatureExtractor` gives ``feature_space="central"``); in
         ``"cnn"`` mode it replaces the trunk and is fine-tuned. It is never pickled: pass the same architecture
-        again to :meth:`load`.
+        again to :meth:`from_pretrained`.
     alpha
         Ridge penalty on standardised features; ``None`` picks it by leave-one-out error.
 
@@ -123,12 +120,13 @@ class ExpressionPredictor:
         self.threshold: float | None = None  # hematoxylin threshold of the morphometric features
         self.backbone_sha256 = ""
         self.training: dict[str, Any] = {}
+        self.sha256: str | None = None  # fingerprint of the saved or loaded directory
         self._tensors: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ properties
     @property
     def is_fitted(self) -> bool:
-        """Whether :meth:`fit` (or :meth:`load`) has set the weights."""
+        """Whether :meth:`fit` (or :meth:`from_pretrained`) has set the weights."""
         return "target_mean" in self._tensors
 
     @property
@@ -201,7 +199,7 @@ class ExpressionPredictor:
         device
             Torch device; ``None`` = cuda if available, else cpu.
         progress
-            Show a tqdm bar over epochs.
+            Show a tqdm bar over the optimiser steps.
 
         Returns
         -------
@@ -213,6 +211,7 @@ class ExpressionPredictor:
         seed = check_seed(seed)
         lr = check_positive_float(lr, "lr")
         weight_decay = check_nonneg_float(weight_decay, "weight_decay")
+        check_device(device)
         y = np.asarray(expression, dtype=np.float32)
         if y.shape != (len(patches), len(self.genes)):
             raise ValueError(
@@ -262,81 +261,28 @@ class ExpressionPredictor:
             return x.div_(127.5).sub_(1.0)
         return x.div_(255.0)
 
-    def _fit_cnn(
-        self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar
-    ) -> None:
-        dev = default_device(device)
-        gen = torch.Generator().manual_seed(int(seed))
+    def _fit_cnn(self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar) -> None:
         net = self._build_network(patches.shape[1])
-        if self.backbone is None:
-            _init_weights(net, gen)
-        else:
-            _init_weights(net.head, gen)
-        net.to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-        n = len(patches)
-        bs = min(batch_size, n)
-        steps_per_epoch = math.ceil(n / bs)  # GroupNorm: a ragged last batch is fine
-        warm = max(1, total // 20)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda s: (
-                (s + 1) / warm
-                if s < warm
-                else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1)))
-            ),
+        gen = torch.Generator().manual_seed(int(seed))
+        _init_weights(net if self.backbone is None else net.head, gen)
+        self.training = fit_network(
+            net,
+            self._input,
+            patches,
+            z,
+            w,
+            n_steps=total,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            augment=augment,
+            seed=seed,
+            device=device,
+            progress=bar,
         )
-        x_all = torch.from_numpy(patches)
-        y_all = torch.from_numpy(z)
-        w_all = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        losses: list[float] = []
-        net.train()
-        bar_ = _progress(range(total), enabled=bar, desc="fit predictor", unit="step")
-        order = torch.randperm(n, generator=gen)
-        for step in bar_:
-            pos = step % steps_per_epoch
-            if step and pos == 0:
-                order = torch.randperm(n, generator=gen)
-            idx = order[pos * bs : (pos + 1) * bs]
-            if len(idx) < 2 < n:  # a user backbone may hold BatchNorm layers
-                continue
-            wb = w_all[idx].to(dev)
-            if float(wb.sum()) <= 0:  # a batch of zero-weight rows teaches nothing
-                continue
-            x = self._input(x_all[idx])
-            if augment:
-                x = dihedral(x, torch.randint(0, 8, (len(idx),), generator=gen))
-            pred = net(x.to(dev))
-            per_row = ((pred - y_all[idx].to(dev)) ** 2).mean(dim=1)
-            loss = (per_row * wb).sum() / wb.sum()
-            if not torch.isfinite(loss):
-                raise FloatingPointError("predictor loss became NaN/inf; lower `lr` or check the inputs.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if step % 10 == 0:
-                bar_.set_postfix(loss=f"{losses[-1]:.3f}")
-        net.eval()
         self.network = net
         if self.backbone is not None:
-            self.backbone_sha256 = _state_sha256(self.backbone)
-        per_epoch = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, len(losses), steps_per_epoch)]
-        self.training = {
-            "n_steps": int(total),
-            "n_epochs": round(total / steps_per_epoch, 3),
-            "batch_size": int(bs),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "augment": bool(augment),
-            "final_loss": per_epoch[-1] if per_epoch else float("nan"),
-            "loss_history": per_epoch,
-        }
-        logger.info(
-            f"predictor trained: {total} steps, final standardised MSE {self.training['final_loss']:.3f}"
-        )
+            self.backbone_sha256 = module_sha256(self.backbone)
 
     def _features(self, patches: np.ndarray, device: str | torch.device | None) -> np.ndarray:
         if self.backbone is None:
@@ -347,29 +293,11 @@ class ExpressionPredictor:
         if self.backbone is None:  # zero-weight rows shape nothing, the nuclei threshold included
             self.threshold = _features.hematoxylin_threshold(patches[w > 0])
         else:
-            self.backbone_sha256 = _state_sha256(self.backbone)
-        feats = self._features(patches, device)
-        f_mean = w @ feats / w.sum()
-        f_std = np.sqrt(w @ (feats - f_mean) ** 2 / w.sum())
-        f_std = np.where(f_std > 1e-12, f_std, 1.0)
-        xs = (feats - f_mean) / f_std
-        plain = groups is None and eval_mask is None and np.all(w == 1)
-        if self.alpha is not None:
-            alpha, loo = self.alpha, float("nan")
-        elif plain:
-            alpha, loo = ridge_alpha(xs, z)
-        else:
-            alpha, loo = ridge_alpha(xs, z, weights=w, groups=groups, eval_mask=eval_mask)
-        coef, intercept = ridge_fit(xs, z, alpha, weights=None if plain else w)
-        self._tensors.update(
-            {
-                "coef": torch.from_numpy(coef.astype(np.float32)),
-                "intercept": torch.from_numpy(intercept.astype(np.float32)),
-                "feature_mean": torch.from_numpy(f_mean.astype(np.float64)),
-                "feature_std": torch.from_numpy(f_std.astype(np.float64)),
-            }
+            self.backbone_sha256 = module_sha256(self.backbone)
+        arrays, self.training = fit_ridge_head(
+            self._features(patches, device), z, w, alpha=self.alpha, groups=groups, eval_mask=eval_mask
         )
-        self.training = {"alpha": float(alpha), "loo_mse": float(loo), "n_features": int(xs.shape[1])}
+        self._tensors.update({k: torch.from_numpy(v) for k, v in arrays.items()})
 
     # ------------------------------------------------------------------ prediction
     def predict(
@@ -392,7 +320,7 @@ class ExpressionPredictor:
         """
         if not self.is_fitted:
             raise RuntimeError(
-                "this ExpressionPredictor is not fitted; call `fit` or `ExpressionPredictor.load`."
+                "this ExpressionPredictor is not fitted; call `fit` or `ExpressionPredictor.from_pretrained`."
             )
         patches = _features.check_patches(patches)
         if patches.shape[1] != self.patch_size:
@@ -415,140 +343,3 @@ class ExpressionPredictor:
             z = torch.cat(out).numpy()
         y = z * self._tensors["target_std"].numpy() + self._tensors["target_mean"].numpy()
         return y.astype(np.float32)
-
-    # ------------------------------------------------------------------ persistence
-    def config(self) -> dict[str, Any]:
-        """Return the JSON-serialisable description of this predictor (everything but the weights)."""
-        return {
-            "format": _FORMAT,
-            "format_version": 1,
-            "c2lst_version": __version__,
-            "mode": self.mode,
-            "genes": list(self.genes),
-            "widths": list(self.widths),
-            "stem_stride": (
-                int(self.network.trunk[0].stride[0])
-                if isinstance(self.network, PatchCNN)
-                else self.stem_stride
-            ),
-            "feature_space": self.feature_space,
-            "backbone_class": "" if self.backbone is None else type(self.backbone).__name__,
-            "backbone_sha256": self.backbone_sha256,
-            "backbone_settings": (
-                self.backbone.settings() if isinstance(self.backbone, CentralFeatureExtractor) else {}
-            ),
-            "alpha": self.alpha,
-            "patch_size": self.patch_size,
-            "threshold": self.threshold,
-            "training": self.training,
-        }
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Return all weights as CPU tensors (what :meth:`save` writes)."""
-        if not self.is_fitted:
-            raise RuntimeError("this ExpressionPredictor is not fitted; nothing to save.")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors.items()}
-        if self.mode == "cnn":
-            for k, v in self.network.state_dict().items():
-                tensors[f"network.{k}"] = v.detach().cpu().contiguous()
-        return tensors
-
-    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the predictor to directory ``path`` (safetensors weights + JSON config) and return it.
-
-        Parameters
-        ----------
-        path
-            Target directory (created).
-        overwrite
-            Replace an existing saved predictor in ``path``.
-
-        Returns
-        -------
-        The directory.
-        """
-        path = Path(path)
-        if (path / WEIGHTS_NAME).exists() and not overwrite:
-            raise FileExistsError(f"{path / WEIGHTS_NAME} exists; pass `overwrite=True` to replace it.")
-        tensors = self.state_tensors()
-        path.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": _FORMAT})
-        (path / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, sort_keys=True))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, *, backbone: nn.Module | None = None) -> ExpressionPredictor:
-        """Load a predictor written by :meth:`save` (no pickle).
-
-        Parameters
-        ----------
-        path
-            Directory holding ``predictor_config.json`` and ``predictor.safetensors``.
-        backbone
-            Required when the predictor was fitted with a backbone: a module of the same architecture. In
-            ``"ridge"`` mode its weights must be those used at fit time (checked by sha256); in ``"cnn"`` mode
-            the saved fine-tuned weights are loaded into it.
-            A ``"central"`` predictor needs a
-            :class:`~c2lst.models.CentralFeatureExtractor` of the same central model built with
-            the settings in ``config()["backbone_settings"]``.
-
-        Returns
-        -------
-        The fitted predictor.
-        """
-        path = Path(path)
-        cfg_path = path / CONFIG_NAME
-        if not cfg_path.is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(
-                f"{path} is not a saved ExpressionPredictor (needs {CONFIG_NAME} and {WEIGHTS_NAME})."
-            )
-        cfg = json.loads(cfg_path.read_text())
-        if cfg.get("format") != _FORMAT:
-            raise ValueError(
-                f"{cfg_path} is not an ExpressionPredictor config (format={cfg.get('format')!r})."
-            )
-        needs_backbone = cfg["feature_space"] in ("backbone", "central")
-        if cfg["feature_space"] == "central":
-            if not isinstance(backbone, CentralFeatureExtractor):
-                raise ValueError(
-                    "this predictor was fitted on central-denoiser features; pass "
-                    "`backbone=CentralFeatureExtractor(central, **settings)` with the same central model and the "
-                    f"recorded settings {cfg.get('backbone_settings', {})}."
-                )
-            if backbone.settings() != cfg.get("backbone_settings", {}):
-                raise ValueError(
-                    f"the `backbone` settings {backbone.settings()} differ from those the predictor was fitted "
-                    f"with {cfg.get('backbone_settings', {})}; build the extractor with the recorded settings."
-                )
-        if needs_backbone and backbone is None:
-            raise ValueError(
-                f"this predictor was fitted with a backbone ({cfg['backbone_class']}); pass the same architecture "
-                "as `backbone=`."
-            )
-        if not needs_backbone and backbone is not None:
-            raise ValueError("this predictor was fitted without a backbone; do not pass `backbone=`.")
-        model = cls(
-            cfg["genes"],
-            mode=cfg["mode"],
-            widths=cfg["widths"],
-            stem_stride=cfg["stem_stride"],
-            backbone=backbone,
-            alpha=cfg["alpha"],
-        )
-        model.patch_size = cfg["patch_size"]
-        model.threshold = cfg["threshold"]
-        model.training = cfg["training"]
-        model.backbone_sha256 = cfg["backbone_sha256"]
-        tensors = load_file(str(path / WEIGHTS_NAME))
-        net_state = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
-        model._tensors = {k: v for k, v in tensors.items() if not k.startswith("network.")}
-        if model.mode == "cnn":
-            net = model._build_network(model.patch_size)
-            net.load_state_dict(net_state)
-            model.network = net.eval()
-        elif needs_backbone and _state_sha256(backbone) != cfg["backbone_sha256"]:
-            raise ValueError(
-                "the `backbone` weights differ from those the ridge head was fitted on (sha256 mismatch); "
-                "load the same weights into the backbone."
-            )
-        return model

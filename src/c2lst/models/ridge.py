@@ -176,3 +176,54 @@ def _loo_alpha(x: np.ndarray, z: np.ndarray, alphas: np.ndarray) -> tuple[float,
         if err < best[1]:
             best = (float(alpha), err)
     return best
+
+
+def fit_ridge_head(
+    features: np.ndarray,
+    z: np.ndarray,
+    weights: np.ndarray,
+    *,
+    alpha: float | None = None,
+    groups: np.ndarray | None = None,
+    eval_mask: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, float | int]]:
+    """Standardise ``features`` (weighted), choose the penalty unless ``alpha`` is given and fit ``z ~ features``.
+
+    Parameters
+    ----------
+    features
+        Features ``(n, D)``.
+    z
+        Targets ``(n, G)``.
+    weights
+        Row weights ``(n,)`` (all 1: the plain, unweighted fit and leave-one-out penalty).
+    alpha
+        Ridge penalty on the standardised features; ``None`` chooses it with :func:`ridge_alpha`.
+    groups, eval_mask
+        Grouped cross-validation of the penalty (see :func:`ridge_alpha`).
+
+    Returns
+    -------
+    ``coef`` ``(D, G)`` and ``intercept`` ``(G,)`` (float32), ``feature_mean`` and ``feature_std`` ``(D,)``
+    (float64), and the summary ``{"alpha", "loo_mse", "n_features"}``.
+    """
+    w = np.asarray(weights, dtype=float)
+    f_mean = w @ features / w.sum()
+    f_std = np.sqrt(w @ (features - f_mean) ** 2 / w.sum())
+    f_std = np.where(f_std > 1e-12, f_std, 1.0)
+    xs = (features - f_mean) / f_std
+    plain = groups is None and eval_mask is None and np.all(w == 1)
+    if alpha is not None:
+        alpha, loo = float(alpha), float("nan")
+    elif plain:
+        alpha, loo = ridge_alpha(xs, z)
+    else:
+        alpha, loo = ridge_alpha(xs, z, weights=w, groups=groups, eval_mask=eval_mask)
+    coef, intercept = ridge_fit(xs, z, alpha, weights=None if plain else w)
+    arrays = {
+        "coef": coef.astype(np.float32),
+        "intercept": intercept.astype(np.float32),
+        "feature_mean": f_mean.astype(np.float64),
+        "feature_std": f_std.astype(np.float64),
+    }
+    return arrays, {"alpha": float(alpha), "loo_mse": float(loo), "n_features": int(xs.shape[1])}

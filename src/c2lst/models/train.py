@@ -1,14 +1,14 @@
 """One accelerate-based training loop shared by central pretraining, local adaptation and the predictor.
 
 Randomness is *stateless*: every step draws its batch, augmentation, noise and dropout from a generator seeded
-by ``(seed, step, process)``. A run resumed from a checkpoint therefore continues exactly as the
-uninterrupted run would, and the same seed gives the same bytes on CPU.
+by ``(seed, step, process)``, epoch-wise row batches (``rows=``) from a permutation seeded by ``(seed, epoch)``
+and the learning rate is a function of the step. A run resumed from a checkpoint therefore continues exactly as
+the uninterrupted run would, and the same seed gives the same bytes on CPU.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +19,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from .store import load_safetensors, save_safetensors
+from ._checkpoint import check_resume, latest_checkpoint, load_checkpoint, set_aside_old_checkpoints
+from ._checkpoint import save_checkpoint as _save_checkpoint  # patched by tests/_fault_scripts
 
-__all__ = ["TrainSettings", "TrainingDivergedError", "dihedral", "step_generator", "train"]
+__all__ = [
+    "TrainSettings",
+    "TrainingDivergedError",
+    "dihedral",
+    "dihedral_transform",
+    "epoch_rows",
+    "latest_checkpoint",
+    "lr_factor",
+    "step_generator",
+    "train",
+]
 
-_STATE_FILE = "c2lst_state.safetensors"
-_FINGERPRINT_FILE = "c2lst_fingerprint.json"
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -55,7 +65,10 @@ class TrainSettings:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     #: learning-rate multipliers by parameter-name prefix (e.g. ``{"encoder.": 5.0}``); others use ``lr``
     lr_multipliers: dict[str, float] = field(default_factory=dict)
-    stop_after: int | None = None  # testing hook: stop (as if interrupted) after this many steps
+    #: ``"constant"`` or ``"cosine"`` (to 0 at ``n_steps``), after ``warmup_steps`` of linear warm-up (see
+    #: :func:`lr_factor`)
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -91,18 +104,79 @@ def step_generator(seed: int, step: int, process: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Apply a random element of the dihedral group (flips, 90° rotations) to each image of ``(B, C, H, W)``."""
-    b = x.shape[0]
-    k = torch.randint(0, 4, (b,), generator=generator).to(x.device)
-    flip = torch.randint(0, 2, (b,), generator=generator).to(x.device).bool()
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+def dihedral_transform(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """Apply one of the 8 dihedral transforms per image: ``ops % 4`` quarter turns, then a flip if ``ops >= 4``.
+
+    Parameters
+    ----------
+    x
+        Images ``(B, C, H, W)`` with ``H == W``.
+    ops
+        Integer tensor ``(B,)`` with values in ``[0, 8)``.
+
+    Returns
+    -------
+    The transformed images (a new tensor).
+
+    Examples
+    --------
+    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    >>> dihedral_transform(x, torch.tensor([4]))[0, 0].tolist()
+    [[1.0, 0.0], [3.0, 2.0]]
+    """
+    ops = ops.to(x.device)
     out = x.clone()
-    for r in (1, 2, 3):
-        sel = k == r
-        if bool(sel.any()):
-            out[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
+    for op in range(1, 8):
+        sel = ops == op
+        if not bool(sel.any()):
+            continue
+        y = torch.rot90(x[sel], k=op % 4, dims=(-2, -1))
+        out[sel] = torch.flip(y, dims=(-1,)) if op >= 4 else y
     return out
+
+
+def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Apply a random element of the dihedral group (flips, 90° rotations) to each image of ``(B, C, H, W)``.
+
+    Draws ``k`` quarter turns and a flip per image from ``generator`` and applies "flip, then turn ``k``" with
+    :func:`dihedral_transform` (the same transform is "turn ``-k``, then flip").
+    """
+    b = x.shape[0]
+    k = torch.randint(0, 4, (b,), generator=generator)
+    flip = torch.randint(0, 2, (b,), generator=generator).bool()
+    return dihedral_transform(x, torch.where(flip, (4 - k) % 4 + 4, k))
+
+
+def epoch_rows(n_rows: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Return the row indices of ``step``'s batch when ``n_rows`` rows are visited once per epoch.
+
+    Each epoch shuffles the rows with a permutation seeded by ``(seed, epoch)`` and cuts it into
+    ``ceil(n_rows / batch_size)`` batches (the last one may be smaller), so the batch is a function of the step
+    alone and a resumed run draws the same batches.
+
+    Examples
+    --------
+    >>> sorted(torch.cat([epoch_rows(5, 2, 0, s) for s in range(3)]).tolist())
+    [0, 1, 2, 3, 4]
+    """
+    bs = min(int(batch_size), int(n_rows))
+    epoch, pos = divmod(int(step), math.ceil(n_rows / bs))
+    return _epoch_permutation(int(n_rows), int(seed), epoch)[pos * bs : (pos + 1) * bs]
+
+
+def _epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    # a stream of its own (the trailing 1), apart from the per-step generators
+    state = np.random.SeedSequence([seed, epoch, 0, 1]).generate_state(1, dtype=np.uint64)[0]
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(int(state)))
+
+
+def lr_factor(step: int, n_steps: int, warmup_steps: int = 0, schedule: str = "constant") -> float:
+    """Return the learning-rate multiplier of ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(n_steps - warmup_steps, 1)))
+    return 1.0
 
 
 def check_mixed_precision(mixed_precision: Any, device: str | None = None) -> str:
@@ -136,107 +210,55 @@ def _accelerator(settings: TrainSettings):
     return Accelerator(mixed_precision=settings.mixed_precision, cpu=cpu)
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.glob("step_*") if (p / _STATE_FILE).is_file() and p.name[5:].isdigit()]
-    return sorted(done, key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(output_dir: str | Path, fingerprint: dict[str, Any] | None = None) -> Path | None:
-    """Return the newest complete checkpoint under ``output_dir``; check its fingerprint if given."""
-    ckpts = _checkpoints(Path(output_dir))
-    if not ckpts:
-        return None
-    last = ckpts[-1]
-    if fingerprint is not None:
-        try:
-            saved = json.loads((last / _FINGERPRINT_FILE).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(
-                f"`output_dir={str(output_dir)!r}`: the checkpoint {last.name} has no readable {_FINGERPRINT_FILE} "
-                f"({type(err).__name__}), so it cannot be matched to this run; delete it (or the whole "
-                "`checkpoints/` folder) to start over, or pass `resume=False`."
-            ) from None
-        if not isinstance(saved, dict):
-            raise ValueError(
-                f"`output_dir={str(output_dir)!r}`: {last.name}/{_FINGERPRINT_FILE} is not a JSON object; delete the "
-                "checkpoint to start over, or pass `resume=False`."
-            )
-        mine = json.loads(json.dumps(fingerprint))
-        if saved != mine:
-            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise ValueError(
-                f"`output_dir={str(output_dir)!r}` holds a checkpoint ({last.name}) of a different run "
-                f"configuration (differs in {diff}); pass `resume=False` to start over in another `output_dir`, "
-                "or use the original settings. Nothing was overwritten."
-            )
-    return last
-
-
-def _check_resume(out: Path, settings: TrainSettings) -> Path | None:
-    """Return the checkpoint to resume from (or None), refusing what resume cannot honour before any work."""
-    root = out / "checkpoints"
-    if root.exists() and not root.is_dir():
-        raise ValueError(
-            f"`output_dir={str(out)!r}` holds a file named 'checkpoints' where the checkpoints folder goes; move it "
-            "away or pass another `output_dir`."
-        )
-    if not settings.resume:
-        return None
-    start = latest_checkpoint(out, settings.fingerprint)
-    if start is not None and int(start.name[5:]) > settings.n_steps:
-        raise ValueError(
-            f"`n_steps={settings.n_steps}` is below the step of the newest checkpoint in `output_dir={str(out)!r}` "
-            f"({start.name}); resuming cannot train fewer steps than were done. Pass `n_steps>={start.name[5:]}`, "
-            "or `resume=False` / another `output_dir` to train from scratch."
-        )
-    return start
-
-
-def _set_aside_old_checkpoints(out: Path) -> None:
-    """With ``resume=False``, move an earlier run's checkpoints aside (kept, and logged).
-
-    They are then neither resumed nor mistaken for this run's when checkpoints are pruned.
-    """
-    from .._logging import logger
-
-    root = out / "checkpoints"
-    if not root.is_dir() or not any(root.iterdir()):
-        return
-    dest = out / f"checkpoints.previous-{time.strftime('%Y%m%d-%H%M%S')}"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = out / f"checkpoints.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-    root.rename(dest)
-    logger.warning("resume=False: the earlier run's checkpoints in %s were moved to %s", root, dest)
-
-
 def train(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, torch.Generator, torch.device], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor | None],
     settings: TrainSettings,
+    *,
+    rows: int | None = None,
+    callback: Callable[[int, float], bool | None] | None = None,
 ) -> TrainResult:
     """Optimise the trainable parameters of ``model`` with AdamW for ``settings.n_steps`` steps.
 
-    ``loss_fn(model, generator, device)`` draws its batch with ``generator`` and returns a scalar loss. The
-    loop adds accelerate (device placement, mixed precision, DDP), gradient clipping, a NaN/Inf guard,
-    diffusers ``EMAModel`` over the trainable parameters (copied into the model at the end), periodic
-    atomic checkpoints (``accelerator.save_state`` + EMA/loss state in safetensors) and exact resume.
-    """
-    from diffusers.training_utils import EMAModel
+    The loop adds accelerate (device placement, mixed precision, DDP), a learning-rate schedule
+    (``settings.lr_schedule``, ``warmup_steps``), gradient clipping, a NaN/Inf guard, diffusers ``EMAModel`` over
+    the trainable parameters (``settings.ema``; copied into the model at the end), periodic atomic checkpoints
+    (``accelerator.save_state`` + EMA/loss state in safetensors; only with ``settings.output_dir``) and exact
+    resume.
 
+    Parameters
+    ----------
+    model
+        The module to train in place.
+    loss_fn
+        ``loss_fn(model, generator, device)`` draws its batch with ``generator`` (seeded by the step) and returns
+        a scalar loss. With ``rows``, ``loss_fn(model, indices, generator, device)`` gets the row indices of the
+        step's batch. It may return ``None`` to skip the step (e.g. a batch whose rows all weigh 0): no update,
+        no loss recorded.
+    settings
+        The options; see :class:`TrainSettings`.
+    rows
+        Number of training rows: each step takes the next ``settings.batch_size`` rows of an epoch-wise shuffle
+        (:func:`epoch_rows`), so every row is seen once per epoch. ``None``: ``loss_fn`` draws its own batch.
+    callback
+        Called as ``callback(steps_done, loss)`` after every step (and its checkpoint); returning ``True`` ends
+        the run there, as if it were interrupted (early stopping). ``loss`` is NaN for a skipped step.
+
+    Returns
+    -------
+    The losses, the number of steps taken, the step resumed from, the wall time and the device.
+    """
     from .._logging import logger, progress
 
+    if settings.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"`lr_schedule={settings.lr_schedule!r}` is invalid; use one of {list(LR_SCHEDULES)}.")
     out = Path(settings.output_dir) if settings.output_dir is not None else None
     start_ckpt = None
     if out is not None:
-        start_ckpt = _check_resume(out, settings)  # raises before anything is written
+        start_ckpt = check_resume(out, settings.n_steps, settings.resume, settings.fingerprint)  # raises before anything is written
     accelerator = _accelerator(settings)
     if out is not None and not settings.resume and accelerator.is_main_process:
-        _set_aside_old_checkpoints(out)
+        set_aside_old_checkpoints(out)
     accelerator.wait_for_everyone()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -251,24 +273,19 @@ def train(
         lr=settings.lr,
         weight_decay=settings.weight_decay,
     )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema = EMAModel(params, decay=settings.ema_decay, foreach=True) if settings.ema else None
+    ema = None
+    if settings.ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=settings.ema_decay, foreach=True)
     losses: list[float] = []
     start = 0
     if start_ckpt is not None:
-        try:  # accelerate reads its .bin/.pkl files with torch.load(weights_only=True): code-bearing pickles fail
-            accelerator.load_state(str(start_ckpt))
-        except Exception as err:
-            raise ValueError(
-                f"the checkpoint {str(start_ckpt)!r} could not be loaded safely ({type(err).__name__}: "
-                f"{str(err).split('. ')[0]}); it is "
-                "corrupted or was tampered with. Delete it to resume from an earlier one, or pass `resume=False`."
-            ) from None
-        state = load_safetensors(start_ckpt / _STATE_FILE)
-        start = int(state["step"].item())
-        losses = state["losses"].tolist()
+        start, losses, ema_state = load_checkpoint(accelerator, start_ckpt)
         if ema is not None:
-            ema.shadow_params = [state[f"ema.{i}"].to(p.device) for i, p in enumerate(params)]
+            ema.shadow_params = [ema_state[i].to(p.device) for i, p in enumerate(params)]
             ema.optimization_step = start
         logger.info("resuming from %s (step %d)", start_ckpt, start)
     every = settings.checkpoint_every or max(1, min(500, settings.n_steps // 4 or 1))
@@ -283,36 +300,28 @@ def train(
         total=settings.n_steps,
     )
     model.train()
-    step = start
     for step in bar:
         gen = step_generator(settings.seed, step, rank)
+        factor = lr_factor(step, settings.n_steps, settings.warmup_steps, settings.lr_schedule)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
         with accelerator.autocast():
-            loss = loss_fn(model, gen, device)
-        if not bool(torch.isfinite(loss.detach()).all()):
-            raise TrainingDivergedError(
-                f"the loss became {loss.item()} at step {step}; training stopped and no weights were saved "
-                "after the last checkpoint. Lower `lr` or check the input patches for NaN/constant values."
-            )
-        accelerator.backward(loss)
-        # without clipping (grad_clip=0) the norm is still computed (max_norm=inf scales by 1) for the guard
-        norm = accelerator.clip_grad_norm_(params, settings.grad_clip or float("inf"))
-        if not bool(torch.isfinite(torch.as_tensor(norm)).all()):
-            raise TrainingDivergedError(
-                f"the gradients became non-finite at step {step}; training stopped and no weights were saved "
-                "after the last checkpoint. Lower `lr` or `mixed_precision='no'`."
-            )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        value = float(accelerator.reduce(loss.detach(), reduction="mean"))
-        losses.append(value)
-        if settings.progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{value:.4f}")
+            if rows is None:
+                loss = loss_fn(model, gen, device)
+            else:
+                loss = loss_fn(model, epoch_rows(rows, settings.batch_size, settings.seed, step), gen, device)
+        value = float("nan")
+        if loss is not None:
+            value = _optimise(accelerator, optimizer, params, loss, step, settings.grad_clip)
+            if ema is not None:
+                ema.step(params)
+            losses.append(value)
+            if settings.progress and step % 10 == 0:
+                bar.set_postfix(loss=f"{value:.4f}")
         done = step + 1
         if out is not None and (done % every == 0 or done == settings.n_steps):
-            _save_checkpoint(accelerator, out, done, losses, ema, settings)
-        if settings.stop_after is not None and done - start >= settings.stop_after:
+            _save_checkpoint(accelerator, out, done, losses, ema, settings.fingerprint, settings.keep_checkpoints)
+        if callback is not None and callback(done, value):
             break
     bar.close()
     seconds = time.perf_counter() - t0
@@ -323,25 +332,21 @@ def train(
     return TrainResult(losses, len(losses), start, seconds, str(device))
 
 
-def _save_checkpoint(accelerator, out: Path, step: int, losses, ema, settings: TrainSettings) -> None:
-    root = out / "checkpoints"
-    final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    # every rank writes its own random_states_<rank>.pkl: wait for all of them before the rename publishes it
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {"step": torch.tensor(step), "losses": torch.tensor(losses, dtype=torch.float64)}
-        if ema is not None:
-            state.update({f"ema.{i}": p for i, p in enumerate(ema.shadow_params)})
-        (tmp / _FINGERPRINT_FILE).write_text(json.dumps(settings.fingerprint, sort_keys=True))
-        save_safetensors(state, tmp / _STATE_FILE)  # written last: marks the checkpoint complete
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in _checkpoints(out)[: -settings.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def _optimise(accelerator, optimizer, params, loss: torch.Tensor, step: int, grad_clip: float) -> float:
+    """One guarded optimiser step; return the (process-averaged) loss."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise TrainingDivergedError(
+            f"the loss became {loss.item()} at step {step}; training stopped and no weights were saved "
+            "after the last checkpoint. Lower `lr` or check the input patches for NaN/constant values."
+        )
+    accelerator.backward(loss)
+    # without clipping (grad_clip=0) the norm is still computed (max_norm=inf scales by 1) for the guard
+    norm = accelerator.clip_grad_norm_(params, grad_clip or float("inf"))
+    if not bool(torch.isfinite(torch.as_tensor(norm)).all()):
+        raise TrainingDivergedError(
+            f"the gradients became non-finite at step {step}; training stopped and no weights were saved "
+            "after the last checkpoint. Lower `lr` or `mixed_precision='no'`."
+        )
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(accelerator.reduce(loss.detach(), reduction="mean"))

@@ -76,7 +76,7 @@ def fit_predictor(
         ``"central"``: the pooled mid-block activations of the frozen central denoiser ``central`` at timestep
         ``central_timestep`` (see :func:`c2lst.models.central_features`), which learned
         histology from the unpaired pretraining patches. Reload such a predictor with
-        ``ExpressionPredictor.load(path, backbone=CentralFeatureExtractor(central, t=central_timestep))``.
+        ``ExpressionPredictor.from_pretrained(path, backbone=CentralFeatureExtractor(central, t=central_timestep))``.
     central
         The central model (object, directory or registry key of the first table) for ``features="central"``.
     central_timestep
@@ -268,7 +268,8 @@ def predict_expression(
     adata
         Table with ``obsm[patch_key]``.
     predictor
-        A fitted :class:`~c2lst.models.predictor.ExpressionPredictor` or the directory it was saved to.
+        A fitted :class:`~c2lst.models.predictor.ExpressionPredictor` or the directory it was saved to with
+        :meth:`~c2lst.models.ExpressionPredictor.save_pretrained` (verified on load).
     patch_key
         Patches (:func:`c2lst.pp.extract_patches`).
     expr_key
@@ -290,19 +291,17 @@ def predict_expression(
 
     Examples
     --------
-    >>> import c2lst
-    >>> sdata = c2lst.datasets.simulated_visium(n_spots=60)
-    >>> table = sdata.tables["table"]
-    >>> c2lst.pp.prepare_expression(table, n_top_genes=10)
-    >>> c2lst.pp.extract_patches(sdata, size=32, progress=False)
-    >>> model = c2lst.tl.fit_predictor(table, mode="ridge")
+    With ``table`` and ``model`` from the example of :func:`fit_predictor`, directly or from a saved directory:
+
     >>> c2lst.tl.predict_expression(table, predictor=model)
     >>> table.obsm["c2lst_pred"].shape
     (60, 10)
+    >>> path = model.save_pretrained("predictor")
+    >>> c2lst.tl.predict_expression(table, predictor=path, key_added="c2lst_pred_saved")
     """
     _check_adata(adata)
     if isinstance(predictor, str | Path):
-        predictor = ExpressionPredictor.load(predictor)
+        predictor = ExpressionPredictor.from_pretrained(predictor)
     if not isinstance(predictor, ExpressionPredictor):
         raise TypeError(
             f"`predictor` must be an ExpressionPredictor or a saved predictor directory, got {type(predictor).__name__}."

@@ -1,0 +1,118 @@
+"""The house rules of the public API, read from the signatures (one spelling per concept, one mutation contract)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+import c2lst
+
+SRC = Path(c2lst.__file__).parent
+MODULES = ("pp", "tl", "pl", "get")
+
+
+#: kept for old code only, with a FutureWarning
+DEPRECATED = {"tl.prediction_metrics"}
+
+
+def _public():
+    for mod in MODULES:
+        module = getattr(c2lst, mod)
+        for name in module.__all__:
+            func = getattr(module, name)
+            if inspect.isfunction(func) and f"{mod}.{name}" not in DEPRECATED:
+                yield f"{mod}.{name}", func
+
+
+PUBLIC = dict(_public())
+#: functions that take two data objects, or data and a path, before their options
+TWO_POSITIONAL = {
+    "tl.evaluate_fidelity",
+    "tl.evaluate_composition",
+    "tl.export_adapter",
+    "tl.load_adapter",
+    "pl.patches",
+}
+#: one spelling per concept: the name on the left is not used; the right one is
+RETIRED = {
+    "table_added": "key_added",
+    "synthetic_per_spot": "n_per_condition",
+    "backbone": "feature_extractor",
+    "steps": "n_steps",
+}
+MODE_ARGS = {"mode", "split", "gene_selection", "features", "scheduler", "mixed_precision", "preset"}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_data_first_then_keyword_only_options(name):
+    params = list(inspect.signature(PUBLIC[name]).parameters.values())
+    positional = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    allowed = 2 if name in TWO_POSITIONAL or name.startswith("get.") else 1
+    assert 1 <= len(positional) <= allowed, f"{name}: positional parameters {positional}"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_one_spelling_per_concept(name):
+    params = inspect.signature(PUBLIC[name]).parameters
+    retired = {p: RETIRED[p] for p in params if p in RETIRED}
+    assert not retired, f"{name}: use {retired}"
+    if name.startswith(("tl.", "pp.")):
+        assert "key" not in params, f"{name}: name the key (`adapter_key`, `key_added`, ...), not `key`"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_modes_are_literal_types(name):
+    params = inspect.signature(PUBLIC[name]).parameters
+    loose = [p for p in params if p in MODE_ARGS and "Literal" not in str(params[p].annotation)]
+    assert not loose, f"{name}: modes {loose} should be typed Literal[...]"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_copy_returns_the_copy_or_none(name):
+    sig = inspect.signature(PUBLIC[name])
+    if "copy" in sig.parameters:
+        assert str(sig.return_annotation).replace(" ", "") == "AnnData|None", name
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            mod = "." * node.level + (node.module or "")
+            for alias in node.names:
+                yield f"{mod}:{alias.name}", node.lineno
+
+
+def test_the_skin_imports_no_torch_and_no_private_engine_names():
+    bad = []
+    for path in sorted((SRC / "tl").glob("*.py")):
+        for name, line in _imports(path):
+            module, _, symbol = name.partition(":")
+            if module.split(".")[0] == "torch" or module.lstrip(".").startswith("torch"):
+                bad.append(f"{path.name}:{line} imports torch")
+            if module.startswith("..models") and (
+                any(part.startswith("_") for part in module.lstrip(".").split(".")) or symbol.startswith("_")
+            ):
+                bad.append(f"{path.name}:{line} imports the private {name}")
+    assert not bad, bad
+
+
+def test_pl_imports_no_tl_privates():
+    bad = [
+        f"{path.name}:{line} {name}"
+        for path in sorted((SRC / "pl").glob("*.py"))
+        for name, line in _imports(path)
+        if name.startswith("..tl.") or name.startswith("..tl:_")
+    ]
+    assert not bad, bad
+
+
+def test_no_source_file_over_400_lines():
+    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
