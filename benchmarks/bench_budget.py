@@ -95,7 +95,7 @@ def main() -> None:
         fractions=args.fractions,
         synthetic_fractions=[f for f in args.fractions if f < 1],
         arms=args.arms,
-        synthetic_per_spot=args.synthetic_per_spot,
+        n_per_condition=args.synthetic_per_spot,
         synthetic_weight=args.weights,
         n_repeats=args.repeats,
         conditions=conditions,

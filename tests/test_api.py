@@ -35,6 +35,7 @@ TWO_POSITIONAL = {
     "tl.export_adapter",
     "tl.load_adapter",
     "pl.patches",
+    "pl.spatial_expression",
 }
 #: one spelling per concept: the name on the left is not used; the right one is
 RETIRED = {

@@ -128,10 +128,10 @@ def _(env):
     return lambda: c2lst.tl.export_adapter(t, env.tmp / "adapter.pt"), [t]
 
 
-@CASES("export-adapter-unknown-key", KeyError, r"`key='nope'`")
+@CASES("export-adapter-unknown-key", KeyError, r"`adapter_key='nope'`")
 def _(env):
     t = table(env)
-    return lambda: c2lst.tl.export_adapter(t, env.tmp / "a.safetensors", key="nope"), [t]
+    return lambda: c2lst.tl.export_adapter(t, env.tmp / "a.safetensors", adapter_key="nope"), [t]
 
 
 # ============================================================================ integrity covers configuration (issue 13)

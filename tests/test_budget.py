@@ -36,7 +36,7 @@ def test_budget_curve_runs_and_plans(sim_sdata, tiny_central):
         synthetic_fractions=(0.5,),
         arms=("real", "real+synthetic", "real+null", "real+copy"),
         n_repeats=3,
-        synthetic_per_spot=1,
+        n_per_condition=1,
         adapt_kwargs={"n_steps": 2, "batch_size": 8},
         synthesize_kwargs={"steps": 2},
         predictor_kwargs={"n_steps": 3},

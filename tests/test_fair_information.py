@@ -203,7 +203,7 @@ def test_budget_curve_mixup_with_central_features_plans(sim_sdata, tiny_central)
         "synthetic_fractions": (0.5,),
         "arms": ("real", "real+synthetic"),
         "n_repeats": 3,
-        "synthetic_per_spot": 2,
+        "n_per_condition": 2,
         "adapt_kwargs": {"n_steps": 1, "batch_size": 8},
         "synthesize_kwargs": {"steps": 1},
         "predictor_kwargs": {"mode": "ridge", "features": "central"},
@@ -230,7 +230,7 @@ def test_budget_curve_unpaired_conditions(sim_sdata, tiny_central):
     other = _other_slide(n_spots=20)  # fewer spots than the synthetic rows asked for: drawn with replacement
     curve = c2lst.tl.budget_curve(
         sim_sdata, central=central, conditions=other, fractions=(0.5,), arms=("real", "real+synthetic"),
-        n_repeats=1, synthetic_per_spot=1, adapt_kwargs={"n_steps": 1, "batch_size": 8},
+        n_repeats=1, n_per_condition=1, adapt_kwargs={"n_steps": 1, "batch_size": 8},
         synthesize_kwargs={"steps": 1}, predictor_kwargs={"mode": "ridge"}, progress=False,
     )
     assert set(curve["conditions"]) == {"unpaired"}

@@ -123,7 +123,7 @@ def run_demo(
         fractions=cfg.fractions,
         synthetic_fractions=[f for f in cfg.fractions if f < 1] or None,
         n_repeats=cfg.repeats,
-        synthetic_per_spot=cfg.synthetic_per_spot,
+        n_per_condition=cfg.synthetic_per_spot,
         synthetic_weight=cfg.synthetic_weight,
         seed=seed,
         progress=progress,

@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from .. import _records as records
 from .._logging import logger
+from .._utils import renamed_arguments
 from ..models import LocalModel
 from ..models.local import check_stored_targets
 from ..models.store import (
@@ -80,8 +81,9 @@ def load_local_model(record: dict, central, where: str = "the adapter record") -
     return LocalModel.from_adapter(central, genes, config, dict(record["weights"]))
 
 
-def export_adapter(adata: AnnData, path: str | os.PathLike, *, key: str = "c2lst_local") -> Path:
-    """Write the adapter ``uns["c2lst"]["local"][key]`` to a safetensors file.
+@renamed_arguments(key="adapter_key")
+def export_adapter(adata: AnnData, path: str | os.PathLike, *, adapter_key: str = "c2lst_local") -> Path:
+    """Write the adapter ``uns["c2lst"]["local"][adapter_key]`` to a safetensors file.
 
     Parameters
     ----------
@@ -89,14 +91,14 @@ def export_adapter(adata: AnnData, path: str | os.PathLike, *, key: str = "c2lst
         Table holding the adapter.
     path
         Target ``.safetensors`` file.
-    key
-        Adapter key.
+    adapter_key
+        Adapter key (the ``key_added`` of :func:`c2lst.tl.adapt`).
 
     Returns
     -------
     The path written. Weights are tensors; gene list, configuration and provenance are JSON metadata.
     """
-    record = records.adapter_record(adata, key, arg="key")
+    record = records.adapter_record(adata, adapter_key)
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"`path={str(path)!r}` must end in '.safetensors'.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._utils import check_kwargs, check_positive_int, check_seed, get_table, require_obsm
+from .._utils import check_kwargs, check_positive_int, check_seed, get_table, renamed_arguments, require_obsm
 from ._budget_arms import check_conditions, conditions_kwargs, copy_arm, repeat_table, score_run
 
 SPLITS = ("spatial", "random")
@@ -50,6 +50,7 @@ def spatial_split(
     return test
 
 
+@renamed_arguments(synthetic_per_spot="n_per_condition")
 def budget_curve(
     sdata: Any,
     *,
@@ -58,13 +59,13 @@ def budget_curve(
     fractions: Sequence[float] = (0.05, 0.1, 0.25, 1.0),
     synthetic_fractions: Sequence[float] | None = None,
     arms: Sequence[str] = CONDITIONS,
-    synthetic_per_spot: int = 2,
+    n_per_condition: int = 2,
     synthetic_weight: float | Sequence[float] = 0.3,
     n_repeats: int = 8,
-    split: str = "spatial",
+    split: Literal["spatial", "random"] = "spatial",
     test_fraction: float = 0.25,
     n_blocks: int = 4,
-    gene_selection: str = "train",
+    gene_selection: Literal["train", "given"] = "train",
     unlabelled: bool = False,
     conditions: str | AnnData | None = None,
     expr_key: str = "c2lst_expr",
@@ -81,7 +82,7 @@ def budget_curve(
     spots do not leak between train and test). Genes are re-selected on the repeat's training spots
     (``gene_selection="train"``), so the test spots never shape the gene panel. For each fraction ``f`` of the
     training spots a seeded subset is drawn; the central model is adapted on it (:func:`c2lst.tl.adapt`) and
-    ``synthetic_per_spot`` patches per spot are synthesized (:func:`c2lst.tl.synthesize`). Every arm then fits a
+    ``n_per_condition`` patches per spot are synthesized (:func:`c2lst.tl.synthesize`). Every arm then fits a
     predictor (:func:`c2lst.tl.fit_predictor`) **for the same number of optimiser steps** and is scored on the
     held-out real spots. All arms of one (repeat, fraction) share the split, the subset and the seeds, so their
     differences are paired: compare them with :func:`plan_budget`.
@@ -102,8 +103,8 @@ def budget_curve(
     arms
         Training sets to compare (see :data:`ARMS`): ``"real"``, ``"real+synthetic"``, and the controls
         ``"real+null"`` (patches from the null condition, which ignore expression) and ``"real+copy"`` (the
-        parent's own patch, repeated ``synthetic_per_spot`` times).
-    synthetic_per_spot
+        parent's own patch, repeated ``n_per_condition`` times).
+    n_per_condition
         Added rows per real training spot.
     synthetic_weight
         Loss weight of added rows relative to real rows (see :func:`c2lst.tl.fit_predictor`). A sequence fits
@@ -128,14 +129,14 @@ def budget_curve(
         only sequencing costs. Their expression is never used.
     conditions
         Expression profiles the synthetic arms are conditioned on (column ``conditions`` of the result):
-        ``None`` (``"train"``): the labelled training spots, ``synthetic_per_spot`` patches each (no new
-        expression: even a perfect generator only adds views of known spots). ``"mixup"``: ``synthetic_per_spot``
+        ``None`` (``"train"``): the labelled training spots, ``n_per_condition`` patches each (no new
+        expression: even a perfect generator only adds views of known spots). ``"mixup"``: ``n_per_condition``
         new count-space mixtures per training spot (``synthesize(conditions="mixup")``, one patch each) of pairs
         of the labelled training spots; a mixed row's group for the ridge penalty's grouped validation is its
         first (dominant) parent, and :func:`c2lst.tl.concat_augmented` would place it there. An AnnData
         (``"unpaired"``): expression of *another* slide or source (raw counts in the layer the expression was
         prepared from, genes matched by name, at least every gene of the table when genes are re-selected);
-        per repeat ``synthetic_per_spot`` profiles per training spot are drawn from it (without replacement
+        per repeat ``n_per_condition`` profiles per training spot are drawn from it (without replacement
         while it lasts). Its ``obs_names`` must not overlap the table's: the local slide's other sequenced
         spots each have their image, so conditioning on them would use labelled spots without counting them.
     expr_key, patch_key
@@ -188,7 +189,7 @@ def budget_curve(
         raise ValueError(f"`gene_selection={gene_selection!r}` is unknown; use one of {list(GENE_SELECTION)}.")
     if not (0 < test_fraction < 1):
         raise ValueError(f"`test_fraction={test_fraction}` must be in (0, 1).")
-    synthetic_per_spot = check_positive_int(synthetic_per_spot, "synthetic_per_spot")
+    n_per_condition = check_positive_int(n_per_condition, "n_per_condition")
     n_repeats = check_positive_int(n_repeats, "n_repeats")
     n_blocks = check_positive_int(n_blocks, "n_blocks")
     seed = check_seed(seed)
@@ -213,7 +214,7 @@ def budget_curve(
                                                                 "overwrite": "set by budget_curve"})
     synthesize_kwargs = check_kwargs(synthesize_kwargs, "synthesize_kwargs", {
         **own, "central": "pass `central=` to budget_curve", "table_key": "set by budget_curve",
-        "table_added": "set by budget_curve", "n_per_condition": "pass `synthetic_per_spot=` to budget_curve"})
+        "table_added": "set by budget_curve", "n_per_condition": "pass `n_per_condition=` to budget_curve"})
     p_kw = check_kwargs(predictor_kwargs, "predictor_kwargs", own)
     if "n_steps" not in p_kw:
         epochs = p_kw.pop("n_epochs", None)
@@ -266,7 +267,7 @@ def budget_curve(
         extra: dict[str, AnnData] = {}
         todo = [a for a in arms if a == "real" or any(np.isclose(f, syn_fracs))]
         if any(a in ("real+synthetic", "real+null") for a in todo):
-            cond_kw = conditions_kwargs(cond_label, other, record, n_real, synthetic_per_spot, rseed)
+            cond_kw = conditions_kwargs(cond_label, other, record, n_real, n_per_condition, rseed)
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
             # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
@@ -281,7 +282,7 @@ def budget_curve(
                            patch_key=patch_key, table_added=arm.replace("+", "_"), progress=False, **kw)
                 extra[arm] = sd.tables[arm.replace("+", "_")]
         if "real+copy" in todo:
-            extra["real+copy"] = copy_arm(real, synthetic_per_spot, patch_key, expr_key)
+            extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
         fits = [(a, w) for a in todo for w in ([math.nan] if a == "real" else weights)]
         for arm, w in fits:
             tables = [real] if arm == "real" else [real, extra[arm]]

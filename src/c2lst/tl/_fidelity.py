@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ def evaluate_fidelity(
     real: AnnData | np.ndarray,
     synthetic: AnnData | np.ndarray,
     *,
-    features: str = "morphometric",
+    features: Literal["morphometric", "custom"] = "morphometric",
     patch_key: str = "c2lst_patch",
     feature_extractor: Any = None,
     n_subsets: int = 100,

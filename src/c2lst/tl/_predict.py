@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from .._tables import (
     gene_names,
     synthetic_mask,
 )
-from .._utils import c2lst_uns, check_positive_int, check_seed, record_lineage
+from .._utils import c2lst_uns, check_positive_int, check_seed, record_lineage, renamed_arguments
 from ..models.predictor import ExpressionPredictor
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 
@@ -32,17 +32,18 @@ __all__ = ["evaluate_prediction", "fit_predictor", "predict_expression", "predic
 
 
 # --------------------------------------------------------------------------- fit
+@renamed_arguments(backbone="feature_extractor")
 def fit_predictor(
     tables: AnnData | Sequence[AnnData],
     *,
     expr_key: str = "c2lst_expr",
     patch_key: str = "c2lst_patch",
     include_synthetic: bool = True,
-    mode: str = "cnn",
-    features: str | None = None,
+    mode: Literal["cnn", "ridge"] = "cnn",
+    features: Literal["morphometric", "central"] | None = None,
     central: Any = None,
     central_timestep: int = 50,
-    backbone: Any = None,
+    feature_extractor: Any = None,
     alpha: float | None = None,
     n_epochs: int = 30,
     n_steps: int | None = None,
@@ -72,7 +73,7 @@ def fit_predictor(
         :class:`~c2lst.models.predictor.ExpressionPredictor`.
     features
         Frozen feature space of ``mode="ridge"``: ``None`` (the mode's default: morphometric features for
-        ridge, a CNN trained from scratch for cnn; or ``backbone`` when given), ``"morphometric"``, or
+        ridge, a CNN trained from scratch for cnn; or ``feature_extractor`` when given), ``"morphometric"``, or
         ``"central"``: the pooled mid-block activations of the frozen central denoiser ``central`` at timestep
         ``central_timestep`` (see :func:`c2lst.models.central_features`), which learned
         histology from the unpaired pretraining patches. Reload such a predictor with
@@ -81,8 +82,9 @@ def fit_predictor(
         The central model (object, directory or registry key of the first table) for ``features="central"``.
     central_timestep
         Noise timestep of ``features="central"`` (small: the patch stays visible to the UNet).
-    backbone
-        Optional :class:`torch.nn.Module` ``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` built with local weights.
+    feature_extractor
+        Optional frozen :class:`torch.nn.Module` ``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` built with local weights
+        (as in :func:`c2lst.tl.evaluate_fidelity`); the ridge head is fitted on its features.
     alpha
         Ridge penalty; ``None`` chooses it by leave-one-out error.
     n_epochs, batch_size, lr
@@ -137,7 +139,7 @@ def fit_predictor(
         raise ValueError(f"`mode` must be 'cnn' or 'ridge', got {mode!r}.")
     if n_steps is not None:
         n_steps = check_positive_int(n_steps, "n_steps")
-    backbone = _feature_backbone(features, mode, central, central_timestep, backbone, items[0])
+    backbone = _feature_backbone(features, mode, central, central_timestep, feature_extractor, items[0])
     if isinstance(synthetic_weight, bool) or not isinstance(synthetic_weight, int | float) or not (
         np.isfinite(synthetic_weight) and synthetic_weight >= 0
     ):
@@ -233,7 +235,7 @@ def _feature_backbone(features, mode, central, timestep, backbone, table: AnnDat
             "pass `mode='ridge'`."
         )
     if backbone is not None:
-        raise ValueError(f"pass either `backbone=` or `features={features!r}`, not both.")
+        raise ValueError(f"pass either `feature_extractor=` or `features={features!r}`, not both.")
     if features == "morphometric":
         if central is not None:
             raise ValueError("`central=` is only used with `features='central'`; drop it.")
