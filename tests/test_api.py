@@ -117,3 +117,12 @@ def test_pl_imports_no_tl_privates():
 def test_no_source_file_over_400_lines():
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_renamed_arguments_still_work_with_a_warning(adapted_base, tmp_path):
+    with pytest.warns(FutureWarning, match=r"export_adapter\(key=\.\.\.\)` is deprecated; use `adapter_key=`"):
+        path = c2lst.tl.export_adapter(adapted_base, tmp_path / "a.safetensors", key="c2lst_local")
+    assert path.is_file()
+    with pytest.raises(TypeError, match="`key` was renamed `adapter_key`; pass only `adapter_key=`"):
+        c2lst.tl.export_adapter(adapted_base, tmp_path / "b.safetensors", key="x", adapter_key="c2lst_local")
+    assert not (tmp_path / "b.safetensors").exists()
