@@ -25,34 +25,21 @@ from .sampling import sample_images
 
 __all__ = ["PRESETS", "CentralModel", "denoising_loss", "preset_config"]
 
+_PRESET_FIELDS = (
+    "sample_size", "block_out_channels", "attention_levels", "layers_per_block", "norm_num_groups",
+    "attention_head_dim",
+)  # fmt: skip
 #: Architecture presets. ``tiny`` is for tests (32 px, < 1 M parameters), ``small`` the CPU demo
 #: (64 px, ~3 M), ``base`` a GPU model (128 px, ~28 M).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "sample_size": 32,
-        "block_out_channels": [16, 32, 64],
-        "attention_levels": [2],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "attention_head_dim": 64,
-    },
-    "small": {
-        "sample_size": 64,
-        "block_out_channels": [32, 64, 96, 96],
-        "attention_levels": [2, 3],
-        "layers_per_block": 1,
-        "norm_num_groups": 16,
-        "attention_head_dim": 32,
-    },
-    "base": {
-        "sample_size": 128,
-        "block_out_channels": [64, 128, 256, 256],
-        "attention_levels": [2, 3],
-        "layers_per_block": 2,
-        "norm_num_groups": 32,
-        "attention_head_dim": 64,
-    },
-}
+    name: dict(zip(_PRESET_FIELDS, row, strict=True))
+    for name, row in {
+        #         size  block_out_channels    attention  layers  groups  head_dim
+        "tiny":  (32,   [16, 32, 64],         [2],       1,      8,      64),
+        "small": (64,   [32, 64, 96, 96],     [2, 3],    1,      16,     32),
+        "base":  (128,  [64, 128, 256, 256],  [2, 3],    2,      32,     64),
+    }.items()
+}  # fmt: skip
 
 #: DDPM training schedule of the presets (v-prediction); plain diffusers folders default to epsilon.
 _SCHEDULER_DEFAULTS: dict[str, Any] = {**PLAIN_SCHEDULER, "prediction_type": "v_prediction"}

@@ -180,21 +180,11 @@ def fit_denoiser(
             "mixed_precision": mixed_precision,
         }
     settings = TrainSettings(
-        n_steps=n_steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema=ema,
-        mixed_precision=mixed_precision,
-        seed=seed,
-        output_dir=None if output_dir is None else Path(output_dir),
-        resume=resume,
-        progress=progress,
-        desc=desc or ("adapt" if local else "pretrain"),
-        checkpoint_every=checkpoint_every,
-        device=device,
-        fingerprint=dict(fingerprint),
-        lr_multipliers={"encoder.": encoder_lr / lr} if local else {},
-    )
+        n_steps=n_steps, batch_size=batch_size, lr=lr, ema=ema, mixed_precision=mixed_precision, seed=seed,
+        output_dir=None if output_dir is None else Path(output_dir), resume=resume, progress=progress,
+        desc=desc or ("adapt" if local else "pretrain"), checkpoint_every=checkpoint_every, device=device,
+        fingerprint=dict(fingerprint), lr_multipliers={"encoder.": encoder_lr / lr} if local else {},
+    )  # fmt: skip
     result = train(model, loss_fn, settings)
     model.eval()
     return result

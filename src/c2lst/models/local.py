@@ -265,15 +265,9 @@ class LocalModel(nn.Module):
             emb = self.condition(torch.from_numpy(rows))
         gens = [torch.Generator().manual_seed(int(seed + i)) for i in range(n)]
         return self.central.sample(
-            n,
-            steps=steps,
-            scheduler=scheduler,
-            condition=emb,
-            guidance_scale=guidance_scale,
-            generator=gens,
-            batch_size=batch_size,
-            progress=progress,
-        )
+            n, steps=steps, scheduler=scheduler, condition=emb, guidance_scale=guidance_scale, generator=gens,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
 
     def fuse_adapters(self) -> LocalModel:
         """Merge the LoRA weights into the frozen layers and drop the LoRA wrappers, for fast inference.

@@ -240,26 +240,13 @@ def adapt(
         "genes": genes,
     }
     fingerprint.pop("n_steps")
+    # the engine encodes the patches, sets the encoder's statistics from `expr` and runs the shared loop
     result = fit_denoiser(
-        local,
-        patches,
-        conditions=expr,
-        unlabelled=un,
-        unlabelled_fraction=unlabelled_fraction,
-        n_steps=n_steps,
-        batch_size=batch_size,
-        lr=lr,
-        encoder_lr=encoder_lr,
-        seed=seed,
-        ema=ema,
-        mixed_precision=mixed_precision,
-        device=device,
-        output_dir=out,
-        resume=resume,
-        fingerprint=fingerprint,
-        progress=progress,
-        desc="adapt",
-    )
+        local, patches, conditions=expr, unlabelled=un, unlabelled_fraction=unlabelled_fraction,
+        n_steps=n_steps, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, seed=seed, ema=ema,
+        mixed_precision=mixed_precision, device=device, output_dir=out, resume=resume,
+        fingerprint=fingerprint, progress=progress, desc="adapt",
+    )  # fmt: skip
     summary = {**result.summary(), "n_spots": n, **local.parameter_report()}
     adata = adata.copy() if copy else adata
     entry = {

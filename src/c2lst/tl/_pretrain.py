@@ -154,22 +154,10 @@ def pretrain(
         "mixed_precision": mixed_precision,
     }
     result = fit_denoiser(
-        model,
-        patches,
-        n_steps=n_steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        ema=ema,
-        mixed_precision=mixed_precision,
-        device=device,
-        output_dir=out,
-        resume=resume,
-        checkpoint_every=checkpoint_every,
-        fingerprint=fingerprint,
-        progress=progress,
-        desc="pretrain",
-    )
+        model, patches, n_steps=n_steps, batch_size=batch_size, lr=lr, seed=seed, ema=ema,
+        mixed_precision=mixed_precision, device=device, output_dir=out, resume=resume,
+        checkpoint_every=checkpoint_every, fingerprint=fingerprint, progress=progress, desc="pretrain",
+    )  # fmt: skip
     model.training_summary = {**result.summary(), "n_patches": int(n), "sources": names, "seed": seed}
     sha = None
     if out is not None:

@@ -176,16 +176,9 @@ def synthesize(
     cond_idx = np.repeat(np.arange(m), n_per_condition)
     seeds = seed + np.arange(n, dtype=np.int64)  # row i is drawn with seed + i (see LocalModel.generate)
     patches = local.generate(
-        conds.expr,
-        n_per_condition=n_per_condition,
-        seed=seed,
-        steps=steps,
-        scheduler=scheduler,
-        guidance_scale=guidance_scale,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
+        conds.expr, n_per_condition=n_per_condition, seed=seed, steps=steps, scheduler=scheduler,
+        guidance_scale=guidance_scale, batch_size=batch_size, device=device, progress=progress,
+    )  # fmt: skip
     run_id = new_run_id()
     obs = pd.DataFrame(
         {
