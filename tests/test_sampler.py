@@ -10,7 +10,7 @@ import torch
 
 import c2lst
 from c2lst.models import CentralModel
-from c2lst.models.central import denoising_loss
+from c2lst.models.diffusion import denoising_loss
 from c2lst.models.sampling import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 
 

@@ -2,21 +2,33 @@
 
 from .central import PRESETS, CentralModel, preset_config
 from .denoiser_features import CentralFeatureExtractor, central_features
+from .diffusion import denoising_loss
 from .features import MORPHOMETRIC_FEATURE_NAMES, morphometric_features
-from .local import GeneEncoder, LocalModel
+from .fit import fit_denoiser
+from .local import DEFAULT_TARGETS, GeneEncoder, LocalModel, central_fingerprint, check_stored_targets
 from .predictor import ExpressionPredictor
-from .train import TrainingDivergedError
+from .sampling import DEFAULT_SCHEDULER, SCHEDULERS
+from .train import TrainingDivergedError, TrainResult, check_mixed_precision
 
 __all__: list[str] = [
+    "DEFAULT_SCHEDULER",
+    "DEFAULT_TARGETS",
     "MORPHOMETRIC_FEATURE_NAMES",
     "PRESETS",
+    "SCHEDULERS",
     "CentralFeatureExtractor",
     "CentralModel",
     "ExpressionPredictor",
     "GeneEncoder",
     "LocalModel",
+    "TrainResult",
     "TrainingDivergedError",
     "central_features",
+    "central_fingerprint",
+    "check_mixed_precision",
+    "check_stored_targets",
+    "denoising_loss",
+    "fit_denoiser",
     "morphometric_features",
     "preset_config",
 ]

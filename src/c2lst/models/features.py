@@ -239,6 +239,15 @@ def morphometric_features(
     return out
 
 
+def check_feature_extractor(module: Any, arg: str = "feature_extractor") -> Any:
+    """Return ``module`` when it is a :class:`torch.nn.Module`, else raise a :class:`TypeError` naming ``arg``."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"`{arg}` must be a torch.nn.Module, got {type(module).__name__}.")
+    return module
+
+
 def torch_features(
     patches: np.ndarray, module: Any, *, batch_size: int = 64, device: str | None = None
 ) -> np.ndarray:

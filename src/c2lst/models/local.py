@@ -18,7 +18,9 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
 
+from ._nets import default_device
 from .central import CentralModel
+from .sampling import DEFAULT_SCHEDULER
 from .store import ADAPTER_FORMAT, fingerprint, numpy_to_tensors, sha256_tensors, tensors_to_numpy
 
 __all__ = ["DEFAULT_TARGETS", "GeneEncoder", "LocalModel", "central_fingerprint", "check_stored_targets"]
@@ -171,6 +173,11 @@ class LocalModel(nn.Module):
         self.encoder.to(self.central.device)
         self.fused = False
 
+    def to(self, *args: Any, **kwargs: Any) -> LocalModel:  # noqa: D102
+        super().to(*args, **kwargs)
+        self.central.to(*args, **kwargs)  # moves the central model's frozen VAE too (kept out of the modules)
+        return self
+
     # ------------------------------------------------------------------ maths
     def condition(self, expr: torch.Tensor) -> torch.Tensor:
         """Return condition embeddings (null embedding + encoder offset) for expression ``(B, G)``."""
@@ -185,6 +192,82 @@ class LocalModel(nn.Module):
             emb = torch.where(drop[:, None].to(emb.device), self.central.null_condition(emb.shape[0]), emb)
             condition = emb
         return self.central(noisy, timesteps, condition)
+
+    def generate(
+        self,
+        expr: np.ndarray,
+        *,
+        n_per_condition: int = 1,
+        seed: int = 0,
+        steps: int = 25,
+        scheduler: str = DEFAULT_SCHEDULER,
+        guidance_scale: float = 2.0,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Generate ``n_per_condition`` patches for each expression profile, reproducibly per row.
+
+        Output row ``i`` shows profile ``i // n_per_condition`` and is drawn with its own generator seeded
+        ``seed + i`` (initial and per-step noise), so a row is the same whatever ``batch_size`` and whichever
+        other rows are generated with it.
+
+        Parameters
+        ----------
+        expr
+            Prepared expression profiles ``(m, n_genes)`` in the order of :attr:`genes`.
+        n_per_condition
+            Patches per profile.
+        seed
+            Seed of the first row; row ``i`` uses ``seed + i``.
+        steps
+            Denoising steps.
+        scheduler
+            One of :data:`~c2lst.models.sampling.SCHEDULERS`.
+        guidance_scale
+            Classifier-free guidance weight (0: null condition only, 1: condition only, > 1: stronger).
+        batch_size
+            Patches per UNet call.
+        device
+            Torch device; ``None`` picks CUDA when available, else the model's device. The model is moved there.
+        progress
+            Show a progress bar over batches.
+
+        Returns
+        -------
+        uint8 array ``(m * n_per_condition, H, W, 3)``; rows of one profile are contiguous.
+
+        Examples
+        --------
+        >>> local = LocalModel(CentralModel.from_preset("tiny"), ["a", "b"])
+        >>> local.generate(np.zeros((2, 2), np.float32), n_per_condition=3, steps=2).shape
+        (6, 32, 32, 3)
+        """
+        from .._utils import check_positive_int, check_seed, check_seed_range
+
+        n_per_condition = check_positive_int(n_per_condition, "n_per_condition")
+        seed = check_seed(seed)
+        expr = np.asarray(expr)
+        if expr.ndim != 2 or expr.shape[1] != len(self.genes) or expr.dtype.kind not in "fiu":
+            raise ValueError(
+                f"`expr` must be a numeric array (n_profiles, {len(self.genes)}) over the adapter's genes, got "
+                f"shape {expr.shape} and dtype {expr.dtype}."
+            )
+        if not np.isfinite(expr).all():
+            raise ValueError("`expr` contains NaN or Inf values; pass prepared (log-normalised) profiles.")
+        m = expr.shape[0]
+        n = m * n_per_condition
+        check_seed_range(seed, n)
+        if device is not None or torch.cuda.is_available():
+            self.to(default_device(device))
+        rows = np.ascontiguousarray(np.repeat(expr, n_per_condition, axis=0))
+        with torch.inference_mode():
+            emb = self.condition(torch.from_numpy(rows))
+        gens = [torch.Generator().manual_seed(int(seed + i)) for i in range(n)]
+        return self.central.sample(
+            n, steps=steps, scheduler=scheduler, condition=emb, guidance_scale=guidance_scale, generator=gens,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
 
     def fuse_adapters(self) -> LocalModel:
         """Merge the LoRA weights into the frozen layers and drop the LoRA wrappers, for fast inference.

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-if TYPE_CHECKING:
-    from .central import CentralModel
+from torch import nn
 
 #: Valid ``scheduler=`` names. Stochastic samplers (``"sde-dpmsolver++"``, ``"ddpm"``) draw their per-step
 #: noise from the same seeded generators as the initial noise.
@@ -86,7 +84,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def sample_images(
-    model: CentralModel,
+    model: nn.Module,
     n: int,
     *,
     steps: int = 25,
@@ -97,12 +95,39 @@ def sample_images(
     batch_size: int = 64,
     progress: bool = False,
 ) -> np.ndarray:
-    """Run the reverse diffusion for ``n`` samples and return uint8 RGB patches ``(n, H, W, 3)``.
+    """Generate ``n`` RGB patches by reverse diffusion (also :meth:`CentralModel.sample <c2lst.models.CentralModel>`).
 
-    ``condition`` holds condition embeddings ``(n, cond_dim)`` (``None``: the null embedding). With
-    ``guidance_scale`` not in {0, 1} the conditional and null branches run in one doubled batch and are mixed
+    With ``guidance_scale`` not in {0, 1} the conditional and null branches run in one doubled batch and are mixed
     as ``eps_null + w (eps_cond - eps_null)``; ``w = 1`` runs only the conditional branch and ``w = 0`` only the
     null branch, so neither wastes a forward pass.
+
+    Parameters
+    ----------
+    model
+        A :class:`~c2lst.models.CentralModel` (the sampler reads its config, scheduler, condition slot and VAE).
+    n
+        Number of patches.
+    steps
+        Number of denoising steps.
+    scheduler
+        One of :data:`SCHEDULERS`: ``"sde-dpmsolver++"`` (default), ``"dpmsolver++"``, ``"unipc"``, ``"ddim"`` or
+        ``"ddpm"`` (the 1000-step ancestral reference with ``steps=1000``).
+    condition
+        Condition embeddings ``(n, cond_dim)``; ``None`` uses the null embedding.
+    guidance_scale
+        Classifier-free guidance weight: ``eps = eps_null + w (eps_cond - eps_null)``. ``1`` runs only the
+        conditional branch, ``0`` only the null branch.
+    generator
+        One :class:`torch.Generator` for all initial noise, or one per sample (reproducible per row, whatever
+        the batch size). ``None`` uses a fresh unseeded draw.
+    batch_size
+        Samples per UNet call (classifier-free guidance doubles the forward batch internally).
+    progress
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    :class:`numpy.ndarray` of uint8, shape ``(n, H, W, 3)``.
     """
     from .._logging import progress as _progress
     from .._utils import check_guidance_scale, check_memory, check_positive_int

@@ -62,11 +62,18 @@ def apply_umask(paths: Iterable[str | Path]) -> None:
             os.chmod(p, mode)
 
 
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """Write ``tensors`` (made contiguous, on CPU) to ``path`` atomically, with the process umask's file mode."""
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor | np.ndarray], path: str | Path, metadata: dict | None = None
+) -> None:
+    """Write ``tensors`` (torch tensors or numpy arrays; made contiguous, on CPU) to ``path`` atomically.
+
+    The file gets the process umask's mode. Numpy arrays keep their dtype (callers of ``tl`` pass arrays, so
+    the skin needs no torch).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    as_t = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in tensors.items()}
+    save_file({k: v.detach().cpu().contiguous() for k, v in as_t.items()}, str(tmp), metadata=metadata)
     apply_umask([tmp])  # safetensors creates its files 0600
     tmp.replace(path)
 

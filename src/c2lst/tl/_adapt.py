@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from anndata import AnnData
 
 from .._logging import logger
@@ -24,12 +23,10 @@ from .._utils import (
     require_obsm,
     to_jsonable,
 )
-from ..models.central import denoising_loss, patches_to_tensor, to_model_input
-from ..models.local import DEFAULT_TARGETS, LocalModel
+from ..models import DEFAULT_TARGETS, LocalModel, check_mixed_precision, fit_denoiser
 from ..models.store import (
     ADAPTER_FORMAT,
 )
-from ..models.train import TrainSettings, check_mixed_precision, dihedral, train
 from ._adapters import check_key_added
 from ._central import resolve_central
 from ._inputs import check_patches
@@ -166,7 +163,7 @@ def adapt(
             f"patches in `obsm[{patch_key!r}]` are {patches.shape[1]} px but the central model makes "
             f"{model_c.image_size} px images; re-run `c2lst.pp.extract_patches(..., size={model_c.image_size})`."
         )
-    un_t = None
+    un = None
     if unlabelled is not None:
         raw = unlabelled.obsm.get(patch_key) if isinstance(unlabelled, AnnData) else unlabelled
         if raw is None:
@@ -177,7 +174,6 @@ def adapt(
                 f"`unlabelled` patches have shape {un.shape[1:]}, the paired patches {patches.shape[1:]}; extract "
                 "both with the same `size=`."
             )
-        un_t = patches_to_tensor(un)
     check_key_added(adata, key_added, overwrite)  # after the input checks, before anything is written
     out = check_output_dir(output_dir)
     n = adata.n_obs
@@ -193,30 +189,6 @@ def adapt(
         target_modules=target_modules,
         seed=seed,
     )
-    local.encoder.set_statistics(expr)
-    data_t = patches_to_tensor(patches)
-    if model_c.vae is not None:
-        data_t = _encode(local, data_t)
-        un_t = None if un_t is None else _encode(local, un_t)
-    expr_t = torch.from_numpy(expr)
-    scheduler = local.central.noise_scheduler
-
-    n_un = 0 if un_t is None else round(unlabelled_fraction * batch_size)
-
-    def loss_fn(m, gen, dev):
-        idx = torch.randint(0, n, (batch_size - n_un,), generator=gen)
-        batch, expr_b = data_t[idx], expr_t[idx]
-        if n_un:  # unlabelled patches: always the null condition
-            uidx = torch.randint(0, len(un_t), (n_un,), generator=gen)
-            batch = torch.cat([batch, un_t[uidx]])
-            expr_b = torch.cat([expr_b, torch.zeros(n_un, expr_t.shape[1])])
-        x = to_model_input(batch, dev) if batch.dtype == torch.uint8 else batch.to(dev)
-        x = dihedral(x, gen)
-        drop = torch.rand(batch_size - n_un, generator=gen) < cond_dropout
-        if n_un:
-            drop = torch.cat([drop, torch.ones(n_un, dtype=torch.bool)])
-        return denoising_loss(m, scheduler, x, gen, condition=(expr_b.to(dev), drop.to(dev)))
-
     params = {
         "expr_key": expr_key,
         "patch_key": patch_key,
@@ -228,8 +200,8 @@ def adapt(
         "cond_dropout": cond_dropout,
         "hidden": hidden,
         "target_modules": target_modules,
-        "n_unlabelled": 0 if un_t is None else len(un_t),
-        "unlabelled_fraction": float(unlabelled_fraction) if un_t is not None else 0.0,
+        "n_unlabelled": 0 if un is None else len(un),
+        "unlabelled_fraction": float(unlabelled_fraction) if un is not None else 0.0,
         "ema": bool(ema),
         "mixed_precision": mixed_precision,
         "key_added": key_added,
@@ -243,23 +215,13 @@ def adapt(
         "genes": genes,
     }
     fingerprint.pop("n_steps")
-    settings = TrainSettings(
-        n_steps=n_steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema=ema,
-        mixed_precision=mixed_precision,
-        seed=seed,
-        output_dir=out,
-        resume=resume,
-        progress=progress,
-        desc="adapt",
-        device=device,
-        fingerprint=fingerprint,
-        lr_multipliers={"encoder.": encoder_lr / lr},
-    )
-    result = train(local, loss_fn, settings)
-    local.eval()
+    # the engine encodes the patches, sets the encoder's statistics from `expr` and runs the shared loop
+    result = fit_denoiser(
+        local, patches, conditions=expr, unlabelled=un, unlabelled_fraction=unlabelled_fraction,
+        n_steps=n_steps, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, seed=seed, ema=ema,
+        mixed_precision=mixed_precision, device=device, output_dir=out, resume=resume,
+        fingerprint=fingerprint, progress=progress, desc="adapt",
+    )  # fmt: skip
     summary = {**result.summary(), "n_spots": n, **local.parameter_report()}
     adata = adata.copy() if copy else adata
     entry = {
@@ -291,13 +253,6 @@ def adapt(
         "adapt: %d trainable parameters (%.2f%% of the UNet)", summary["trainable"], 100 * summary["ratio"]
     )
     return adata if copy else None
-
-
-def _encode(local: LocalModel, data_u8: torch.Tensor) -> torch.Tensor:
-    dev = local.central.device
-    return torch.cat(
-        [local.central.encode(to_model_input(data_u8[i : i + 64], dev)) for i in range(0, len(data_u8), 64)]
-    ).cpu()
 
 
 def _central_path(central: Any, adata: AnnData, model) -> str:

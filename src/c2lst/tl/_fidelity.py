@@ -93,12 +93,7 @@ def evaluate_fidelity(
     if features == "custom" and feature_extractor is None:
         raise ValueError("`features='custom'` needs a torch module as `feature_extractor=`.")
     if feature_extractor is not None:
-        import torch
-
-        if not isinstance(feature_extractor, torch.nn.Module):
-            raise TypeError(
-                f"`feature_extractor` must be a torch.nn.Module, got {type(feature_extractor).__name__}."
-            )
+        _features.check_feature_extractor(feature_extractor)
     n_subsets = check_positive_int(n_subsets, "n_subsets")
     subset_size = check_positive_int(subset_size, "subset_size")
     batch_size = check_positive_int(batch_size, "batch_size")

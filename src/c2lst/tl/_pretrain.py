@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._logging import logger
 from .._utils import (
     c2lst_uns,
@@ -17,15 +15,7 @@ from .._utils import (
     check_seed,
     record_lineage,
 )
-from ..models.central import (
-    PRESETS,
-    CentralModel,
-    denoising_loss,
-    patches_to_tensor,
-    preset_config,
-    to_model_input,
-)
-from ..models.train import TrainSettings, check_mixed_precision, train
+from ..models import PRESETS, CentralModel, check_mixed_precision, fit_denoiser, preset_config
 from ._inputs import collect_patches
 
 
@@ -152,23 +142,7 @@ def pretrain(
         raise ValueError(f"patch size {size} must be divisible by {2**levels} for preset {preset!r}.")
     out = check_output_dir(output_dir)
     model = CentralModel.from_preset(preset, vae=vae, seed=seed, **overrides)
-    data_t = patches_to_tensor(patches)
-    if vae is not None:
-        data_t = _encode_all(model, data_t)
-    scheduler = model.noise_scheduler
-    n = data_t.shape[0]
-    if n < batch_size:
-        logger.warning("only %d patches for batch_size=%d; batches repeat patches", n, batch_size)
-
-    def loss_fn(m, gen, dev):
-        from ..models.train import dihedral
-
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        batch = data_t[idx]
-        x = to_model_input(batch, dev) if batch.dtype == torch.uint8 else batch.to(dev)
-        x = dihedral(x, gen)
-        return denoising_loss(m, scheduler, x, gen)
-
+    n = len(patches)
     fingerprint = {
         "function": "pretrain",
         "config": cfg,
@@ -179,23 +153,11 @@ def pretrain(
         "n_patches": int(n),
         "mixed_precision": mixed_precision,
     }
-    settings = TrainSettings(
-        n_steps=n_steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema=ema,
-        mixed_precision=mixed_precision,
-        seed=seed,
-        output_dir=out,
-        resume=resume,
-        progress=progress,
-        desc="pretrain",
-        checkpoint_every=checkpoint_every,
-        device=device,
-        fingerprint=fingerprint,
-    )
-    result = train(model, loss_fn, settings)
-    model.eval()
+    result = fit_denoiser(
+        model, patches, n_steps=n_steps, batch_size=batch_size, lr=lr, seed=seed, ema=ema,
+        mixed_precision=mixed_precision, device=device, output_dir=out, resume=resume,
+        checkpoint_every=checkpoint_every, fingerprint=fingerprint, progress=progress, desc="pretrain",
+    )  # fmt: skip
     model.training_summary = {**result.summary(), "n_patches": int(n), "sources": names, "seed": seed}
     sha = None
     if out is not None:
@@ -214,14 +176,6 @@ def _save_on_main_process(model: CentralModel, directory: Path) -> str:
         model.save_pretrained(directory)
     state.wait_for_everyone()
     return str(json.loads((directory / "c2lst.json").read_text())["sha256"])
-
-
-def _encode_all(model: CentralModel, data_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    chunks = [
-        model.encode(to_model_input(data_u8[i : i + batch], model.device))
-        for i in range(0, len(data_u8), batch)
-    ]
-    return torch.cat(chunks).cpu()
 
 
 def _register(tables, model: CentralModel, out: Path | None, sha: str | None, key: str, params, seed) -> None:

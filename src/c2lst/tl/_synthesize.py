@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from anndata import AnnData
 from scipy import sparse
 
@@ -25,7 +24,7 @@ from .._utils import (
     new_run_id,
     record_lineage,
 )
-from ..models.sampling import DEFAULT_SCHEDULER, SCHEDULERS
+from ..models import DEFAULT_SCHEDULER, SCHEDULERS
 from ._adapters import get_adapter, load_local_model
 from ._central import central_for_adapter
 from ._conditions import check_mixup_options, resolve_conditions
@@ -173,30 +172,14 @@ def synthesize(
     )
     # the local model owns a copy of the central model, so the LoRA weights can be fused for speed
     local = load_local_model(record, model_c).fuse_adapters()
-    dev = (
-        torch.device(device)
-        if device
-        else (torch.device("cuda") if torch.cuda.is_available() else model_c.device)
-    )
-    local.to(dev)
-
     m = conds.expr.shape[0]
     n = m * n_per_condition
     cond_idx = np.repeat(np.arange(m), n_per_condition)
-    seeds = seed + np.arange(n, dtype=np.int64)
-    with torch.inference_mode():
-        emb = local.condition(torch.from_numpy(conds.expr[cond_idx]))
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    patches = local.central.sample(
-        n,
-        steps=steps,
-        scheduler=scheduler,
-        condition=emb,
-        guidance_scale=guidance_scale,
-        generator=gens,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    seeds = seed + np.arange(n, dtype=np.int64)  # row i is drawn with seed + i (see LocalModel.generate)
+    patches = local.generate(
+        conds.expr, n_per_condition=n_per_condition, seed=seed, steps=steps, scheduler=scheduler,
+        guidance_scale=guidance_scale, batch_size=batch_size, device=device, progress=progress,
+    )  # fmt: skip
     run_id = new_run_id()
     obs = pd.DataFrame(
         {
