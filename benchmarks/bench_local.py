@@ -91,7 +91,7 @@ def main() -> None:
     bs = 32
     t0 = time.perf_counter()
     c2lst.tl.synthesize(
-        local, central=central, steps=args.steps, guidance_scale=args.guidance[0], batch_size=bs, progress=False
+        local, central=central, n_steps=args.steps, guidance_scale=args.guidance[0], batch_size=bs, progress=False
     )
     t_syn = time.perf_counter() - t0
     syn = local.tables["c2lst_synthetic"]
@@ -131,7 +131,7 @@ def main() -> None:
     by_guidance = {}
     for i, w in enumerate(args.guidance):
         if i:
-            c2lst.tl.synthesize(local, central=central, steps=args.steps, guidance_scale=w, batch_size=bs,
+            c2lst.tl.synthesize(local, central=central, n_steps=args.steps, guidance_scale=w, batch_size=bs,
                                 progress=False, overwrite=True)
             syn = local.tables["c2lst_synthetic"]
         comp = c2lst.tl.evaluate_composition(table, syn)

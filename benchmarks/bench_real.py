@@ -151,7 +151,7 @@ def main() -> None:
             table_key="train",
             central=central,
             n_per_condition=args.synthetic_per_spot,
-            steps=args.synth_steps,
+            n_steps=args.synth_steps,
             seed=seed,
             device="cpu",
             progress=False,

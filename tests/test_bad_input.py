@@ -37,7 +37,7 @@ CASES = Cases()
 
 
 def _synth(env, sdata=None, **kwargs):
-    kw = {"steps": 1, "progress": False, "conditions": np.zeros((1, len(genes(env))), np.float32), **kwargs}
+    kw = {"n_steps": 1, "progress": False, "conditions": np.zeros((1, len(genes(env))), np.float32), **kwargs}
     return lambda: c2lst.tl.synthesize(sdata if sdata is not None else env.sdata, **kw)
 
 
@@ -322,7 +322,7 @@ def _(env):
 # ============================================================================ tl.synthesize
 @CASES("synth-steps-zero", ValueError, r"`steps`")
 def _(env):
-    return _synth(env, steps=0), [env.sdata]
+    return _synth(env, n_steps=0), [env.sdata]
 
 
 @CASES("synth-batch-size-zero", ValueError, r"`batch_size`")
@@ -388,7 +388,7 @@ def _(env):
 @CASES(
     "synth-backed-store-with-orphan-element",
     ValueError,
-    r"`table_added='syn'`.*\['syn_image'\].*overwrite=True",
+    r"`key_added='syn'`.*\['syn_image'\].*overwrite=True",
 )
 def _(env):
     # an interrupted earlier run moved `syn_image` into the store before the metadata was refreshed: zarr does
@@ -397,34 +397,34 @@ def _(env):
     (env.store / "images" / "syn_image" / "zarr.json").write_text("{}")
     back = spatialdata.read_zarr(env.store)
     assert "syn_image" not in back.images
-    return _synth(env, back, table_added="syn"), [back]
+    return _synth(env, back, key_added="syn"), [back]
 
 
 # ============================================================================ issue 13: overwrite, names, storage
-@CASES("synth-overwrite-user-shapes-refused", ValueError, r"`table_added='spots'` would replace elements \['spots'\]")
+@CASES("synth-overwrite-user-shapes-refused", ValueError, r"`key_added='spots'` would replace elements \['spots'\]")
 def _(env):
-    return _synth(env, table_added="spots", overwrite=True), [env.sdata]
+    return _synth(env, key_added="spots", overwrite=True), [env.sdata]
 
 
 @CASES("synth-overwrite-user-image-refused", ValueError, r"would replace elements \['he'\] that c2lst did not")
 def _(env):
-    return _synth(env, table_added="he", overwrite=True), [env.sdata]  # "he" is the slide image
+    return _synth(env, key_added="he", overwrite=True), [env.sdata]  # "he" is the slide image
 
 
-@CASES("synth-table-added-empty", ValueError, r"`table_added=''` is not a valid element name")
+@CASES("synth-table-added-empty", ValueError, r"`key_added=''` is not a valid element name")
 def _(env):
-    return _synth(env, table_added=""), [env.sdata]
+    return _synth(env, key_added=""), [env.sdata]
 
 
-@CASES("synth-table-added-path-traversal", ValueError, r"`table_added='\.\./\.\./evil'` is not a valid element")
+@CASES("synth-table-added-path-traversal", ValueError, r"`key_added='\.\./\.\./evil'` is not a valid element")
 def _(env):
     back = spatialdata.read_zarr(env.store)
-    return _synth(env, back, table_added="../../evil"), [back]
+    return _synth(env, back, key_added="../../evil"), [back]
 
 
-@CASES("synth-table-added-not-a-string", TypeError, r"`table_added` must be a string")
+@CASES("synth-table-added-not-a-string", TypeError, r"`key_added` must be a string")
 def _(env):
-    return _synth(env, table_added=3), [env.sdata]
+    return _synth(env, key_added=3), [env.sdata]
 
 
 @CASES("synth-backed-store-deleted-before-compute", ValueError, r"zarr store '.*store\.zarr', which no longer exists")
@@ -539,7 +539,7 @@ def _(env):
 
 @CASES("synth-steps-string", TypeError, r"`steps` must be a positive integer")
 def _(env):
-    return _synth(env, steps="a"), [env.sdata]
+    return _synth(env, n_steps="a"), [env.sdata]
 
 
 @CASES("synth-device-banana", ValueError, r"`device='banana'` is not a device")
@@ -605,15 +605,15 @@ def test_gene_order_of_conditions_does_not_matter(adapted_sdata, tiny_central):
     expr = np.asarray(t.obsm["c2lst_expr"][:2])
     ordered = pd.DataFrame(expr, columns=genes, index=["a", "b"])
     shuffled = ordered[list(reversed(genes))]
-    kw = {"steps": 2, "seed": 4, "progress": False, "central": tiny_central[0]}
-    a = c2lst.tl.synthesize(adapted_sdata, conditions=ordered, table_added="o", **kw).tables["o"]
-    b = c2lst.tl.synthesize(adapted_sdata, conditions=shuffled, table_added="s", **kw).tables["s"]
+    kw = {"n_steps": 2, "seed": 4, "progress": False, "central": tiny_central[0]}
+    a = c2lst.tl.synthesize(t, conditions=ordered, **kw)  # an AnnData in: the synthetic table comes back
+    b = c2lst.tl.synthesize(t, conditions=shuffled, **kw)
     np.testing.assert_array_equal(a.obsm["c2lst_patch"], b.obsm["c2lst_patch"])
     assert list(b.var_names) == genes
     # an AnnData with its genes in reverse order (and extra genes) is matched by name, too
     sub = t[:2].copy()
     rev = sub[:, list(reversed(sub.var_names))].copy()
-    c = c2lst.tl.synthesize(adapted_sdata, conditions=sub, table_added="c", **kw).tables["c"]
-    d = c2lst.tl.synthesize(adapted_sdata, conditions=rev, table_added="d", **kw).tables["d"]
+    c = c2lst.tl.synthesize(t, conditions=sub, **kw)
+    d = c2lst.tl.synthesize(t, conditions=rev, **kw)
     np.testing.assert_array_equal(c.obsm["c2lst_patch"], d.obsm["c2lst_patch"])
     np.testing.assert_array_equal(c.X.toarray(), d.X.toarray())

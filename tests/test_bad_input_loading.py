@@ -155,7 +155,7 @@ def _rehash(rec: dict) -> None:
 
 def _synth(env, **kw):
     return lambda: c2lst.tl.synthesize(
-        env.sdata, steps=1, progress=False, conditions=np.zeros((1, len(_record(env)["genes"])), np.float32), **kw
+        env.sdata, n_steps=1, progress=False, conditions=np.zeros((1, len(_record(env)["genes"])), np.float32), **kw
     )
 
 

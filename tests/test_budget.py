@@ -38,7 +38,7 @@ def test_budget_curve_runs_and_plans(sim_sdata, tiny_central):
         n_repeats=3,
         n_per_condition=1,
         adapt_kwargs={"n_steps": 2, "batch_size": 8},
-        synthesize_kwargs={"steps": 2},
+        synthesize_kwargs={"n_steps": 2},
         predictor_kwargs={"n_steps": 3},
         progress=False,
     )

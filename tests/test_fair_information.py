@@ -59,7 +59,7 @@ def test_mixup_profiles_are_count_space_mixtures_of_two_parents(adapted_base):
 def test_synthesize_mixup_records_both_parents(adapted_sdata, tiny_central):
     central, _ = tiny_central
     c2lst.tl.synthesize(adapted_sdata, central=central, conditions="mixup", n_conditions=5, n_per_condition=2,
-                        steps=1, progress=False)
+                        n_steps=1, progress=False)
     syn = adapted_sdata.tables["c2lst_synthetic"]
     assert syn.n_obs == 10
     real = adapted_sdata.tables["table"].obs_names
@@ -90,7 +90,7 @@ def test_synthesize_mixup_bad_input_writes_nothing(adapted_sdata, tiny_central, 
     central, _ = tiny_central
     before = set(adapted_sdata.tables)
     with pytest.raises(exc, match=match):
-        c2lst.tl.synthesize(adapted_sdata, central=central, steps=1, progress=False, **kwargs)
+        c2lst.tl.synthesize(adapted_sdata, central=central, n_steps=1, progress=False, **kwargs)
     assert set(adapted_sdata.tables) == before
 
 
@@ -107,7 +107,7 @@ def test_unpaired_conditions_from_another_slide(adapted_sdata, tiny_central):
     central, _ = tiny_central
     genes, params = _adapter(adapted_sdata.tables["table"])
     other = _other_slide()
-    c2lst.tl.synthesize(adapted_sdata, central=central, conditions=other, steps=1, progress=False)
+    c2lst.tl.synthesize(adapted_sdata, central=central, conditions=other, n_steps=1, progress=False)
     syn = adapted_sdata.tables["c2lst_synthetic"]
     assert syn.n_obs == other.n_obs
     np.testing.assert_array_equal(syn.obs["c2lst_parent"], other.obs_names)
@@ -117,8 +117,8 @@ def test_unpaired_conditions_from_another_slide(adapted_sdata, tiny_central):
                                rtol=1e-6)
     # genes are matched by name, whatever their order
     shuffled = other[:, other.var_names[::-1]].copy()
-    c2lst.tl.synthesize(adapted_sdata, central=central, conditions=shuffled, steps=1, progress=False,
-                        table_added="shuffled")
+    c2lst.tl.synthesize(adapted_sdata, central=central, conditions=shuffled, n_steps=1, progress=False,
+                        key_added="shuffled")
     np.testing.assert_allclose(adapted_sdata.tables["shuffled"].obsm["c2lst_expr"], syn.obsm["c2lst_expr"],
                                rtol=1e-6)
 
@@ -129,12 +129,12 @@ def test_unpaired_conditions_missing_genes_or_layer_are_clear(adapted_sdata, tin
     other = _other_slide()
     with pytest.raises(KeyError, match="matched by name"):
         c2lst.tl.synthesize(adapted_sdata, central=central, conditions=other[:, other.var_names.difference(genes[:2])],
-                            steps=1, progress=False)
+                            n_steps=1, progress=False)
     table = adapted_sdata.tables["table"]
     rec = table.uns["c2lst"]["local"]["c2lst_local"]
     rec["expr"] = str(rec["expr"]).replace('"layer": "X"', '"layer": "counts"')
     with pytest.raises(KeyError, match="lacks layer 'counts'"):
-        c2lst.tl.synthesize(adapted_sdata, central=central, conditions=other, steps=1, progress=False)
+        c2lst.tl.synthesize(adapted_sdata, central=central, conditions=other, n_steps=1, progress=False)
     assert "c2lst_synthetic" not in adapted_sdata.tables
 
 
@@ -205,7 +205,7 @@ def test_budget_curve_mixup_with_central_features_plans(sim_sdata, tiny_central)
         "n_repeats": 3,
         "n_per_condition": 2,
         "adapt_kwargs": {"n_steps": 1, "batch_size": 8},
-        "synthesize_kwargs": {"steps": 1},
+        "synthesize_kwargs": {"n_steps": 1},
         "predictor_kwargs": {"mode": "ridge", "features": "central"},
         "progress": False,
     }
@@ -231,7 +231,7 @@ def test_budget_curve_unpaired_conditions(sim_sdata, tiny_central):
     curve = c2lst.tl.budget_curve(
         sim_sdata, central=central, conditions=other, fractions=(0.5,), arms=("real", "real+synthetic"),
         n_repeats=1, n_per_condition=1, adapt_kwargs={"n_steps": 1, "batch_size": 8},
-        synthesize_kwargs={"steps": 1}, predictor_kwargs={"mode": "ridge"}, progress=False,
+        synthesize_kwargs={"n_steps": 1}, predictor_kwargs={"mode": "ridge"}, progress=False,
     )
     assert set(curve["conditions"]) == {"unpaired"}
     aug = curve[curve["condition"] == "real+synthetic"]

@@ -98,15 +98,14 @@ def test_guidance_changes_output_and_zero_is_null(adapted_sdata, tiny_central):
     central, _ = tiny_central
     outs = {}
     for g in (0.0, 1.0, 3.0):
-        sd = c2lst.tl.synthesize(
-            adapted_sdata,
+        syn = c2lst.tl.synthesize(
+            adapted_sdata.tables["table"],
             guidance_scale=g,
-            steps=3,
-            table_added=f"s{int(g)}",
+            n_steps=3,
             conditions=adapted_sdata.tables["table"][:4].copy(),
             progress=False,
         )
-        outs[g] = sd.tables[f"s{int(g)}"].obsm["c2lst_patch"]
+        outs[g] = syn.obsm["c2lst_patch"]
     assert not np.array_equal(outs[1.0], outs[3.0])
     # guidance 0 = the adapted model's null branch: the central model + LoRA with the null embedding
     from c2lst.tl._adapters import load_local_model
@@ -120,7 +119,8 @@ def test_guidance_changes_output_and_zero_is_null(adapted_sdata, tiny_central):
 
 def test_synthesize_writes_elements_and_lineage(adapted_sdata, tmp_path):
     adapted_sdata.tables["table"] = adapted_sdata.tables["table"][:10].copy()  # default conditions: own spots
-    sd = c2lst.tl.synthesize(adapted_sdata, n_per_condition=2, steps=3, seed=7, progress=False)
+    assert c2lst.tl.synthesize(adapted_sdata, n_per_condition=2, n_steps=3, seed=7, progress=False) is None
+    sd = adapted_sdata
     src = sd.tables["table"]
     syn = sd.tables["c2lst_synthetic"]
     assert syn.n_obs == 2 * src.n_obs
@@ -162,9 +162,10 @@ def test_adapter_round_trip_through_zarr_same_bytes(adapted_sdata, tmp_path, tin
     _ = tiny_central
     adapted_sdata.write(tmp_path / "a.zarr")
     back = spatialdata.read_zarr(tmp_path / "a.zarr")
-    kw = {"steps": 3, "seed": 3, "progress": False, "conditions": adapted_sdata.tables["table"][:3].copy()}
-    a = c2lst.tl.synthesize(adapted_sdata, table_added="first", **kw).tables["first"].obsm["c2lst_patch"]
-    b = c2lst.tl.synthesize(back, table_added="second", **kw).tables["second"].obsm["c2lst_patch"]
+    kw = {"n_steps": 3, "seed": 3, "progress": False, "conditions": adapted_sdata.tables["table"][:3].copy()}
+    c2lst.tl.synthesize(adapted_sdata, key_added="first", **kw)
+    c2lst.tl.synthesize(back, key_added="second", **kw)
+    a, b = (sd.tables[k].obsm["c2lst_patch"] for sd, k in ((adapted_sdata, "first"), (back, "second")))
     np.testing.assert_array_equal(a, b)
     # and through a safetensors export
     t = adapted_sdata.tables["table"]
@@ -183,7 +184,7 @@ def test_adapter_round_trip_through_zarr_same_bytes(adapted_sdata, tmp_path, tin
 def test_synthesize_backed_writes_to_store(adapted_sdata, tmp_path):
     adapted_sdata.write(tmp_path / "b.zarr")
     back = spatialdata.read_zarr(tmp_path / "b.zarr")
-    c2lst.tl.synthesize(back, steps=2, progress=False, conditions=np.zeros((2, 20), np.float32))
+    c2lst.tl.synthesize(back, n_steps=2, progress=False, conditions=np.zeros((2, 20), np.float32))
     again = spatialdata.read_zarr(tmp_path / "b.zarr")
     assert "c2lst_synthetic" in again.tables and "c2lst_synthetic_image" in again.images
     assert list(again.tables["c2lst_synthetic"].obs["c2lst_parent"]) == ["condition_0", "condition_1"]
@@ -194,7 +195,7 @@ def test_conditions_dataframe_and_scanpy_chain(adapted_sdata):
     t = adapted_sdata.tables["table"]
     genes = list(t.uns["c2lst"]["local"]["c2lst_local"]["genes"])
     profiles = pd.DataFrame(np.asarray(t.obsm["c2lst_expr"][:3]), columns=genes, index=["a", "b", "c"])
-    c2lst.tl.synthesize(adapted_sdata, conditions=profiles, steps=2, progress=False, n_per_condition=2)
+    c2lst.tl.synthesize(adapted_sdata, conditions=profiles, n_steps=2, progress=False, n_per_condition=2)
     syn = adapted_sdata.tables["c2lst_synthetic"]
     assert list(syn.obs["c2lst_parent"]) == ["a", "a", "b", "b", "c", "c"]
     both = c2lst.tl.concat_augmented(adapted_sdata)
@@ -252,18 +253,18 @@ def test_adapt_unlabelled_images_and_encoder_lr(sim_sdata, tiny_central):
         ({"conditions": pd.DataFrame({"x": [1.0]})}, KeyError, "adapter's genes"),
         ({"conditions": ad.AnnData(np.ones((2, 3), np.float32))}, KeyError, "missing"),
         ({"conditions": "spots"}, TypeError, "conditions"),
-        ({"table_added": "table"}, ValueError, "table_added"),
+        ({"key_added": "table"}, ValueError, "key_added"),
     ],
 )
 def test_synthesize_bad_input(adapted_sdata, kwargs, exc, match):
     before = snapshot(adapted_sdata)
     with pytest.raises(exc, match=match):
-        c2lst.tl.synthesize(adapted_sdata, steps=1, progress=False, **kwargs)
+        c2lst.tl.synthesize(adapted_sdata, n_steps=1, progress=False, **kwargs)
     assert snapshot(adapted_sdata) == before
 
 
 def test_synthesize_existing_table_needs_overwrite(adapted_sdata):
-    kw = {"steps": 1, "progress": False, "conditions": np.zeros((1, 20), np.float32)}
+    kw = {"n_steps": 1, "progress": False, "conditions": np.zeros((1, 20), np.float32)}
     c2lst.tl.synthesize(adapted_sdata, **kw)
     with pytest.raises(ValueError, match="overwrite=True"):
         c2lst.tl.synthesize(adapted_sdata, **kw)
@@ -274,12 +275,12 @@ def test_synthesize_existing_table_needs_overwrite(adapted_sdata):
 def test_central_sha_mismatch(adapted_sdata):
     other = CentralModel.from_preset("tiny", seed=123)
     with pytest.raises(ValueError, match=r"sha256.*verify=False"):
-        c2lst.tl.synthesize(adapted_sdata, central=other, steps=1, progress=False)
+        c2lst.tl.synthesize(adapted_sdata, central=other, n_steps=1, progress=False)
     c2lst.tl.synthesize(
         adapted_sdata,
         central=other,
         verify=False,
-        steps=1,
+        n_steps=1,
         progress=False,
         conditions=np.zeros((1, 20), np.float32),
     )

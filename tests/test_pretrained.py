@@ -68,7 +68,7 @@ def test_shipped_name_works_as_central(sim_sdata):
     record = table.uns["c2lst"]["local"]["c2lst_local"]
     assert record["central_path"] == "tiny-sim"
     # synthesize reloads the shipped model from the recorded name
-    c2lst.tl.synthesize(sim_sdata, n_per_condition=1, steps=2, seed=0, progress=False)
+    c2lst.tl.synthesize(sim_sdata, n_per_condition=1, n_steps=2, seed=0, progress=False)
     assert sim_sdata.tables["c2lst_synthetic"].n_obs == table.n_obs
 
 

@@ -76,7 +76,7 @@ def pipeline(crop, he_tiles, held_out, tmp_path_factory):
     table = crop.tables["table"]
     # smoke test: the adapter sees every spot's image; benchmarks/bench_real.py adapts per held-out fold
     c2lst.tl.adapt(table, central=str(out / "model"), n_steps=3, batch_size=8, device="cpu", progress=False)
-    c2lst.tl.synthesize(crop, steps=2, n_per_condition=1, seed=5, device="cpu", progress=False)
+    c2lst.tl.synthesize(crop, n_steps=2, n_per_condition=1, seed=5, device="cpu", progress=False)
     syn = crop.tables["c2lst_synthetic"]
     train_names = set(table.obs_names[~held_out])
     syn_train = syn[syn.obs["c2lst_parent"].isin(train_names).to_numpy()].copy()

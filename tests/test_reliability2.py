@@ -126,8 +126,8 @@ def test_adapter_record_of_previous_version_synthesizes(adapted_sdata, tiny_cent
     from c2lst.models.local import DEFAULT_TARGETS
     from c2lst.models.store import ADAPTER_FORMAT_V1, sha256_tensors
 
-    kw = {"steps": 1, "seed": 3, "progress": False, "central": tiny_central[0]}
-    c2lst.tl.synthesize(adapted_sdata, table_added="new", **kw)
+    kw = {"n_steps": 1, "seed": 3, "progress": False, "central": tiny_central[0]}
+    c2lst.tl.synthesize(adapted_sdata, key_added="new", **kw)
     rec = adapted_sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"]
     cfg = json.loads(rec["config"])
     cfg.update(format=ADAPTER_FORMAT_V1, target_modules=DEFAULT_TARGETS)
@@ -135,7 +135,7 @@ def test_adapter_record_of_previous_version_synthesizes(adapted_sdata, tiny_cent
     c2lst._logging.logger.propagate = True
     try:
         with caplog.at_level("WARNING", logger="c2lst"):
-            c2lst.tl.synthesize(adapted_sdata, table_added="old", **kw)
+            c2lst.tl.synthesize(adapted_sdata, key_added="old", **kw)
     finally:
         c2lst._logging.logger.propagate = False
     assert "older c2lst" in caplog.text
@@ -184,7 +184,7 @@ def test_failed_overwrite_keeps_the_first_result(adapted_base, tiny_central, tmp
     from c2lst.tl import _elements
 
     sdata, store = _backed(adapted_base, tmp_path)
-    kw = {"steps": 1, "progress": False, "central": tiny_central[0], "table_added": "syn"}
+    kw = {"n_steps": 1, "progress": False, "central": tiny_central[0], "key_added": "syn"}
     c2lst.tl.synthesize(sdata, conditions=_cond(adapted_base), **kw)
     first = np.asarray(sdata.tables["syn"].obsm["c2lst_patch"]).copy()
     on_disk = sorted(p.name for p in (store / "tables").iterdir())
@@ -208,7 +208,7 @@ def test_racing_writer_gets_already_exists(adapted_base, tiny_central, tmp_path,
 
     a, store = _backed(adapted_base, tmp_path)
     b = spatialdata.read_zarr(store)
-    kw = {"steps": 1, "progress": False, "central": tiny_central[0], "table_added": "syn"}
+    kw = {"n_steps": 1, "progress": False, "central": tiny_central[0], "key_added": "syn"}
     c2lst.tl.synthesize(a, conditions=_cond(adapted_base), **kw)
     winner = sorted(p.name for p in store.rglob("*"))
     # b checked before a wrote: it does not see a's elements
@@ -226,7 +226,7 @@ def test_read_only_store_fails_before_compute(adapted_base, tiny_central, tmp_pa
     os.chmod(store, 0o555)
     try:
         with pytest.raises(ValueError, match=r"zarr store .*s\.zarr.*not writable"):
-            c2lst.tl.synthesize(sdata, conditions=_cond(adapted_base), steps=1, progress=False,
+            c2lst.tl.synthesize(sdata, conditions=_cond(adapted_base), n_steps=1, progress=False,
                                 central=tiny_central[0])
     finally:
         os.chmod(store, 0o755)
@@ -251,7 +251,7 @@ def test_resume_false_sets_the_old_checkpoints_aside(tiny_central, tmp_path, sim
 def test_cuda_without_cuda_is_one_clear_error(adapted_sdata, tiny_central):
     n = len(adapted_sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"]["genes"])
     with pytest.raises(ValueError, match=r"`device='cuda'` but this PyTorch has no usable CUDA device"):
-        c2lst.tl.synthesize(adapted_sdata, conditions=np.zeros((1, n), np.float32), device="cuda", steps=1,
+        c2lst.tl.synthesize(adapted_sdata, conditions=np.zeros((1, n), np.float32), device="cuda", n_steps=1,
                             progress=False, central=tiny_central[0])
     with pytest.raises(ValueError, match=r"`device='cuda'` but this PyTorch has no usable CUDA device"):
         c2lst.tl.pretrain(np.zeros((4, 32, 32, 3), np.uint8), preset="tiny", n_steps=1, device="cuda",

@@ -143,7 +143,7 @@ def test_load_paths_do_not_unpickle(no_unpickling, tiny_central, adapted_base, t
     adapted_base.write_zarr(tmp_path / "t.zarr")
     back = ad.read_zarr(tmp_path / "t.zarr")
     sd = __import__("spatialdata").SpatialData(tables={"table": back})
-    c2lst.tl.synthesize(sd, steps=1, progress=False, conditions=np.zeros((1, 20), np.float32))  # central=None
+    c2lst.tl.synthesize(sd, n_steps=1, progress=False, conditions=np.zeros((1, 20), np.float32))  # central=None
     assert sd.tables["c2lst_synthetic"].n_obs == 1
 
 
@@ -300,7 +300,7 @@ def test_adapter_record_strings_are_never_evaluated(adapted_sdata, tmp_path, fie
     else:
         record[field] = bad
     with pytest.raises(exc):
-        c2lst.tl.synthesize(adapted_sdata, central=None, steps=1, progress=False)
+        c2lst.tl.synthesize(adapted_sdata, central=None, n_steps=1, progress=False)
     assert not sentinel.exists()
 
 

@@ -90,9 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             central=args.central,
             n_per_condition=args.n_per_condition,
             guidance_scale=args.guidance_scale,
-            steps=args.steps,
+            n_steps=args.steps,
             seed=args.seed,
-            table_added=args.table_added,
+            key_added=args.table_added,
         )
         print(f"wrote table {args.table_added!r} (+ image and circles) into {args.zarr}")
         return 0

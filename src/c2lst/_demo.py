@@ -112,7 +112,7 @@ def run_demo(
     adapter = json.loads(table.uns["c2lst"]["local"]["c2lst_local"]["summary"])
     lap("adapt")
     tl.synthesize(
-        local, central=central, steps=cfg.synth_steps, n_per_condition=1, seed=seed, progress=progress
+        local, central=central, n_steps=cfg.synth_steps, n_per_condition=1, seed=seed, progress=progress
     )
     syn = local.tables["c2lst_synthetic"]
     lap("synthesize")

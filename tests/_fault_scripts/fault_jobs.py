@@ -198,9 +198,9 @@ def job_synthesize(spec: dict[str, Any]) -> dict[str, Any]:
     c2lst.tl.synthesize(
         sdata,
         conditions=np.load(spec["conditions"], allow_pickle=False),
-        steps=2,
+        n_steps=2,
         seed=11,
-        table_added=spec["table_added"],
+        key_added=spec["table_added"],
         overwrite=bool(spec.get("overwrite", False)),
         device="cpu",
         progress=False,

@@ -46,7 +46,7 @@ def concat_augmented(
     if "c2lst_synthetic" not in syn.obs:
         raise ValueError(
             f"`synthetic_key={synthetic_key!r}` is not a synthetic table (no obs['c2lst_synthetic']); pass the "
-            "`table_added` of `c2lst.tl.synthesize`."
+            "`key_added` of `c2lst.tl.synthesize`."
         )
     genes = list(syn.var_names)
     missing = [g for g in genes if g not in real.var_names]

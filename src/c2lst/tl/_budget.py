@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._utils import check_kwargs, check_positive_int, check_seed, get_table, renamed_arguments, require_obsm
+from .._utils import as_table, check_kwargs, check_positive_int, check_seed, renamed_arguments, require_obsm
 from ._budget_arms import check_conditions, conditions_kwargs, copy_arm, repeat_table, score_run
 
 SPLITS = ("spatial", "random")
@@ -168,15 +168,13 @@ def budget_curve(
     >>> curve = c2lst.tl.budget_curve(sdata, central=model, fractions=(0.1, 0.25, 1.0), n_repeats=8)
     >>> c2lst.tl.plan_budget(curve, margin=0.02)
     """
-    from spatialdata import SpatialData
-
     from .._utils import quiet_io_warnings
     from ..pp._expression import apply_expression, prepare_expression
     from ._adapt import adapt
     from ._predict import fit_predictor
     from ._synthesize import synthesize
 
-    table = sdata if isinstance(sdata, AnnData) else get_table(sdata, table_key)
+    table = as_table(sdata, table_key, arg="sdata")
     fractions = _check_fractions(fractions, "fractions")
     syn_fracs = fractions if synthetic_fractions is None else _check_fractions(synthetic_fractions, "synthetic_fractions")
     arms = list(arms) if not isinstance(arms, str) else [arms]
@@ -214,7 +212,7 @@ def budget_curve(
                                                                 "overwrite": "set by budget_curve"})
     synthesize_kwargs = check_kwargs(synthesize_kwargs, "synthesize_kwargs", {
         **own, "central": "pass `central=` to budget_curve", "table_key": "set by budget_curve",
-        "table_added": "set by budget_curve", "n_per_condition": "pass `n_per_condition=` to budget_curve"})
+        "key_added": "set by budget_curve", "n_per_condition": "pass `n_per_condition=` to budget_curve"})
     p_kw = check_kwargs(predictor_kwargs, "predictor_kwargs", own)
     if "n_steps" not in p_kw:
         epochs = p_kw.pop("n_epochs", None)
@@ -233,7 +231,8 @@ def budget_curve(
         p_kw["central"] = model
     kinds = table.var["c2lst_gene_kind"].astype(str) if "c2lst_gene_kind" in table.var else None
     a_kw = {"n_steps": 200, "batch_size": 16, **dict(adapt_kwargs or {})}
-    s_kw = {"steps": 20, **dict(synthesize_kwargs or {})}
+    s_kw = dict(synthesize_kwargs or {})
+    s_kw.setdefault("n_steps", s_kw.pop("steps", 20))  # `steps` is the old spelling
     rows: list[dict[str, Any]] = []
     runs = [(r, f) for r in range(n_repeats) for f in fractions]
     bar = _progress(runs, enabled=progress, desc="budget curve", unit="run")
@@ -273,14 +272,12 @@ def budget_curve(
             # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
             adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
                   unlabelled=un, **{"overwrite": True, **a_kw})
-            sd = SpatialData(tables={"train": real})
             for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
                 if arm not in todo:
                     continue
                 kw = {**s_kw, **cond_kw} if guidance is None else {**s_kw, **cond_kw, "guidance_scale": guidance}
-                synthesize(sd, table_key="train", central=model, seed=rseed,
-                           patch_key=patch_key, table_added=arm.replace("+", "_"), progress=False, **kw)
-                extra[arm] = sd.tables[arm.replace("+", "_")]
+                extra[arm] = synthesize(real, central=model, seed=rseed, patch_key=patch_key,
+                                        key_added=arm.replace("+", "_"), progress=False, **kw)
         if "real+copy" in todo:
             extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
         fits = [(a, w) for a in todo for w in ([math.nan] if a == "real" else weights)]

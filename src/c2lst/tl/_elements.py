@@ -56,7 +56,7 @@ def existing_names(sdata: Any) -> set[str]:
 
 
 def foreign_elements(sdata: Any, name: str) -> list[str]:
-    """Return the elements ``synthesize(table_added=name)`` would replace that c2lst did not write.
+    """Return the elements ``synthesize(key_added=name)`` would replace that c2lst did not write.
 
     c2lst writes a table ``name`` (every row marked ``obs["c2lst_synthetic"]``, with ``obs["c2lst_run_id"]``),
     an image ``{name}_image`` and circles ``{name}_spots``, both only in coordinate system ``name``. An element of
@@ -166,7 +166,7 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: 
         if taken and not replace:  # another writer moved elements of these names in since the checks
             raise ValueError(
                 f"elements {taken} already exist in the store {str(target)!r} (written by another process "
-                "meanwhile); pass another `table_added=` or `overwrite=True`."
+                "meanwhile); pass another `key_added=` or `overwrite=True`."
             )
         old = [target / elements[n][0] / n for n in reversed(order)] if replace else []
         old = [path for path in old if path.exists()]
@@ -189,7 +189,7 @@ def _write_atomic(sdata: Any, elements: dict[str, tuple[str, Any]], *, replace: 
             except OSError as err:  # lost the race between the check and the move
                 raise ValueError(
                     f"element {element_name!r} already exists in the store {str(target)!r} ({err}); pass another "
-                    "`table_added=` or `overwrite=True`."
+                    "`key_added=` or `overwrite=True`."
                 ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

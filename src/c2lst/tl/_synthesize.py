@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ from scipy import sparse
 from .._logging import logger
 from .._records import expression_entry, expression_key_of
 from .._utils import (
+    as_table,
     check_device,
     check_element_name,
     check_guidance_scale,
@@ -20,9 +21,9 @@ from .._utils import (
     check_positive_int,
     check_seed,
     check_seed_range,
-    get_table,
     new_run_id,
     record_lineage,
+    renamed_arguments,
 )
 from ..models import DEFAULT_SCHEDULER, SCHEDULERS
 from ._adapters import get_adapter, load_local_model
@@ -31,8 +32,9 @@ from ._conditions import check_mixup_options, resolve_conditions
 from ._elements import add_elements, build_elements, check_store_writable, existing_names, foreign_elements
 
 
+@renamed_arguments(table_added="key_added", steps="n_steps")
 def synthesize(
-    sdata: Any,
+    data: Any,
     *,
     table_key: str = "table",
     adapter_key: str = "c2lst_local",
@@ -42,25 +44,27 @@ def synthesize(
     mixup_alpha: float = 1.0,
     n_per_condition: int = 1,
     guidance_scale: float = 2.0,
-    steps: int = 25,
-    scheduler: str = DEFAULT_SCHEDULER,
+    n_steps: int = 25,
+    scheduler: Literal["sde-dpmsolver++", "dpmsolver++", "unipc", "ddim", "ddpm"] = DEFAULT_SCHEDULER,
     batch_size: int = 32,
     seed: int = 0,
-    table_added: str = "c2lst_synthetic",
+    key_added: str = "c2lst_synthetic",
     patch_key: str = "c2lst_patch",
     overwrite: bool = False,
     verify: bool = True,
     device: str | None = None,
     progress: bool = True,
-) -> Any:
-    """Synthesize histology patches conditioned on expression profiles and add them to ``sdata``.
+) -> AnnData | None:
+    """Synthesize histology patches conditioned on expression profiles and add them to ``data``.
 
     Parameters
     ----------
-    sdata
-        SpatialData whose table ``table_key`` holds the adapter (see :func:`c2lst.tl.adapt`).
+    data
+        SpatialData whose table ``table_key`` holds the adapter (see :func:`c2lst.tl.adapt`): the synthetic
+        table, its tiled image and circles are added to it. Or the adapted AnnData itself: the synthetic table
+        is returned (an AnnData has no room for new elements).
     table_key
-        Table holding the adapter and, by default, the conditioning spots.
+        Table of a SpatialData holding the adapter and, by default, the conditioning spots.
     adapter_key
         Key of the adapter in ``uns["c2lst"]["local"]``.
     central
@@ -84,17 +88,17 @@ def synthesize(
         Synthetic patches per profile.
     guidance_scale
         Classifier-free guidance weight (0: null condition only, 1: condition only, > 1: stronger conditioning).
-    steps
-        Denoising steps.
+    n_steps
+        Denoising steps of the sampler.
     scheduler
         ``"sde-dpmsolver++"`` (default), ``"dpmsolver++"``, ``"unipc"``, ``"ddim"`` or ``"ddpm"``.
     batch_size
         Patches per UNet call.
     seed
         Synthetic row ``i`` is drawn with seed ``seed + i`` (stored in ``obs["c2lst_seed"]``).
-    table_added
-        Name of the new table; the image is ``f"{table_added}_image"``, the circles ``f"{table_added}_spots"``,
-        both in coordinate system ``table_added``.
+    key_added
+        Name of the new table; the image is ``f"{key_added}_image"``, the circles ``f"{key_added}_spots"``,
+        both in coordinate system ``key_added`` (with an AnnData: the prefix of the new rows' names).
     patch_key
         ``obsm`` key of the synthetic patches in the new table.
     overwrite
@@ -109,7 +113,8 @@ def synthesize(
 
     Returns
     -------
-    The same ``sdata``, augmented with the table, image and circles elements. The table has one row per synthetic
+    ``None`` for a SpatialData, which gains the elements ``key_added`` (table), ``f"{key_added}_image"`` and
+    ``f"{key_added}_spots"``; for an AnnData, the new synthetic table. The table has one row per synthetic
     spot: ``obs["c2lst_synthetic"]=True``, ``obs["c2lst_parent"]``, ``obs["c2lst_seed"]``, ``obs["c2lst_run_id"]``;
     ``X`` holds the conditioning expression in **count space** over the adapter's genes (the parent spot's raw
     counts for table/AnnData conditions; ``expm1`` of log-normalised profiles, i.e. counts per
@@ -118,18 +123,20 @@ def synthesize(
     ``conditions="mixup"`` also ``obs["c2lst_parent_b"]`` (the second parent) and ``obs["c2lst_mix_weight"]``
     (the first parent's weight); ``obs["c2lst_parent"]`` is the first (dominant) parent, so
     :func:`c2lst.tl.concat_augmented` places a mixed row at its first parent's coordinates and the predictor's
-    grouped validation keeps it with that parent; ``X`` holds the mixed counts. When ``sdata`` is
+    grouped validation keeps it with that parent; ``X`` holds the mixed counts. When the SpatialData is
     backed by zarr, the elements are written there too, each atomically.
 
     Examples
     --------
-    >>> sdata = c2lst.tl.synthesize(sdata, n_per_condition=2, steps=20)
+    >>> c2lst.tl.synthesize(sdata, n_per_condition=2, n_steps=20)
     >>> c2lst.pp.extract_patches(sdata, table_key="c2lst_synthetic", key_added="check")
+    >>> syn = c2lst.tl.synthesize(sdata.tables["table"], n_per_condition=2)  # an AnnData in, a table out
     """
-    table = get_table(sdata, table_key)
+    in_memory = isinstance(data, AnnData)
+    table = as_table(data, table_key, arg="data")
     record = get_adapter(table, adapter_key)
     n_per_condition = check_positive_int(n_per_condition, "n_per_condition")
-    steps = check_positive_int(steps, "steps")
+    n_steps = check_positive_int(n_steps, "n_steps")
     batch_size = check_positive_int(batch_size, "batch_size")
     guidance_scale = check_guidance_scale(guidance_scale)
     seed = check_seed(seed)
@@ -137,27 +144,13 @@ def synthesize(
     device = check_device(device)
     if not isinstance(scheduler, str) or scheduler not in SCHEDULERS:
         raise ValueError(f"`scheduler={scheduler!r}` is unknown; valid schedulers are {list(SCHEDULERS)}.")
-    table_added = check_element_name(table_added, "table_added")
+    key_added = check_element_name(key_added, "key_added")
     if not isinstance(patch_key, str) or not patch_key:
         raise TypeError(f"`patch_key` must be a non-empty string, got {patch_key!r}.")
     if not isinstance(overwrite, bool):
         raise TypeError(f"`overwrite` must be True or False, got {overwrite!r}.")
-    if table_added == table_key:
-        raise ValueError(f"`table_added={table_added!r}` equals `table_key`; choose a new name.")
-    new_names = {table_added, f"{table_added}_image", f"{table_added}_spots"}
-    clash = sorted(new_names & existing_names(sdata))
-    if clash and not overwrite:
-        raise ValueError(
-            f"`table_added={table_added!r}`: elements {clash} already exist; pass `overwrite=True` or another name."
-        )
-    foreign = foreign_elements(sdata, table_added)
-    if foreign:
-        raise ValueError(
-            f"`table_added={table_added!r}` would replace elements {foreign} that c2lst did not write (not a "
-            "synthetic table / image / circles of that name); even with `overwrite=True` they are kept. Choose "
-            "another `table_added=`."
-        )
-    check_store_writable(sdata)
+    if not in_memory:
+        _check_new_elements(data, key_added, table_key, overwrite)
     genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
     expr_params = json.loads(str(record["expr"]))
     expr_key = str(record.get("expr_key", "")) or expression_key_of(table, genes)
@@ -177,7 +170,7 @@ def synthesize(
     cond_idx = np.repeat(np.arange(m), n_per_condition)
     seeds = seed + np.arange(n, dtype=np.int64)  # row i is drawn with seed + i (see LocalModel.generate)
     patches = local.generate(
-        conds.expr, n_per_condition=n_per_condition, seed=seed, steps=steps, scheduler=scheduler,
+        conds.expr, n_per_condition=n_per_condition, seed=seed, steps=n_steps, scheduler=scheduler,
         guidance_scale=guidance_scale, batch_size=batch_size, device=device, progress=progress,
     )  # fmt: skip
     run_id = new_run_id()
@@ -189,7 +182,7 @@ def synthesize(
             "c2lst_seed": seeds,
             "c2lst_run_id": run_id,
         },
-        index=[f"{table_added}_{run_id}_{i}" for i in range(n)],
+        index=[f"{key_added}_{run_id}_{i}" for i in range(n)],
     )
     if conds.parents_b is not None:
         obs["c2lst_parent_b"] = conds.parents_b[cond_idx]
@@ -203,10 +196,10 @@ def synthesize(
         "adapter_key": adapter_key,
         "n_per_condition": n_per_condition,
         "guidance_scale": guidance_scale,
-        "steps": steps,
+        "n_steps": n_steps,
         "scheduler": scheduler,
         "batch_size": batch_size,
-        "table_added": table_added,
+        "key_added": key_added,
         "patch_key": patch_key,
         "conditions": conds.source,
         "n_conditions": m,
@@ -222,7 +215,30 @@ def synthesize(
         model_sha256={"central": str(record["central_sha256"]), "adapter": str(record["sha256"])},
         run_id=run_id,
     )
-    elements = build_elements(patches, new, name=table_added, coordinate_system=table_added)
-    add_elements(sdata, elements, overwrite=overwrite)
-    logger.info("synthesize: %d patches from %d profiles written to %r", n, m, table_added)
-    return sdata
+    if in_memory:
+        logger.info("synthesize: %d patches from %d profiles", n, m)
+        return new
+    elements = build_elements(patches, new, name=key_added, coordinate_system=key_added)
+    add_elements(data, elements, overwrite=overwrite)
+    logger.info("synthesize: %d patches from %d profiles written to %r", n, m, key_added)
+    return None
+
+
+def _check_new_elements(sdata: Any, key_added: str, table_key: str, overwrite: bool) -> None:
+    """Refuse element names that clash (without ``overwrite``), belong to the user, or a read-only store."""
+    if key_added == table_key:
+        raise ValueError(f"`key_added={key_added!r}` equals `table_key`; choose a new name.")
+    new_names = {key_added, f"{key_added}_image", f"{key_added}_spots"}
+    clash = sorted(new_names & existing_names(sdata))
+    if clash and not overwrite:
+        raise ValueError(
+            f"`key_added={key_added!r}`: elements {clash} already exist; pass `overwrite=True` or another name."
+        )
+    foreign = foreign_elements(sdata, key_added)
+    if foreign:
+        raise ValueError(
+            f"`key_added={key_added!r}` would replace elements {foreign} that c2lst did not write (not a "
+            "synthetic table / image / circles of that name); even with `overwrite=True` they are kept. Choose "
+            "another `key_added=`."
+        )
+    check_store_writable(sdata)
