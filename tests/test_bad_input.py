@@ -258,9 +258,14 @@ def _(env):
 
 
 # ============================================================================ tl.adapt
-@CASES("adapt-spatialdata-instead-of-table", TypeError, r"`adata` must be an AnnData")
+@CASES("adapt-spatialdata-unknown-table-key", KeyError, r"`table_key='nope'` is not a table")
 def _(env):
-    return _adapt(env, env.sdata), [env.sdata]
+    return _adapt(env, env.sdata, table_key="nope"), [env.sdata]
+
+
+@CASES("adapt-not-a-table", TypeError, r"`adata` must be an AnnData or a SpatialData")
+def _(env):
+    return _adapt(env, {"obsm": {}}), []
 
 
 @CASES("adapt-patch-size-differs-from-central", ValueError, r"obsm\['big'\].*64 px.*size=32")

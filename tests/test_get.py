@@ -129,3 +129,18 @@ def test_records_module_is_the_one_writer(sim_sdata_base):
 def test_get_does_not_import_torch():
     code = "import sys, c2lst; c2lst.get.lineage; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def test_table_functions_take_a_spatialdata_with_table_key(sim_sdata):
+    """adapt / prepare_expression / evaluate read `table_key` of a SpatialData like the AnnData itself."""
+    c2lst.pp.prepare_expression(sim_sdata, n_top_genes=10, key_added="e10")
+    table = sim_sdata.tables["table"]
+    assert c2lst.get.expression_genes(sim_sdata, "e10") == c2lst.get.expression_genes(table, "e10")
+    copy = c2lst.pp.prepare_expression(sim_sdata, n_top_genes=5, key_added="e5", copy=True)
+    assert "e5" in copy.obsm and "e5" not in table.obsm
+    predictor = c2lst.tl.fit_predictor(table, mode="ridge", progress=False)
+    c2lst.tl.predict_expression(sim_sdata, predictor=predictor)
+    c2lst.tl.evaluate_prediction(sim_sdata, spatial=False)
+    assert "pearson_r" in c2lst.get.metrics(sim_sdata)
+    with pytest.raises(KeyError, match=r"`table_key='nope'`"):
+        c2lst.tl.predict_expression(sim_sdata, predictor=predictor, table_key="nope")

@@ -12,7 +12,7 @@ from scipy import sparse
 
 from .._logging import logger
 from .._records import expression_record, gene_names, record_lineage, store
-from .._utils import check_positive_int, keep_torch_threads
+from .._utils import as_table, check_positive_int, keep_torch_threads
 
 TARGET_SUM = 1e4
 #: scanpy's ``seurat_v3`` fits a loess curve (skmisc) of variance on mean over the genes that vary; with few such
@@ -170,8 +170,9 @@ def _top(scores: pd.Series, n: int, ascending: bool) -> np.ndarray:
 
 @keep_torch_threads
 def prepare_expression(
-    adata: AnnData,
+    adata: Any,
     *,
+    table_key: str = "table",
     genes: Sequence[str] | None = None,
     n_top_genes: int = 50,
     layer: str | None = None,
@@ -198,6 +199,8 @@ def prepare_expression(
     ----------
     adata
         Table with spots as rows and genes as columns.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     genes
         Use exactly these genes, in this order, instead of highly variable genes.
     n_top_genes
@@ -224,8 +227,7 @@ def prepare_expression(
     >>> sdata.tables["table"].obsm["c2lst_expr"].shape
     (100, 20)
     """
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    adata = as_table(adata, table_key, arg="adata")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(
             f"`adata` is empty ({adata.n_obs} x {adata.n_vars}); pass a table with spots and genes."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from anndata import AnnData
@@ -14,6 +14,7 @@ from .._logging import logger
 from .._records import expression_matrix
 from .._utils import (
     UNS_KEY,
+    as_table,
     c2lst_uns,
     check_nonneg_float,
     check_positive_float,
@@ -34,8 +35,9 @@ from ._pretrain import check_output_dir
 
 
 def adapt(
-    adata: AnnData,
+    adata: Any,
     *,
+    table_key: str = "table",
     central: Any,
     expr_key: str = "c2lst_expr",
     patch_key: str = "c2lst_patch",
@@ -55,7 +57,7 @@ def adapt(
     output_dir: str | os.PathLike | None = None,
     resume: bool = True,
     ema: bool = True,
-    mixed_precision: str = "no",
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no",
     device: str | None = None,
     verify: bool = True,
     progress: bool = True,
@@ -71,6 +73,8 @@ def adapt(
     ----------
     adata
         Table with patches in ``obsm[patch_key]`` and prepared expression in ``obsm[expr_key]``.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     central
         A :class:`~c2lst.models.CentralModel`, a model directory, or a key of ``uns["c2lst"]["central"]``.
     expr_key
@@ -131,10 +135,7 @@ def adapt(
     >>> c2lst.tl.adapt(adata, central=model, n_steps=200)
     >>> adata.uns["c2lst"]["local"]["c2lst_local"]["genes"][:3]
     """
-    if not isinstance(adata, AnnData):
-        raise TypeError(
-            f"`adata` must be an AnnData, got {type(adata).__name__}; for a SpatialData pass `sdata.tables['table']`."
-        )
+    adata = as_table(adata, table_key, arg="adata")
     n_steps = check_positive_int(n_steps, "n_steps")
     rank = check_positive_int(rank, "rank")
     batch_size = check_positive_int(batch_size, "batch_size")

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .. import _records as records
 from .._logging import logger
-from .._utils import renamed_arguments
+from .._utils import as_table, renamed_arguments
 from ..models import LocalModel
 from ..models.local import check_stored_targets
 from ..models.store import (
@@ -82,13 +82,17 @@ def load_local_model(record: dict, central, where: str = "the adapter record") -
 
 
 @renamed_arguments(key="adapter_key")
-def export_adapter(adata: AnnData, path: str | os.PathLike, *, adapter_key: str = "c2lst_local") -> Path:
+def export_adapter(
+    adata: Any, path: str | os.PathLike, *, table_key: str = "table", adapter_key: str = "c2lst_local"
+) -> Path:
     """Write the adapter ``uns["c2lst"]["local"][adapter_key]`` to a safetensors file.
 
     Parameters
     ----------
     adata
         Table holding the adapter.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     path
         Target ``.safetensors`` file.
     adapter_key
@@ -98,6 +102,7 @@ def export_adapter(adata: AnnData, path: str | os.PathLike, *, adapter_key: str 
     -------
     The path written. Weights are tensors; gene list, configuration and provenance are JSON metadata.
     """
+    adata = as_table(adata, table_key)
     record = records.adapter_record(adata, adapter_key)
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -111,7 +116,12 @@ def export_adapter(adata: AnnData, path: str | os.PathLike, *, adapter_key: str 
 
 
 def load_adapter(
-    adata: AnnData, path: str | os.PathLike, *, key_added: str = "c2lst_local", overwrite: bool = False
+    adata: Any,
+    path: str | os.PathLike,
+    *,
+    table_key: str = "table",
+    key_added: str = "c2lst_local",
+    overwrite: bool = False,
 ) -> None:
     """Read an adapter written by :func:`export_adapter` into ``uns["c2lst"]["local"][key_added]``.
 
@@ -119,6 +129,8 @@ def load_adapter(
     ----------
     adata
         Table to receive the adapter.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     path
         A ``.safetensors`` file (pickle-based formats are refused).
     key_added
@@ -128,6 +140,7 @@ def load_adapter(
     """
     from safetensors import safe_open
 
+    adata = as_table(adata, table_key)
     check_key_added(adata, key_added, overwrite)
     tensors = load_safetensors(path)
     with safe_open(str(path), framework="pt") as fh:

@@ -8,23 +8,24 @@ share expected by chance).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from anndata import AnnData
 
 from .._logging import logger
 from .._records import record_lineage, store
-from .._tables import _check_adata, _patches, synthetic_mask
-from .._utils import check_positive_int
+from .._tables import _patches, synthetic_mask
+from .._utils import as_table, check_positive_int
 from ..models import features as _features
 
 FEATURES = ("morphometric",)
 
 
 def image_features(
-    adata: AnnData,
+    adata: Any,
     *,
+    table_key: str = "table",
     features: Literal["morphometric"] = "morphometric",
     patch_key: str = "c2lst_patch",
     key_added: str = "c2lst_morph",
@@ -41,6 +42,8 @@ def image_features(
     adata
         A table with patches, e.g. :func:`c2lst.tl.concat_augmented` (real and synthetic rows, told apart by
         ``obs["c2lst_synthetic"]``).
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     features
         Feature space (``"morphometric"``).
     patch_key
@@ -62,7 +65,7 @@ def image_features(
     >>> sc.pp.neighbors(aug, use_rep="c2lst_morph"); sc.tl.umap(aug)  # doctest: +SKIP
     >>> sc.pl.umap(aug, color="c2lst_synthetic")  # doctest: +SKIP
     """
-    _check_adata(adata)
+    adata = as_table(adata, table_key, arg="adata")
     if features not in FEATURES:
         raise ValueError(f"`features={features!r}` is unknown; use one of {list(FEATURES)}.")
     if not isinstance(key_added, str) or not key_added:
@@ -93,8 +96,9 @@ def image_features(
 
 
 def mixing_score(
-    adata: AnnData,
+    adata: Any,
     *,
+    table_key: str = "table",
     use_rep: str = "c2lst_morph",
     n_neighbors: int = 15,
 ) -> dict[str, float]:
@@ -110,6 +114,8 @@ def mixing_score(
     adata
         A table with real and synthetic rows (``obs["c2lst_synthetic"]``), e.g. from
         :func:`c2lst.tl.concat_augmented`.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     use_rep
         The embedding in ``obsm`` (e.g. from :func:`image_features`, or ``"X_umap"``).
     n_neighbors
@@ -126,7 +132,7 @@ def mixing_score(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    _check_adata(adata)
+    adata = as_table(adata, table_key, arg="adata")
     n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
     if use_rep not in adata.obsm:
         raise KeyError(

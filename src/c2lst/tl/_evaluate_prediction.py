@@ -11,14 +11,15 @@ from anndata import AnnData
 
 from .._logging import logger
 from .._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
-from .._utils import UNS_KEY, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from .._utils import UNS_KEY, as_table, c2lst_uns, check_positive_int, record_lineage, require_obsm
 from ..get import metrics as get_metrics
 from ..metrics import morans_i, pearson
 
 
 def evaluate_prediction(
-    adata: AnnData,
+    adata: Any,
     *,
+    table_key: str = "table",
     pred_key: str = "c2lst_pred",
     expr_key: str = "c2lst_expr",
     spatial: bool = True,
@@ -39,6 +40,8 @@ def evaluate_prediction(
     ----------
     adata
         Table with ``obsm[pred_key]`` (from :func:`c2lst.tl.predict_expression`) and ``obsm[expr_key]``.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     pred_key
         Predictions.
     expr_key
@@ -69,7 +72,7 @@ def evaluate_prediction(
     >>> c2lst.get.metrics(table).columns.tolist()[:2]  # doctest: +SKIP
     ['pearson_r', 'mse']
     """
-    _check_adata(adata)
+    adata = as_table(adata, table_key, arg="adata")
     n_neighs = check_positive_int(n_neighs, "n_neighs")
     key = pred_key if key_added is None else key_added
     if not isinstance(key, str) or not key:

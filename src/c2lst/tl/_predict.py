@@ -24,7 +24,7 @@ from .._tables import (
     gene_names,
     synthetic_mask,
 )
-from .._utils import c2lst_uns, check_positive_int, check_seed, record_lineage, renamed_arguments
+from .._utils import as_table, c2lst_uns, check_positive_int, check_seed, record_lineage, renamed_arguments
 from ..models.predictor import ExpressionPredictor
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 
@@ -253,8 +253,9 @@ def _feature_backbone(features, mode, central, timestep, backbone, table: AnnDat
 
 # --------------------------------------------------------------------------- predict
 def predict_expression(
-    adata: AnnData,
+    adata: Any,
     *,
+    table_key: str = "table",
     predictor: ExpressionPredictor | str | Path,
     patch_key: str = "c2lst_patch",
     expr_key: str = "c2lst_expr",
@@ -269,6 +270,8 @@ def predict_expression(
     ----------
     adata
         Table with ``obsm[patch_key]``.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     predictor
         A fitted :class:`~c2lst.models.predictor.ExpressionPredictor` or the directory it was saved to with
         :meth:`~c2lst.models.ExpressionPredictor.save_pretrained` (verified on load).
@@ -289,7 +292,15 @@ def predict_expression(
 
     Returns
     -------
-    The modified copy when ``copy=True``, else None.
+    ``None``, or the changed copy of the table when ``copy=True``. Writes:
+
+    ``obsm[key_added]`` : ndarray ``(n_obs, n_genes)`` float32
+        predicted expression, in the predictor's gene order (read it as a DataFrame with
+        :func:`c2lst.get.predictions`);
+    ``uns["c2lst"]["pred"][key_added]`` : dict
+        ``genes``, ``mode``, ``feature_space``, ``patch_key`` and ``run_id``;
+    ``uns["c2lst"]["lineage"][run_id]`` : dict
+        the call's parameters and the predictor's seed.
 
     Examples
     --------
@@ -301,7 +312,7 @@ def predict_expression(
     >>> path = model.save_pretrained("predictor")
     >>> c2lst.tl.predict_expression(table, predictor=path, key_added="c2lst_pred_saved")
     """
-    _check_adata(adata)
+    adata = as_table(adata, table_key, arg="adata")
     if isinstance(predictor, str | Path):
         predictor = ExpressionPredictor.from_pretrained(predictor)
     if not isinstance(predictor, ExpressionPredictor):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .._logging import logger
+from .._records import record_lineage, store
 from .._utils import (
-    c2lst_uns,
     check_positive_float,
     check_positive_int,
     check_seed,
-    record_lineage,
 )
 from ..models import PRESETS, CentralModel, check_mixed_precision, fit_denoiser, preset_config
 from ._inputs import collect_patches
@@ -39,7 +38,7 @@ def check_output_dir(output_dir: str | os.PathLike | None) -> Path | None:
 def pretrain(
     data: Any,
     *,
-    preset: str = "small",
+    preset: Literal["tiny", "small", "base"] = "small",
     config: dict[str, Any] | None = None,
     n_steps: int = 2000,
     batch_size: int = 32,
@@ -48,9 +47,9 @@ def pretrain(
     output_dir: str | os.PathLike | None = None,
     resume: bool = True,
     seed: int = 0,
-    mixed_precision: str = "no",
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no",
     patch_key: str = "c2lst_patch",
-    key_added: str = "c2lst_central",
+    key_added: str | None = "c2lst_central",
     vae: Any = None,
     checkpoint_every: int | None = None,
     device: str | None = None,
@@ -97,7 +96,9 @@ def pretrain(
     patch_key
         Key of the patches in ``obsm``.
     key_added
-        Key under ``uns["c2lst"]["central"]`` of each AnnData in ``data`` where the model is registered.
+        Key under ``uns["c2lst"]["central"]`` of each AnnData in ``data`` where the model is registered (its
+        path, sha256, configuration and training summary, plus a lineage record), so later calls can name it
+        (``central=key_added``). ``None`` writes nothing into ``data``.
     vae
         Optional :class:`diffusers.AutoencoderKL` for latent diffusion.
     checkpoint_every
@@ -109,7 +110,9 @@ def pretrain(
 
     Returns
     -------
-    The trained :class:`~c2lst.models.CentralModel` (EMA weights when ``ema=True``), in eval mode.
+    The trained :class:`~c2lst.models.CentralModel` (EMA weights when ``ema=True``), in eval mode. Unless
+    ``key_added=None``, each AnnData in ``data`` (or table of a SpatialData) also gains, in place,
+    ``uns["c2lst"]["central"][key_added]`` and a lineage record; nothing else in ``data`` is changed.
 
     Examples
     --------
@@ -125,6 +128,8 @@ def pretrain(
     lr = check_positive_float(lr, "lr")
     seed = check_seed(seed)
     mixed_precision = check_mixed_precision(mixed_precision, device)
+    if key_added is not None and (not isinstance(key_added, str) or not key_added):
+        raise TypeError(f"`key_added` must be a non-empty string or None, got {key_added!r}.")
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"`config` must be a dict of preset overrides, got {type(config).__name__}.")
     patches, tables, names = collect_patches(data, patch_key)
@@ -178,8 +183,8 @@ def _save_on_main_process(model: CentralModel, directory: Path) -> str:
     return str(json.loads((directory / "c2lst.json").read_text())["sha256"])
 
 
-def _register(tables, model: CentralModel, out: Path | None, sha: str | None, key: str, params, seed) -> None:
-    if not tables:
+def _register(tables, model: CentralModel, out: Path | None, sha: str | None, key: str | None, params, seed) -> None:
+    if not tables or key is None:
         return
     if out is None:
         logger.warning("`output_dir=None`: the model is registered without a path; save it to reuse it later")
@@ -190,7 +195,7 @@ def _register(tables, model: CentralModel, out: Path | None, sha: str | None, ke
         "summary": json.dumps(model.training_summary, sort_keys=True),
     }
     for table in tables:
-        c2lst_uns(table, "central")[key] = dict(entry)
+        store(table, "central", key, dict(entry))
         record_lineage(
             table,
             function="c2lst.tl.pretrain",
