@@ -90,20 +90,6 @@ def _imports(path: Path):
                 yield f"{mod}:{alias.name}", node.lineno
 
 
-def test_the_skin_imports_no_torch_and_no_private_engine_names():
-    bad = []
-    for path in sorted((SRC / "tl").glob("*.py")):
-        for name, line in _imports(path):
-            module, _, symbol = name.partition(":")
-            if module.split(".")[0] == "torch" or module.lstrip(".").startswith("torch"):
-                bad.append(f"{path.name}:{line} imports torch")
-            if module.startswith("..models") and (
-                any(part.startswith("_") for part in module.lstrip(".").split(".")) or symbol.startswith("_")
-            ):
-                bad.append(f"{path.name}:{line} imports the private {name}")
-    assert not bad, bad
-
-
 def test_pl_imports_no_tl_privates():
     bad = [
         f"{path.name}:{line} {name}"

@@ -15,7 +15,7 @@ import torch
 from _reliability_helpers import state as snapshot
 
 import c2lst
-from c2lst._utils import lineage
+from c2lst._records import lineage
 from c2lst.models import CentralModel, LocalModel
 
 

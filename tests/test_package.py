@@ -100,20 +100,13 @@ def _engine_imports(path) -> list[str]:
     return found
 
 
-#: Files whose remaining engine imports belong to another change of issue 12 (delete the entry when it lands):
-#: ``_adapt.py``: ``export_adapter`` wraps arrays with ``torch.from_numpy`` (``models.store.save_safetensors``
-#: now takes numpy arrays; the function moves to the records module); ``_fidelity.py``: a lazy ``import torch``
-#: to check ``feature_extractor`` is an ``nn.Module``.
-_ENGINE_IMPORT_PENDING = {"_adapt.py": ["import torch"], "_fidelity.py": ["import torch"]}
-
-
 def test_tl_does_no_engine_imports():
     """The skin (``c2lst.tl``) imports neither torch nor private names of ``c2lst.models`` (issue 12)."""
     from pathlib import Path
 
     root = Path(c2lst.__file__).parent / "tl"
     found = {p.name: _engine_imports(p) for p in sorted(root.glob("*.py"))}
-    found = {k: v for k, v in found.items() if v and v != _ENGINE_IMPORT_PENDING.get(k)}
+    found = {k: v for k, v in found.items() if v}
     assert not found, f"tl files import torch or private models names: {found}"
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy.ndimage import map_coordinates
 
 import c2lst
-from c2lst._utils import lineage
+from c2lst._records import lineage
 
 SIZE = 32
 N_GENES = 12

@@ -21,7 +21,7 @@ from _reliability_helpers import assert_same, snapshot
 from safetensors.torch import load_file, save_file
 
 import c2lst
-from c2lst._utils import lineage, record_lineage
+from c2lst._records import lineage, record_lineage
 from c2lst.models import CentralModel
 from c2lst.tl._central import resolve_central
 

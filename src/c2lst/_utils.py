@@ -9,15 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ._records import UNS_KEY, lineage, new_run_id, record_lineage, root, section, to_jsonable
-
-__all__ = ["UNS_KEY", "c2lst_uns", "lineage", "new_run_id", "record_lineage", "to_jsonable"]
-
-
-def c2lst_uns(adata: Any, name: str | None = None) -> dict:
-    """Return (creating it) ``adata.uns["c2lst"]`` or one of its sections (see :mod:`c2lst._records`)."""
-    return root(adata) if name is None else section(adata, name, create=True)
-
 
 # --------------------------------------------------------------------------- validation
 def check_positive_int(value: Any, name: str) -> int:

@@ -10,19 +10,16 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
+from .. import _records as records
 from .._logging import logger
 from .._records import expression_matrix
 from .._utils import (
-    UNS_KEY,
     as_table,
-    c2lst_uns,
     check_nonneg_float,
     check_positive_float,
     check_positive_int,
     check_seed,
-    record_lineage,
     require_obsm,
-    to_jsonable,
 )
 from ..models import DEFAULT_TARGETS, LocalModel, check_mixed_precision, fit_denoiser
 from ..models.store import (
@@ -236,13 +233,13 @@ def adapt(
         "expr_key": expr_key,
         "patch_key": patch_key,
         "expr": json.dumps(
-            to_jsonable({k: v for k, v in expr_record.items() if k != "genes"}), sort_keys=True
+            records.to_jsonable({k: v for k, v in expr_record.items() if k != "genes"}), sort_keys=True
         ),
-        "summary": json.dumps(to_jsonable(summary), sort_keys=True),
+        "summary": json.dumps(records.to_jsonable(summary), sort_keys=True),
         "sha256": local.adapter_sha256(),
     }
-    c2lst_uns(adata, "local")[key_added] = entry
-    record_lineage(
+    records.store(adata, "local", key_added, entry)
+    records.record_lineage(
         adata,
         function="c2lst.tl.adapt",
         parameters=params,
@@ -260,7 +257,7 @@ def _central_path(central: Any, adata: AnnData, model) -> str:
     """Best-effort path of the central model, so ``synthesize(central=None)`` can reload it."""
     if isinstance(central, str | os.PathLike) and Path(central).exists():
         return str(Path(central).resolve())
-    registry = adata.uns.get(UNS_KEY, {}).get("central", {})
+    registry = records.section(adata, "central")
     if isinstance(central, str) and central in registry:
         return str(registry[central].get("path", ""))
     for entry in registry.values():

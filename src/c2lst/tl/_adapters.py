@@ -13,8 +13,7 @@ from anndata import AnnData
 from .. import _records as records
 from .._logging import logger
 from .._utils import as_table, renamed_arguments
-from ..models import LocalModel
-from ..models.local import check_stored_targets
+from ..models import LocalModel, check_stored_targets
 from ..models.store import (
     ADAPTER_FORMAT,
     ADAPTER_FORMAT_V1,

@@ -10,9 +10,8 @@ from anndata import AnnData
 
 from .. import _records as records
 from .._logging import logger
-from ..datasets._pretrained import PRETRAINED, pretrained_central
-from ..models.central import CentralModel
-from ..models.local import central_fingerprint
+from ..datasets import pretrained_central, pretrained_names
+from ..models import CentralModel, central_fingerprint
 
 
 def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool = True) -> CentralModel:
@@ -48,16 +47,16 @@ def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool 
             return model
         if Path(central).exists():
             return CentralModel.from_pretrained(central, verify=verify)
-        if isinstance(central, str) and central in PRETRAINED:
+        if isinstance(central, str) and central in pretrained_names():
             return pretrained_central(central)
         raise KeyError(
             f"`central={str(central)!r}` is neither a registered central model (keys: {sorted(registry)}), an "
-            f"existing model directory, nor a shipped model ({list(PRETRAINED)}); pass a CentralModel, a directory "
+            f"existing model directory, nor a shipped model ({list(pretrained_names())}); pass a CentralModel, a directory "
             "from `save_pretrained`, a registry key or a shipped model's name."
         )
     raise TypeError(
         f"`central` must be a CentralModel, a model directory, a key of uns['c2lst']['central'] or a shipped "
-        f"model's name ({list(PRETRAINED)}), "
+        f"model's name ({list(pretrained_names())}), "
         f"got {type(central).__name__}."
     )
 

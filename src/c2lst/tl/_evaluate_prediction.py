@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .. import _records as records
 from .._logging import logger
 from .._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
-from .._utils import UNS_KEY, as_table, c2lst_uns, check_positive_int, record_lineage, require_obsm
+from .._utils import as_table, check_positive_int, require_obsm
 from ..get import metrics as get_metrics
 from ..metrics import morans_i, pearson
 
@@ -78,7 +79,7 @@ def evaluate_prediction(
     if not isinstance(key, str) or not key:
         raise TypeError(f"`key_added` must be a non-empty string or None, got {key_added!r}.")
     pred = np.asarray(require_obsm(adata, pred_key, "pred_key", _PRED_HINT), dtype=np.float64)
-    rec = adata.uns.get(UNS_KEY, {}).get("pred", {}).get(pred_key, {})
+    rec = records.section(adata, "pred").get(pred_key, {})
     if "genes" not in rec:
         raise KeyError(f"`uns['c2lst']['pred'][{pred_key!r}]` is missing; {_PRED_HINT}")
     pred_genes = gene_names(rec["genes"])
@@ -136,7 +137,7 @@ def evaluate_prediction(
             )
 
     adata = adata.copy() if copy else adata
-    out["run_id"] = record_lineage(
+    out["run_id"] = records.record_lineage(
         adata,
         function="c2lst.tl.evaluate_prediction",
         parameters={
@@ -150,7 +151,7 @@ def evaluate_prediction(
         seed=None,
         input_table=None,
     )
-    c2lst_uns(adata, "evaluation")[key] = out
+    records.store(adata, "evaluation", key, out)
     logger.info(
         f"evaluation {key!r}: mean Pearson r {out['mean_pearson_r']:.3f}, mean MSE {out['mean_mse']:.3f}"
     )

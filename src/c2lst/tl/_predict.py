@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .. import _records as records
 from .._logging import logger
 from .._tables import (
     _EXPR_HINT,
@@ -24,8 +25,8 @@ from .._tables import (
     gene_names,
     synthetic_mask,
 )
-from .._utils import as_table, c2lst_uns, check_positive_int, check_seed, record_lineage, renamed_arguments
-from ..models.predictor import ExpressionPredictor
+from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
+from ..models import ExpressionPredictor
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 
 __all__ = ["evaluate_prediction", "fit_predictor", "predict_expression", "prediction_metrics"]
@@ -245,7 +246,7 @@ def _feature_backbone(features, mode, central, timestep, backbone, table: AnnDat
             "`features='central'` needs the central model: pass `central=` (a CentralModel, its directory or a "
             "registry key)."
         )
-    from ..models.denoiser_features import CentralFeatureExtractor
+    from ..models import CentralFeatureExtractor
     from ._central import resolve_central
 
     return CentralFeatureExtractor(resolve_central(central, table), t=timestep)
@@ -342,7 +343,7 @@ def predict_expression(
 
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = pred
-    run_id = record_lineage(
+    run_id = records.record_lineage(
         adata,
         function="c2lst.tl.predict_expression",
         parameters={
@@ -354,11 +355,12 @@ def predict_expression(
         seed=predictor.training.get("seed"),
         input_table=None,
     )
-    c2lst_uns(adata, "pred")[key_added] = {
+    pred_record = {
         "genes": gene_names(predictor.genes),
         "mode": predictor.mode,
         "feature_space": predictor.feature_space,
         "patch_key": patch_key,
         "run_id": run_id,
     }
+    records.store(adata, "pred", key_added, pred_record)
     return adata if copy else None

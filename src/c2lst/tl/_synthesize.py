@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .. import _records as records
 from .._logging import logger
 from .._records import expression_entry, expression_key_of
 from .._utils import (
@@ -21,8 +22,6 @@ from .._utils import (
     check_positive_int,
     check_seed,
     check_seed_range,
-    new_run_id,
-    record_lineage,
     renamed_arguments,
 )
 from ..models import DEFAULT_SCHEDULER, SCHEDULERS
@@ -173,7 +172,7 @@ def synthesize(
         conds.expr, n_per_condition=n_per_condition, seed=seed, steps=n_steps, scheduler=scheduler,
         guidance_scale=guidance_scale, batch_size=batch_size, device=device, progress=progress,
     )  # fmt: skip
-    run_id = new_run_id()
+    run_id = records.new_run_id()
     obs = pd.DataFrame(
         {
             "c2lst_synthetic": np.ones(n, dtype=bool),
@@ -206,7 +205,7 @@ def synthesize(
         **({"mixup_alpha": mixup_alpha} if conds.source == "mixup" else {}),
         "verify": verify,
     }
-    record_lineage(
+    records.record_lineage(
         new,
         function="c2lst.tl.synthesize",
         parameters=params,
