@@ -325,7 +325,7 @@ def _(env):
 
 
 # ============================================================================ tl.synthesize
-@CASES("synth-steps-zero", ValueError, r"`steps`")
+@CASES("synth-steps-zero", ValueError, r"`n_steps`")
 def _(env):
     return _synth(env, n_steps=0), [env.sdata]
 
@@ -542,7 +542,7 @@ def _(env):
     return lambda: model.sample(1, steps="a"), []
 
 
-@CASES("synth-steps-string", TypeError, r"`steps` must be a positive integer")
+@CASES("synth-steps-string", TypeError, r"`n_steps` must be a positive integer")
 def _(env):
     return _synth(env, n_steps="a"), [env.sdata]
 
