@@ -10,29 +10,13 @@ from anndata import AnnData
 
 from ._records import EXPR_HINT, PATCH_HINT, PRED_HINT, gene_names, synthetic_mask
 from ._records import expression_genes as _expression_genes
-from ._utils import require_obsm
+from ._utils import check_patches, require_obsm
 
-__all__ = ["child_patches", "expression_genes", "gene_names", "side_patches", "synthetic_mask"]
+__all__ = ["check_patches", "child_patches", "expression_genes", "gene_names", "side_patches", "synthetic_mask"]
 
 _PATCH_HINT = PATCH_HINT
 _EXPR_HINT = EXPR_HINT
 _PRED_HINT = PRED_HINT
-
-
-def check_patches(arr: Any, name: str = "data") -> np.ndarray:
-    """Validate a uint8 RGB patch stack ``(N, H, W, 3)`` with square patches and return it."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"`{name}` patches must be a numpy array (N, H, W, 3), got {type(arr).__name__}.")
-    if arr.dtype != np.uint8:
-        raise TypeError(
-            f"`{name}` patches must be uint8 RGB (N, H, W, 3), got dtype {arr.dtype}; convert with "
-            "`skimage.util.img_as_ubyte` or re-run `c2lst.pp.extract_patches`."
-        )
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2]:
-        raise ValueError(f"`{name}` patches must have shape (N, H, H, 3), got {arr.shape}.")
-    if arr.shape[0] == 0:
-        raise ValueError(f"`{name}` holds no patches (shape {arr.shape}); pass at least one patch.")
-    return arr
 
 
 def _check_adata(adata: Any, name: str = "adata") -> AnnData:

@@ -243,6 +243,38 @@ def renamed_arguments(**renames: str):
     return decorate
 
 
+def check_patch_extent(patch_um: Any, patch_px: Any) -> tuple[float | None, float | None]:
+    """Validate the two exclusive ways to give a patch's extent (µm or pixels); return ``(patch_um, patch_px)``."""
+    if patch_um is not None and patch_px is not None:
+        raise ValueError(
+            f"Pass either `patch_um` or `patch_px`, not both (got patch_um={patch_um!r}, patch_px={patch_px!r})."
+        )
+    if patch_px is not None:
+        patch_px = check_positive_float(patch_px, "patch_px")
+    if patch_um is not None:
+        patch_um = check_positive_float(patch_um, "patch_um")
+    return patch_um, patch_px
+
+
+def check_patches(patches: Any, name: str = "patches", *, min_n: int = 1) -> np.ndarray:
+    """Return ``patches`` as a uint8 RGB stack ``(n, S, S, 3)`` of square patches, or raise naming ``name``.
+
+    Array-likes (dask, zarr) are materialised once. Used by the skin and the engine alike.
+    """
+    if not isinstance(patches, np.ndarray):
+        patches = np.asarray(patches)
+    if patches.dtype != np.uint8:
+        raise TypeError(
+            f"`{name}` must be uint8 RGB patches (n, S, S, 3), got dtype {patches.dtype}; patches from "
+            "`c2lst.pp.extract_patches` are uint8 (or convert with `skimage.util.img_as_ubyte`)."
+        )
+    if patches.ndim != 4 or patches.shape[-1] != 3 or patches.shape[1] != patches.shape[2]:
+        raise ValueError(f"`{name}` patches must have shape (n, S, S, 3) (square, RGB), got {patches.shape}.")
+    if patches.shape[0] < min_n:
+        raise ValueError(f"`{name}` holds {patches.shape[0]} patch(es); pass at least {min_n}.")
+    return patches
+
+
 def require_obsm(adata: Any, key: str, arg: str, hint: str) -> np.ndarray:
     """Return ``adata.obsm[key]`` or raise a :class:`KeyError` that names ``arg`` and the step to run."""
     if key not in adata.obsm:

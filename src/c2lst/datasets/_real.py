@@ -12,7 +12,13 @@ from spatialdata import SpatialData
 
 from .._logging import logger, progress
 from .._spatial import annotate_table, image_element, spots_element
-from .._utils import check_nonneg_float, check_positive_float, check_positive_int, check_seed
+from .._utils import (
+    check_nonneg_float,
+    check_patch_extent,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+)
 from ._io import IMAGE_SUFFIXES, check_file, read_rgb
 from ._patches import resize_patches
 
@@ -210,14 +216,9 @@ def he_patches(
     if not paths:
         raise ValueError("`paths` is empty; pass at least one image file.")
     size = check_positive_int(size, "size")
-    if patch_px is not None and patch_um is not None:
-        raise ValueError(
-            f"Both `patch_px={patch_px}` and `patch_um={patch_um}` were given; pass only one of them."
-        )
-    if patch_px is not None:
-        patch_px = check_positive_int(patch_px, "patch_px")
-    if patch_um is not None:
-        patch_um = check_positive_float(patch_um, "patch_um")
+    patch_um, patch_px = check_patch_extent(patch_um, patch_px)
+    if patch_px is not None:  # tiles are whole pixels
+        patch_px = check_positive_int(int(patch_px) if patch_px.is_integer() else patch_px, "patch_px")
     if mpp is not None:
         mpp = check_positive_float(mpp, "mpp")
     if n_per_image is not None:

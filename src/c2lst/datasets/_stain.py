@@ -12,35 +12,16 @@ from scipy import ndimage as ndi
 #: (Ruifrok & Johnston) and a pink eosin close to measured H&E slides; the two
 #: ``institution_*`` presets emulate other scanners / staining protocols (different dye colours,
 #: dye strength, focus blur and glass tint) so a central corpus can differ from the local slide.
+_STAIN_FIELDS = ("hematoxylin", "eosin", "h_intensity", "e_intensity", "blur_um", "background", "noise")
 STAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "local": {
-        "hematoxylin": (0.65, 0.70, 0.29),
-        "eosin": (0.17, 0.85, 0.49),
-        "h_intensity": 1.0,
-        "e_intensity": 1.0,
-        "blur_um": 0.4,
-        "background": (242.0, 240.0, 244.0),
-        "noise": 2.0,
-    },
-    "institution_a": {
-        "hematoxylin": (0.55, 0.73, 0.40),
-        "eosin": (0.10, 0.95, 0.30),
-        "h_intensity": 1.3,
-        "e_intensity": 0.8,
-        "blur_um": 1.2,
-        "background": (233.0, 229.0, 238.0),
-        "noise": 3.0,
-    },
-    "institution_b": {
-        "hematoxylin": (0.72, 0.64, 0.26),
-        "eosin": (0.05, 0.88, 0.47),
-        "h_intensity": 0.8,
-        "e_intensity": 1.3,
-        "blur_um": 0.0,
-        "background": (250.0, 246.0, 238.0),
-        "noise": 1.5,
-    },
-}
+    name: dict(zip(_STAIN_FIELDS, row, strict=True))
+    for name, row in {
+        #                  hematoxylin RGB OD      eosin RGB OD         h    e    blur  glass background     noise
+        "local":         ((0.65, 0.70, 0.29), (0.17, 0.85, 0.49), 1.0, 1.0, 0.4, (242.0, 240.0, 244.0), 2.0),
+        "institution_a": ((0.55, 0.73, 0.40), (0.10, 0.95, 0.30), 1.3, 0.8, 1.2, (233.0, 229.0, 238.0), 3.0),
+        "institution_b": ((0.72, 0.64, 0.26), (0.05, 0.88, 0.47), 0.8, 1.3, 0.0, (250.0, 246.0, 238.0), 1.5),
+    }.items()
+}  # fmt: skip
 
 _VECTOR_KEYS = ("hematoxylin", "eosin")
 _SCALAR_KEYS = ("h_intensity", "e_intensity", "blur_um", "noise")

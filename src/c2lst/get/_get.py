@@ -15,6 +15,18 @@ from .._utils import as_table
 _EVAL_COLUMNS = ("pearson_r", "mse", "moran_observed", "moran_predicted", "moran_difference")
 
 
+_DOC = {
+    "head": "Parameters\n    ----------\n    adata\n        An AnnData, or a SpatialData whose table ``table_key`` is read.",
+    "tail": "table_key\n        Table of a SpatialData (default ``\"table\"``).\n\n    Returns\n    -------",
+}
+
+
+def _doc(func):
+    """Fill the ``{head}`` / ``{tail}`` parameter entries (``adata``, ``table_key``) shared by every reader."""
+    func.__doc__ = func.__doc__.format(**_DOC)
+    return func
+
+
 def _table(data: Any, table_key: str) -> AnnData:
     return as_table(data, table_key)
 
@@ -24,20 +36,14 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
 
 
+@_doc
 def lineage(adata: Any, *, function: str | None = None, table_key: str = "table") -> pd.DataFrame:
     """Return the lineage records of a table, oldest first: one row per c2lst call that wrote into it.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     function
         Keep only the records of this function, e.g. ``"c2lst.tl.adapt"``.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     A DataFrame indexed by ``run_id`` with columns ``function``, ``c2lst_version``, ``created``, ``seed``
     (``-1``: none), ``input_table``, ``parameters`` (dict) and ``model_sha256`` (dict).
 
@@ -54,20 +60,14 @@ def lineage(adata: Any, *, function: str | None = None, table_key: str = "table"
     return frame.set_index("run_id")
 
 
+@_doc
 def adapter(adata: Any, key: str = "c2lst_local", *, table_key: str = "table") -> dict[str, Any]:
     """Return an adapter record with its JSON fields parsed (weights excluded).
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     key
         Adapter key in ``uns["c2lst"]["local"]`` (the ``key_added`` of :func:`c2lst.tl.adapt`).
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     A dict with ``genes`` (list), ``config`` and ``summary`` (dicts), ``sha256``, ``central_sha256``,
     ``central_path``, ``expr_key``, ``patch_key``, ``format`` and ``n_weights`` (number of stored tensors).
     """
@@ -78,18 +78,12 @@ def adapter(adata: Any, key: str = "c2lst_local", *, table_key: str = "table") -
     return out
 
 
+@_doc
 def adapters(adata: Any, *, table_key: str = "table") -> pd.DataFrame:
     """Return one row per adapter stored in the table.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {head}
+    {tail}
     A DataFrame indexed by adapter key with columns ``n_genes``, ``sha256``, ``central_sha256``,
     ``central_path`` and ``expr_key``.
     """
@@ -105,18 +99,12 @@ def adapters(adata: Any, *, table_key: str = "table") -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis("key")
 
 
+@_doc
 def central_models(adata: Any, *, table_key: str = "table") -> pd.DataFrame:
     """Return one row per central model registered in the table by :func:`c2lst.tl.pretrain`.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {head}
+    {tail}
     A DataFrame indexed by registry key with columns ``path``, ``sha256``, ``config`` (dict) and ``summary``
     (dict).
     """
@@ -126,20 +114,14 @@ def central_models(adata: Any, *, table_key: str = "table") -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis("key")
 
 
+@_doc
 def expression_params(adata: Any, key: str = "c2lst_expr", *, table_key: str = "table") -> dict[str, Any]:
     """Return the preprocessing record of ``obsm[key]`` written by :func:`c2lst.pp.prepare_expression`.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     key
         The ``key_added`` of :func:`c2lst.pp.prepare_expression`.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     A dict with ``genes`` (list, model order), ``normalization``, ``target_sum``, ``layer`` and the gene
     selection settings.
     """
@@ -148,39 +130,27 @@ def expression_params(adata: Any, key: str = "c2lst_expr", *, table_key: str = "
     return rec
 
 
+@_doc
 def expression_genes(adata: Any, key: str = "c2lst_expr", *, table_key: str = "table") -> list[str]:
     """Return the genes of the prepared expression ``obsm[key]``, in model order.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     key
         The ``key_added`` of :func:`c2lst.pp.prepare_expression`.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     The gene names, one per column of ``obsm[key]``.
     """
     return records.expression_genes(_table(adata, table_key), key, arg="key", var_names_fallback=True)
 
 
+@_doc
 def expression(adata: Any, key: str = "c2lst_expr", *, table_key: str = "table") -> pd.DataFrame:
     """Return the prepared expression ``obsm[key]`` as a spots × genes DataFrame (like ``scanpy.get.obs_df``).
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     key
         The ``key_added`` of :func:`c2lst.pp.prepare_expression`.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     A float32 DataFrame indexed by ``obs_names`` with one column per gene.
     """
     table = _table(adata, table_key)
@@ -188,20 +158,14 @@ def expression(adata: Any, key: str = "c2lst_expr", *, table_key: str = "table")
     return pd.DataFrame(np.asarray(table.obsm[key], dtype=np.float32), index=table.obs_names, columns=genes)
 
 
+@_doc
 def predictions(adata: Any, key: str = "c2lst_pred", *, table_key: str = "table") -> pd.DataFrame:
     """Return the predicted expression ``obsm[key]`` of :func:`c2lst.tl.predict_expression` as a DataFrame.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     key
         The ``key_added`` of :func:`c2lst.tl.predict_expression`.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     A float32 DataFrame indexed by ``obs_names`` with one column per predicted gene.
     """
     table = _table(adata, table_key)
@@ -212,20 +176,14 @@ def predictions(adata: Any, key: str = "c2lst_pred", *, table_key: str = "table"
     return pd.DataFrame(np.asarray(table.obsm[key], dtype=np.float32), index=table.obs_names, columns=genes)
 
 
+@_doc
 def metrics(adata: Any, key: str = "c2lst_pred", *, table_key: str = "table") -> pd.DataFrame:
     """Return the per-gene metrics stored by :func:`c2lst.tl.evaluate_prediction` as a DataFrame.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
+    {head}
     key
         Evaluation key (the ``key_added`` of :func:`c2lst.tl.evaluate_prediction`; by default its ``pred_key``).
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {tail}
     A DataFrame indexed by gene with ``pearson_r`` and ``mse``, plus ``moran_observed``, ``moran_predicted``
     and ``moran_difference`` when the evaluation was spatial.
 
@@ -245,18 +203,12 @@ def metrics(adata: Any, key: str = "c2lst_pred", *, table_key: str = "table") ->
     return pd.DataFrame(data, index=pd.Index(records.gene_names(rec["genes"]), name="gene"))
 
 
+@_doc
 def synthetic_mask(adata: Any, *, table_key: str = "table") -> np.ndarray:
     """Return a boolean mask of the synthetic rows (``obs["c2lst_synthetic"]``) of a table.
 
-    Parameters
-    ----------
-    adata
-        An AnnData, or a SpatialData whose table ``table_key`` is read.
-    table_key
-        Table of a SpatialData.
-
-    Returns
-    -------
+    {head}
+    {tail}
     A boolean array with one entry per row; all False when the column is absent.
     """
     return records.synthetic_mask(_table(adata, table_key))

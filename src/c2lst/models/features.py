@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import color
 
+from .._utils import check_patches
 from ._nuclei import _label_nuclei, _nuclei_features, _otsu, _region_stats, _segment, _smooth  # noqa: F401 (tests)
 
 NUCLEI_FEATURES: tuple[str, ...] = (
@@ -50,23 +51,6 @@ MORPHOMETRIC_FEATURE_NAMES: tuple[str, ...] = NUCLEI_FEATURES + COLOUR_FEATURES 
 """Names of the columns returned by :func:`morphometric_features`, in order."""
 
 _GLCM_LEVELS = 16
-
-
-def check_patches(patches: Any, name: str = "patches", *, min_n: int = 1) -> np.ndarray:
-    """Return ``patches`` as a uint8 array ``(n, S, S, 3)`` or raise naming ``name``."""
-    if not isinstance(patches, np.ndarray):
-        # dask / zarr / array-likes: materialise once
-        patches = np.asarray(patches)
-    if patches.dtype != np.uint8:
-        raise TypeError(
-            f"`{name}` must be a uint8 RGB array of shape (n, S, S, 3), got dtype {patches.dtype}; "
-            "patches from `c2lst.pp.extract_patches` are uint8."
-        )
-    if patches.ndim != 4 or patches.shape[-1] != 3 or patches.shape[1] != patches.shape[2]:
-        raise ValueError(f"`{name}` must have shape (n, S, S, 3), got {patches.shape}.")
-    if patches.shape[0] < min_n:
-        raise ValueError(f"`{name}` needs at least {min_n} patch(es), got {patches.shape[0]}.")
-    return patches
 
 
 def hematoxylin(patches: np.ndarray) -> np.ndarray:

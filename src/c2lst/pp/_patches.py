@@ -12,11 +12,12 @@ import numpy as np
 from .._logging import logger
 from .._logging import progress as _progress
 from .._records import record_lineage, store
-from .._utils import check_memory, check_positive_float, check_positive_int
+from .._utils import check_memory, check_patch_extent, check_positive_int
 from ._resolve import Resolved, resolve
 from ._sampling import (
     RESCALE_RULES,
     ChunkReader,
+    Grid,
     background_value,
     sample_general,
     sample_separable,
@@ -161,13 +162,7 @@ def _plan(res: Resolved, extents: np.ndarray, centres0: np.ndarray, size: int) -
 
 def _resample(plan: _Plan, idx: np.ndarray, res: Resolved) -> np.ndarray:
     """Return float32 patches (len(idx), size, size, 3) in source units for the spots ``idx``."""
-    kw = {
-        "shape": plan.shape,
-        "size": plan.size,
-        "ss": plan.ss,
-        "image_key": res.image_key,
-        "background": background_value(res.dtype),
-    }
+    grid = Grid(plan.shape, plan.size, plan.ss, res.image_key, background_value(res.dtype))
     lin, g = plan.lin, plan.grid
     e = plan.extents[idx][:, None]
     cx, cy = plan.centres[idx, 0][:, None], plan.centres[idx, 1][:, None]
@@ -178,7 +173,7 @@ def _resample(plan: _Plan, idx: np.ndarray, res: Resolved) -> np.ndarray:
         for s in range(0, len(idx), step):
             sl = slice(s, s + step)
             px, py = cx[sl] + e[sl] * lin[0, 0] * g[None, :], cy[sl] + e[sl] * lin[1, 1] * g[None, :]
-            out[sl] = sample_separable(plan.reader, px, py, **kw)
+            out[sl] = sample_separable(plan.reader, px, py, grid)
         return out
     step = max(1, _MAX_GENERAL_SAMPLES // (plan.size * plan.ss) ** 2)
     gx, gy = g[None, None, :], g[None, :, None]
@@ -187,7 +182,7 @@ def _resample(plan: _Plan, idx: np.ndarray, res: Resolved) -> np.ndarray:
         es, cxs, cys = e[sl][:, :, None], cx[sl][:, :, None], cy[sl][:, :, None]
         px = cxs + es * (lin[0, 0] * gx + lin[0, 1] * gy)
         py = cys + es * (lin[1, 0] * gx + lin[1, 1] * gy)
-        out[sl] = sample_general(plan.reader, px, py, **kw)
+        out[sl] = sample_general(plan.reader, px, py, grid)
     return out
 
 
@@ -306,14 +301,7 @@ def extract_patches(
     batch_size = check_positive_int(batch_size, "batch_size")
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be True or False, got {progress!r}.")
-    if patch_um is not None and patch_px is not None:
-        raise ValueError(
-            f"Pass either `patch_um` or `patch_px`, not both (got patch_um={patch_um!r}, patch_px={patch_px!r})."
-        )
-    if patch_px is not None:
-        patch_px = check_positive_float(patch_px, "patch_px")
-    if patch_um is not None:
-        patch_um = check_positive_float(patch_um, "patch_um")
+    patch_um, patch_px = check_patch_extent(patch_um, patch_px)
 
     res = resolve(sdata, table_key=table_key, image_key=image_key, coordinate_system=coordinate_system)
     extents, extent_info = _extents(res, patch_um, patch_px)

@@ -10,6 +10,7 @@ downsampling. Samples that fall outside the image take the background value (whi
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -111,24 +112,25 @@ def _axis_weights(pos: np.ndarray, n: int, size: int, ss: int) -> tuple[np.ndarr
     return w.reshape(b, size, length).astype(np.float32), start, length
 
 
-def sample_separable(
-    reader: ChunkReader,
-    px: np.ndarray,
-    py: np.ndarray,
-    *,
-    shape: tuple[int, int],
-    size: int,
-    ss: int,
-    image_key: str,
-    background: float,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Grid:
+    """What both resamplers need besides the positions: level shape ``(h, w)``, output side, supersampling."""
+
+    shape: tuple[int, int]
+    size: int
+    ss: int
+    image_key: str
+    background: float
+
+
+def sample_separable(reader: ChunkReader, px: np.ndarray, py: np.ndarray, grid: Grid) -> np.ndarray:
     """Resample a batch of axis-aligned patches; ``px``/``py`` (B, size*ss) are sample positions on the level.
 
     Reads one window (the union of the spots' crops) and returns float32 ``(B, size, size, 3)`` in source
     units: per spot, ``Ay @ crop @ Ax.T`` (two small matrix products) plus background where samples fell
     outside the image.
     """
-    h, w = shape
+    (h, w), size, ss, image_key, background = grid.shape, grid.size, grid.ss, grid.image_key, grid.background
     ay, sy, ly = _axis_weights(py, h, size, ss)
     ax, sx, lx = _axis_weights(px, w, size, ss)
     y0, x0 = int(sy.min()), int(sx.min())
@@ -149,21 +151,11 @@ def sample_separable(
     return out
 
 
-def sample_general(
-    reader: ChunkReader,
-    px: np.ndarray,
-    py: np.ndarray,
-    *,
-    shape: tuple[int, int],
-    size: int,
-    ss: int,
-    image_key: str,
-    background: float,
-) -> np.ndarray:
+def sample_general(reader: ChunkReader, px: np.ndarray, py: np.ndarray, grid: Grid) -> np.ndarray:
     """Resample a batch of rotated/sheared patches; ``px``/``py`` (B, size*ss, size*ss) are sample positions."""
     from scipy.ndimage import map_coordinates
 
-    h, w = shape
+    (h, w), size, ss, image_key, background = grid.shape, grid.size, grid.ss, grid.image_key, grid.background
     inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
     b = len(px)
     out = np.full((b, size, size, 3), background, dtype=np.float32)
