@@ -112,3 +112,42 @@ def test_renamed_arguments_still_work_with_a_warning(adapted_base, tmp_path):
     with pytest.raises(TypeError, match="`key` was renamed `adapter_key`; pass only `adapter_key=`"):
         c2lst.tl.export_adapter(adapted_base, tmp_path / "b.safetensors", key="x", adapter_key="c2lst_local")
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def _module_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """c2lst modules imported by ``name`` anywhere in it (module level, ``TYPE_CHECKING`` and functions)."""
+    out = set()
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            subs = {f"{base}.{a.name}" for a in node.names} & set(modules)
+            out |= subs or {base}
+    return (out & set(modules)) - {name}
+
+
+def test_no_import_cycles():
+    modules = {}
+    for p in SRC.rglob("*.py"):
+        parts = p.relative_to(SRC.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {m: _module_imports(m, p, modules) for m, p in modules.items()}
+    cycles = []
+
+    def visit(node, trail):
+        for nxt in graph[node]:
+            if nxt in trail:
+                cycles.append([*trail[trail.index(nxt) :], nxt])
+            elif nxt not in done:
+                visit(nxt, [*trail, nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for m in sorted(graph):
+        if m not in done:
+            visit(m, [m])
+    assert not cycles, cycles[:5]
