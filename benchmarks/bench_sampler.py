@@ -26,8 +26,8 @@ import torch
 from _central_cache import central, corpus
 
 import c2lst
+from c2lst.metrics import frechet_distance, kernel_distance
 from c2lst.models import CentralModel
-from c2lst.models.distances import frechet_distance, kernel_distance
 from c2lst.models.features import hematoxylin_threshold, morphometric_features, segment_nuclei
 from c2lst.models.sampling import DEFAULT_SCHEDULER, make_scheduler
 

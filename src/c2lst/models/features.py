@@ -17,7 +17,7 @@ All patches of a call are processed as one mosaic (patches stacked with a backgr
 labelling and watershed are single library calls and region statistics one vectorised pass
 (:mod:`c2lst.models._nuclei`): 1000 patches of 64 px take about two seconds on one CPU core.
 
-Distances between feature sets (FID, KID) live in :mod:`c2lst.models.distances`. This module is engine
+Distances between feature sets (FID, KID) live in :mod:`c2lst.metrics`. This module is engine
 code: numpy, scipy, scikit-image and torch only.
 """
 

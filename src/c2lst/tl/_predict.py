@@ -1,8 +1,4 @@
-"""``tl.fit_predictor`` and ``tl.predict_expression``: the image -> expression skin.
-
-``evaluate_prediction`` (in :mod:`._evaluate_prediction`) is re-exported here: the three steps of the
-predictor form one user-facing unit.
-"""
+"""``tl.fit_predictor`` and ``tl.predict_expression``: the image -> expression skin."""
 
 from __future__ import annotations
 
@@ -27,9 +23,8 @@ from .._tables import (
 )
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
-from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 
-__all__ = ["evaluate_prediction", "fit_predictor", "predict_expression", "prediction_metrics"]
+__all__ = ["fit_predictor", "predict_expression"]
 
 
 # --------------------------------------------------------------------------- fit
