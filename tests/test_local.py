@@ -323,3 +323,16 @@ def _nan(t):
     t.obsm["c2lst_expr"] = t.obsm["c2lst_expr"].copy()
     t.obsm["c2lst_expr"][0, 0] = np.nan
     return t
+
+
+def test_cli_synthesize_writes_into_the_store(adapted_sdata, tiny_central, tmp_path):
+    from c2lst._cli import main
+
+    adapted_sdata.tables["table"] = adapted_sdata.tables["table"][:3].copy()
+    adapted_sdata.write(tmp_path / "s.zarr")
+    argv = ["synthesize", str(tmp_path / "s.zarr"), "--central", str(tiny_central[1]), "--n-steps", "1"]
+    assert main([*argv, "--key-added", "syn"]) == 0
+    assert main([*argv, "--table-added", "old_flag"]) == 0  # the old flag still works
+    back = spatialdata.read_zarr(tmp_path / "s.zarr")
+    assert back.tables["syn"].n_obs == 3 and back.tables["old_flag"].n_obs == 3
+    assert {"syn_image", "syn_spots"} <= set(back.images) | set(back.shapes)

@@ -173,7 +173,7 @@ def test_he_patches_bad_input(he_dir, tmp_path):
     png = he_dir / "histo.jpg"
     with pytest.raises(ValueError, match="mpp"):
         datasets.he_patches(png, patch_um=50.0)
-    with pytest.raises(ValueError, match="only one"):
+    with pytest.raises(ValueError, match="not both"):
         datasets.he_patches(png, patch_px=64, patch_um=50.0)
     with pytest.raises(ValueError, match="tissue_threshold"):
         datasets.he_patches(png, tissue_threshold=1.5)

@@ -1,10 +1,49 @@
-"""The ``c2lst`` command line: thin wrappers over ``c2lst.tl`` (``demo``, ``pretrain``, ``synthesize``)."""
+"""The ``c2lst`` command line: thin wrappers over ``c2lst.pp`` / ``c2lst.tl`` that work on SpatialData zarr stores.
+
+The chain a lab runs from a job scheduler, one store at a time::
+
+    c2lst extract slide.zarr --size 64
+    c2lst prepare slide.zarr --n-top-genes 50
+    c2lst pretrain corpus_*.zarr --out central --preset small      # or use the shipped model "tiny-sim"
+    c2lst adapt slide.zarr --central central/model --n-steps 1000
+    c2lst synthesize slide.zarr --n-per-condition 2
+    c2lst evaluate slide.zarr --out fidelity.json
+    c2lst budget slide.zarr --central central/model --out curve.csv
+
+Commands that annotate the table (``extract``, ``prepare``, ``adapt``) write it back into the store atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+_EXAMPLES = {
+    "extract": "c2lst extract slide.zarr --size 64            # obsm['c2lst_patch'] of table 'table'",
+    "prepare": "c2lst prepare slide.zarr --n-top-genes 50    # obsm['c2lst_expr'] + its gene record",
+    "pretrain": "c2lst pretrain a.zarr b.zarr --out central --preset small --n-steps 2000",
+    "adapt": "c2lst adapt slide.zarr --central central/model --n-steps 1000   # or --central tiny-sim",
+    "synthesize": "c2lst synthesize slide.zarr --n-per-condition 2 --key-added c2lst_synthetic",
+    "evaluate": "c2lst evaluate slide.zarr --synthetic-key c2lst_synthetic --out fidelity.json",
+    "budget": "c2lst budget slide.zarr --central central/model --fractions 0.1 0.25 1.0 --out curve.csv",
+}
+
+
+def _command(sub: Any, name: str, help_text: str, *, store: bool = True) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {_EXAMPLES[name]}" if name in _EXAMPLES else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if store:
+        p.add_argument("zarr", help="SpatialData .zarr store")
+        p.add_argument("--table-key", default="table", help="table of the store (default: table)")
+    return p
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"c2lst {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the whole pipeline on embedded simulated data")
+    d = _command(sub, "demo", "run the whole pipeline on embedded simulated data", store=False)
     d.add_argument("--out", default="c2lst_demo", help="output directory (default: ./c2lst_demo)")
     d.add_argument("--quick", action="store_true", help="tiny settings (under a minute on 2 CPU cores)")
     d.add_argument(
@@ -26,7 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--seed", type=int, default=0)
 
-    t = sub.add_parser("pretrain", help="pretrain a central model on the patches of SpatialData zarr stores")
+    e = _command(sub, "extract", "cut one patch per spot of the store's table (pp.extract_patches)")
+    e.add_argument("--size", type=int, default=64, help="patch side in pixels (default: 64)")
+    e.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default: the spot diameter)")
+    e.add_argument("--key-added", default="c2lst_patch")
+
+    r = _command(sub, "prepare", "select genes and normalise expression (pp.prepare_expression)")
+    r.add_argument("--n-top-genes", type=int, default=50)
+    r.add_argument("--genes", nargs="+", default=None, help="use these genes instead of highly variable ones")
+    r.add_argument("--key-added", default="c2lst_expr")
+
+    t = _command(sub, "pretrain", "pretrain a central model on the patches of SpatialData zarr stores", store=False)
     t.add_argument("zarr", nargs="+", help="SpatialData .zarr stores (patches are extracted if missing)")
     t.add_argument("--out", required=True, help="output directory (checkpoints/ and model/)")
     t.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
@@ -37,17 +86,85 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     t.add_argument("--seed", type=int, default=0)
 
-    s = sub.add_parser("synthesize", help="synthesize patches into a zarr store whose table holds an adapter")
-    s.add_argument("zarr", help="SpatialData .zarr store")
-    s.add_argument("--table-key", default="table")
+    a = _command(sub, "adapt", "adapt a central model to the store's paired spots (tl.adapt)")
+    a.add_argument("--central", required=True, help="central model directory or a shipped name (tiny-sim)")
+    a.add_argument("--n-steps", type=int, default=1000)
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--key-added", default="c2lst_local")
+    a.add_argument("--overwrite", action="store_true", help="replace an adapter of the same key")
+
+    s = _command(sub, "synthesize", "synthesize patches into a zarr store whose table holds an adapter")
     s.add_argument("--adapter-key", default="c2lst_local")
     s.add_argument("--central", default=None, help="central model directory (default: the recorded path)")
     s.add_argument("--n-per-condition", type=int, default=1)
     s.add_argument("--guidance-scale", type=float, default=2.0)
-    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--n-steps", "--steps", dest="n_steps", type=int, default=25, help="denoising steps")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--table-added", default="c2lst_synthetic")
+    s.add_argument(
+        "--key-added", "--table-added", dest="key_added", default="c2lst_synthetic", help="name of the new table"
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace synthetic elements of the same name")
+
+    v = _command(sub, "evaluate", "fidelity of the synthetic table against the real one (tl.evaluate_fidelity)")
+    v.add_argument("--synthetic-key", default="c2lst_synthetic")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default=None, help="also write the JSON report to this file")
+
+    b = _command(sub, "budget", "spot-budget curve: real vs real+synthetic predictors (tl.budget_curve)")
+    b.add_argument("--central", required=True, help="central model directory or a shipped name (tiny-sim)")
+    b.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
+    b.add_argument("--n-repeats", type=int, default=8)
+    b.add_argument("--n-per-condition", type=int, default=2)
+    b.add_argument("--adapt-steps", type=int, default=200)
+    b.add_argument("--n-steps", type=int, default=20, help="denoising steps of the synthesis")
+    b.add_argument("--mode", default="cnn", choices=["cnn", "ridge"], help="predictor (default: cnn)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", required=True, help="CSV file for the curve (the plan is printed as JSON)")
     return p
+
+
+def _read(args: argparse.Namespace):
+    import spatialdata
+
+    from ._utils import get_table, quiet_io_warnings
+
+    with quiet_io_warnings():
+        sd = spatialdata.read_zarr(args.zarr)
+    get_table(sd, args.table_key)  # a clear error before any work
+    return sd
+
+
+def _write_table(sd: Any, table_key: str) -> None:
+    """Write the annotated table back into its store (atomically: the old table stays until the new is whole)."""
+    from .tl._elements import add_elements
+
+    add_elements(sd, {table_key: ("tables", sd.tables[table_key])}, overwrite=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values for a report: frames become lists of records, arrays lists, numpy scalars numbers."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        return _jsonable(value.to_dict(orient="records"))
+    if isinstance(value, pd.Series | np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _print(report: dict, out: str | None) -> None:
+    text = json.dumps(_jsonable(report), indent=2, sort_keys=True)
+    print(text)
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,45 +175,113 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_demo(args.out, quick=args.quick, seed=args.seed, pretrain=args.pretrain)
         return 0
+    return _RUN[args.command](args)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from . import pp
+
+    sd = _read(args)
+    pp.extract_patches(sd, table_key=args.table_key, size=args.size, patch_um=args.patch_um, key_added=args.key_added)
+    _write_table(sd, args.table_key)
+    print(f"patches {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from . import pp
+
+    sd = _read(args)
+    pp.prepare_expression(
+        sd, table_key=args.table_key, genes=args.genes, n_top_genes=args.n_top_genes, key_added=args.key_added
+    )
+    _write_table(sd, args.table_key)
+    print(f"expression {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
     import spatialdata
 
     from . import pp, tl
-    from .models.central import PRESETS
+    from .models import PRESETS
 
-    if args.command == "pretrain":
-        size = args.size or PRESETS[args.preset]["sample_size"]
-        slides = [spatialdata.read_zarr(z) for z in args.zarr]
-        for sd in slides:
-            if not any("c2lst_patch" in t.obsm for t in sd.tables.values()):
-                pp.extract_patches(sd, size=size)
-        model = tl.pretrain(
-            slides,
-            preset=args.preset,
-            n_steps=args.n_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            output_dir=args.out,
-            mixed_precision=args.mixed_precision,
-            seed=args.seed,
-        )
-        print(f"central model written to {args.out}/model (sha256 {model.sha256})")
-        return 0
-    if args.command == "synthesize":
-        sd = spatialdata.read_zarr(args.zarr)
-        tl.synthesize(
-            sd,
-            table_key=args.table_key,
-            adapter_key=args.adapter_key,
-            central=args.central,
-            n_per_condition=args.n_per_condition,
-            guidance_scale=args.guidance_scale,
-            n_steps=args.steps,
-            seed=args.seed,
-            key_added=args.table_added,
-        )
-        print(f"wrote table {args.table_added!r} (+ image and circles) into {args.zarr}")
-        return 0
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    size = args.size or PRESETS[args.preset]["sample_size"]
+    slides = [spatialdata.read_zarr(z) for z in args.zarr]
+    for sd in slides:
+        if not any("c2lst_patch" in t.obsm for t in sd.tables.values()):
+            pp.extract_patches(sd, size=size)
+    model = tl.pretrain(
+        slides, preset=args.preset, n_steps=args.n_steps, batch_size=args.batch_size, lr=args.lr,
+        output_dir=args.out, mixed_precision=args.mixed_precision, seed=args.seed, key_added=None,
+    )  # fmt: skip
+    print(f"central model written to {args.out}/model (sha256 {model.sha256})")
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from . import tl
+
+    sd = _read(args)
+    tl.adapt(
+        sd, table_key=args.table_key, central=args.central, n_steps=args.n_steps, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, key_added=args.key_added, overwrite=args.overwrite,
+    )  # fmt: skip
+    _write_table(sd, args.table_key)
+    print(f"adapter {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
+    return 0
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from . import tl
+
+    sd = _read(args)
+    tl.synthesize(
+        sd, table_key=args.table_key, adapter_key=args.adapter_key, central=args.central,
+        n_per_condition=args.n_per_condition, guidance_scale=args.guidance_scale, n_steps=args.n_steps,
+        seed=args.seed, key_added=args.key_added, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(f"wrote table {args.key_added!r} (+ image and circles) into {args.zarr}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import tl
+    from ._utils import get_table
+
+    sd = _read(args)
+    real, syn = sd.tables[args.table_key], get_table(sd, args.synthetic_key)
+    report = tl.evaluate_fidelity(real, syn, seed=args.seed)
+    _print({"table": args.table_key, "synthetic": args.synthetic_key, **report}, args.out)
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from . import tl
+
+    sd = _read(args)
+    curve = tl.budget_curve(
+        sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
+        n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
+        synthesize_kwargs={"n_steps": args.n_steps}, predictor_kwargs={"mode": args.mode}, seed=args.seed,
+    )  # fmt: skip
+    curve.to_csv(args.out, index=False)
+    if args.n_repeats >= 3:  # a paired interval needs repeats
+        _print({"curve": args.out, "plan": tl.plan_budget(curve)}, None)
+    else:
+        _print({"curve": args.out, "plan": None, "note": "plan_budget needs --n-repeats >= 3 (8+ for useful CIs)"}, None)
+    return 0
+
+
+_RUN = {
+    "extract": _extract,
+    "prepare": _prepare,
+    "pretrain": _pretrain,
+    "adapt": _adapt,
+    "synthesize": _synthesize,
+    "evaluate": _evaluate,
+    "budget": _budget,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -271,7 +271,8 @@ def check_patches(patches: Any, name: str = "patches", *, min_n: int = 1) -> np.
     if patches.ndim != 4 or patches.shape[-1] != 3 or patches.shape[1] != patches.shape[2]:
         raise ValueError(f"`{name}` patches must have shape (n, S, S, 3) (square, RGB), got {patches.shape}.")
     if patches.shape[0] < min_n:
-        raise ValueError(f"`{name}` holds {patches.shape[0]} patch(es); pass at least {min_n}.")
+        held = "no patches" if patches.shape[0] == 0 else f"{patches.shape[0]} patch(es)"
+        raise ValueError(f"`{name}` holds {held}; pass at least {min_n}.")
     return patches
 
 

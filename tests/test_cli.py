@@ -1,0 +1,64 @@
+"""The whole path on the command line, on a zarr store: extract, prepare, adapt, synthesize, evaluate, budget."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import spatialdata
+
+import c2lst
+from c2lst._cli import main
+
+
+@pytest.mark.parametrize("command", ["extract", "prepare", "pretrain", "adapt", "synthesize", "evaluate", "budget"])
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as err:
+        main([command, "--help"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"c2lst {command}" in out
+
+
+@pytest.mark.slow
+def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
+    store = str(tmp_path / "slide.zarr")
+    c2lst.datasets.simulated_visium(n_spots=120, seed=3).write(store)
+
+    assert main(["extract", store, "--size", "32"]) == 0
+    assert main(["prepare", store, "--n-top-genes", "12"]) == 0
+    table = spatialdata.read_zarr(store).tables["table"]
+    assert table.obsm["c2lst_patch"].shape == (120, 32, 32, 3)
+    assert len(c2lst.get.expression_genes(table)) == 12
+
+    central = str(tiny_central[1])
+    adapt = ["adapt", store, "--central", central, "--n-steps", "2", "--batch-size", "8"]
+    assert main(adapt) == 0
+    assert c2lst.get.adapter(spatialdata.read_zarr(store))["summary"]["steps"] == 2
+    with pytest.raises(ValueError, match="overwrite=True"):  # an adapter is never replaced silently
+        main(adapt)
+    assert main([*adapt, "--overwrite"]) == 0
+
+    assert main(["synthesize", store, "--n-steps", "1", "--n-per-condition", "1"]) == 0
+    assert spatialdata.read_zarr(store).tables["c2lst_synthetic"].n_obs == 120
+
+    capsys.readouterr()
+    assert main(["evaluate", store, "--out", str(tmp_path / "fid.json")]) == 0
+    report = json.loads((tmp_path / "fid.json").read_text())
+    assert report == json.loads(capsys.readouterr().out)
+    assert report["n_real"] == 120 and report["n_synthetic"] == 120 and report["fid"] >= 0
+
+    budget = ["budget", store, "--central", central, "--fractions", "1.0", "--n-repeats", "1"]
+    budget += ["--adapt-steps", "1", "--n-steps", "1", "--n-per-condition", "1", "--mode", "ridge"]
+    assert main([*budget, "--out", str(tmp_path / "curve.csv")]) == 0
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    assert set(curve["condition"]) == {"real", "real+synthetic"} and curve["pearson_r"].notna().all()
+    assert json.loads(capsys.readouterr().out)["plan"] is None  # a paired plan needs >= 3 repeats
+
+
+def test_a_missing_table_is_named_before_any_work(tmp_path):
+    store = str(tmp_path / "slide.zarr")
+    c2lst.datasets.simulated_visium(n_spots=20, seed=0).write(store)
+    with pytest.raises(KeyError, match=r"`table_key='nope'`"):
+        main(["extract", store, "--table-key", "nope"])
