@@ -27,8 +27,7 @@ from ..models.store import (
 )
 from ._adapters import check_key_added
 from ._central import resolve_central
-from ._inputs import check_patches
-from ._pretrain import check_output_dir
+from ._inputs import check_output_dir, check_patches
 
 
 def adapt(

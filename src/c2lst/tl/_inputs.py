@@ -1,14 +1,16 @@
-"""Collect and validate patch arrays from the objects users pass to ``tl`` functions."""
+"""Collect and validate what users pass to ``tl`` training functions: patch arrays and output directories."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from anndata import AnnData
 
-from .._tables import check_patches
+from .._utils import check_patches
 
 
 def _tables_of(obj: Any, patch_key: str) -> list[tuple[str, AnnData]]:
@@ -64,3 +66,20 @@ def collect_patches(data: Any, patch_key: str) -> tuple[np.ndarray, list[AnnData
             f"`data` mixes patch sizes {sizes}; extract all slides with the same `size=` in `c2lst.pp.extract_patches`."
         )
     return np.concatenate(arrays) if len(arrays) > 1 else arrays[0], tables, names
+
+
+def check_output_dir(output_dir: str | os.PathLike | None) -> Path | None:
+    """Create ``output_dir`` if needed and check that it is writable."""
+    if output_dir is None:
+        return None
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".c2lst_write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"`output_dir={str(output_dir)!r}` is not writable ({err.strerror}); pass a directory you can write to."
+        ) from None
+    return path

@@ -15,24 +15,7 @@ from .._utils import (
     check_seed,
 )
 from ..models import PRESETS, CentralModel, check_mixed_precision, fit_denoiser, preset_config
-from ._inputs import collect_patches
-
-
-def check_output_dir(output_dir: str | os.PathLike | None) -> Path | None:
-    """Create ``output_dir`` if needed and check that it is writable."""
-    if output_dir is None:
-        return None
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".c2lst_write_probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(
-            f"`output_dir={str(output_dir)!r}` is not writable ({err.strerror}); pass a directory you can write to."
-        ) from None
-    return path
+from ._inputs import check_output_dir, collect_patches
 
 
 def pretrain(
