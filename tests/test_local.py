@@ -336,3 +336,31 @@ def test_cli_synthesize_writes_into_the_store(adapted_sdata, tiny_central, tmp_p
     back = spatialdata.read_zarr(tmp_path / "s.zarr")
     assert back.tables["syn"].n_obs == 3 and back.tables["old_flag"].n_obs == 3
     assert {"syn_image", "syn_spots"} <= set(back.images) | set(back.shapes)
+
+
+def test_synthesize_in_bf16_is_reproducible_and_close(adapted_base, tiny_central):
+    kw = {"central": tiny_central[0], "n_steps": 2, "seed": 1, "progress": False}
+    table = adapted_base[:3].copy()
+    ref = c2lst.tl.synthesize(table, **kw).obsm["c2lst_patch"]
+    a = c2lst.tl.synthesize(table, mixed_precision="bf16", **kw)
+    b = c2lst.tl.synthesize(table, mixed_precision="bf16", **kw)
+    np.testing.assert_array_equal(a.obsm["c2lst_patch"], b.obsm["c2lst_patch"])
+    assert np.abs(a.obsm["c2lst_patch"].astype(int) - ref).mean() < 3  # rounding, not another image
+    assert lineage(a)[-1]["parameters"]["mixed_precision"] == "bf16"
+    before = snapshot(table)
+    with pytest.raises(ValueError, match=r"mixed_precision='fp16'.*GPU"):
+        c2lst.tl.synthesize(table, mixed_precision="fp16", device="cpu", **kw)
+    with pytest.raises(ValueError, match=r"mixed_precision='fp8'"):
+        c2lst.tl.synthesize(table, mixed_precision="fp8", **kw)
+    assert snapshot(table) == before
+
+
+def test_default_device_prefers_cuda_then_mps(monkeypatch):
+    from c2lst.models._nets import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert default_device().type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert default_device().type == "cpu"
+    assert str(default_device("cuda:1")) == "cuda:1"  # an explicit index is kept

@@ -20,10 +20,13 @@ from .train import TrainSettings, dihedral, train
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """Return ``device``, or ``cuda`` when available and ``cpu`` otherwise."""
+    """Return ``device``, or the best available one: ``cuda``, then Apple's ``mps``, then ``cpu``."""
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
 
 
 def _groups(width: int) -> int:

@@ -8,6 +8,7 @@ to the local slide. Condition dropout trains the null branch too, so classifier-
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from ._nets import default_device
 from .central import CentralModel
 from .sampling import DEFAULT_SCHEDULER
 from .store import ADAPTER_FORMAT, fingerprint, numpy_to_tensors, sha256_tensors, tensors_to_numpy
+from .train import check_mixed_precision
 
 __all__ = ["DEFAULT_TARGETS", "GeneEncoder", "LocalModel", "central_fingerprint", "check_stored_targets"]
 
@@ -204,6 +206,7 @@ class LocalModel(nn.Module):
         guidance_scale: float = 2.0,
         batch_size: int = 32,
         device: str | torch.device | None = None,
+        mixed_precision: str = "no",
         progress: bool = False,
     ) -> np.ndarray:
         """Generate ``n_per_condition`` patches for each expression profile, reproducibly per row.
@@ -229,7 +232,11 @@ class LocalModel(nn.Module):
         batch_size
             Patches per UNet call.
         device
-            Torch device; ``None`` picks CUDA when available, else the model's device. The model is moved there.
+            Torch device; ``None`` picks CUDA (or MPS) when available, else the model's device. The model is moved
+            there.
+        mixed_precision
+            ``"no"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU): the UNet runs under :func:`torch.autocast` in
+            that precision (faster on GPUs; the sampler's arithmetic stays float32).
         progress
             Show a progress bar over batches.
 
@@ -258,16 +265,21 @@ class LocalModel(nn.Module):
         m = expr.shape[0]
         n = m * n_per_condition
         check_seed_range(seed, n)
-        if device is not None or torch.cuda.is_available():
-            self.to(default_device(device))
+        mixed_precision = check_mixed_precision(mixed_precision, None if device is None else str(device))
+        target = default_device(device)
+        if device is not None or target.type != "cpu":
+            self.to(target)
         rows = np.ascontiguousarray(np.repeat(expr, n_per_condition, axis=0))
         with torch.inference_mode():
             emb = self.condition(torch.from_numpy(rows))
         gens = [torch.Generator().manual_seed(int(seed + i)) for i in range(n)]
-        return self.central.sample(
-            n, steps=steps, scheduler=scheduler, condition=emb, guidance_scale=guidance_scale, generator=gens,
-            batch_size=batch_size, progress=progress,
-        )  # fmt: skip
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        autocast = torch.autocast(self.central.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            return self.central.sample(
+                n, steps=steps, scheduler=scheduler, condition=emb, guidance_scale=guidance_scale, generator=gens,
+                batch_size=batch_size, progress=progress,
+            )  # fmt: skip
 
     def fuse_adapters(self) -> LocalModel:
         """Merge the LoRA weights into the frozen layers and drop the LoRA wrappers, for fast inference.
