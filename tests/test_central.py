@@ -68,15 +68,8 @@ def test_save_load_same_bytes(tiny_central, tmp_path):
 
 def test_resume_is_exact(tmp_path, monkeypatch):
     data = _patches()
-    full = c2lst.tl.pretrain(
-        data,
-        preset="tiny",
-        n_steps=10,
-        batch_size=4,
-        output_dir=tmp_path / "a",
-        checkpoint_every=5,
-        progress=False,
-    )
+    kw = {"preset": "tiny", "n_steps": 10, "batch_size": 4, "checkpoint_every": 5, "progress": False}
+    full = c2lst.tl.pretrain(data, output_dir=tmp_path / "a", **kw)
     import c2lst.models.train as train_mod
 
     real = train_mod._save_checkpoint
@@ -91,25 +84,9 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", killed_after_step_5)
     with pytest.raises(Killed):
-        c2lst.tl.pretrain(
-            data,
-            preset="tiny",
-            n_steps=10,
-            batch_size=4,
-            output_dir=tmp_path / "b",
-            checkpoint_every=5,
-            progress=False,
-        )
+        c2lst.tl.pretrain(data, output_dir=tmp_path / "b", **kw)
     monkeypatch.setattr(train_mod, "_save_checkpoint", real)
-    resumed = c2lst.tl.pretrain(
-        data,
-        preset="tiny",
-        n_steps=10,
-        batch_size=4,
-        output_dir=tmp_path / "b",
-        checkpoint_every=5,
-        progress=False,
-    )
+    resumed = c2lst.tl.pretrain(data, output_dir=tmp_path / "b", **kw)
     assert resumed.training_summary["resumed_from"] == 5
     sa, sb = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

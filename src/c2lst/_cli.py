@@ -178,26 +178,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _RUN[args.command](args)
 
 
+def _annotate(args: argparse.Namespace, what: str, call: Any) -> int:
+    """Read the store, let ``call`` annotate it, write the table back and say so."""
+    sd = _read(args)
+    call(sd)
+    _write_table(sd, args.table_key)
+    print(f"{what} {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
+    return 0
+
+
 def _extract(args: argparse.Namespace) -> int:
     from . import pp
 
-    sd = _read(args)
-    pp.extract_patches(sd, table_key=args.table_key, size=args.size, patch_um=args.patch_um, key_added=args.key_added)
-    _write_table(sd, args.table_key)
-    print(f"patches {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
-    return 0
+    kw = {"size": args.size, "patch_um": args.patch_um, "key_added": args.key_added}
+    return _annotate(args, "patches", lambda sd: pp.extract_patches(sd, table_key=args.table_key, **kw))
 
 
 def _prepare(args: argparse.Namespace) -> int:
     from . import pp
 
-    sd = _read(args)
-    pp.prepare_expression(
-        sd, table_key=args.table_key, genes=args.genes, n_top_genes=args.n_top_genes, key_added=args.key_added
-    )
-    _write_table(sd, args.table_key)
-    print(f"expression {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
-    return 0
+    kw = {"genes": args.genes, "n_top_genes": args.n_top_genes, "key_added": args.key_added}
+    return _annotate(args, "expression", lambda sd: pp.prepare_expression(sd, table_key=args.table_key, **kw))
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -222,14 +223,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _adapt(args: argparse.Namespace) -> int:
     from . import tl
 
-    sd = _read(args)
-    tl.adapt(
-        sd, table_key=args.table_key, central=args.central, n_steps=args.n_steps, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, key_added=args.key_added, overwrite=args.overwrite,
-    )  # fmt: skip
-    _write_table(sd, args.table_key)
-    print(f"adapter {args.key_added!r} written to table {args.table_key!r} of {args.zarr}")
-    return 0
+    kw = {"central": args.central, "n_steps": args.n_steps, "batch_size": args.batch_size, "lr": args.lr}
+    kw |= {"seed": args.seed, "key_added": args.key_added, "overwrite": args.overwrite}
+    return _annotate(args, "adapter", lambda sd: tl.adapt(sd, table_key=args.table_key, **kw))
 
 
 def _synthesize(args: argparse.Namespace) -> int:
