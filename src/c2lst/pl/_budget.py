@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -109,10 +110,11 @@ def budget_curve(
         fig = ax.figure
     for k, (cond, sub) in enumerate(summary.groupby("condition", sort=False)):
         colour, marker, label = _STYLE.get(cond, (f"C{k}", "^", cond))
+        mean = sub["mean"].to_numpy()  # arrays: matplotlib calls float() on a Series' elements otherwise
         ax.errorbar(
-            sub["fraction"],
-            sub["mean"],
-            yerr=[sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]],
+            sub["fraction"].to_numpy(),
+            mean,
+            yerr=np.stack([mean - sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy() - mean]),
             color=colour,
             marker=marker,
             capsize=3,
