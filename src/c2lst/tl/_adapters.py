@@ -89,11 +89,11 @@ def export_adapter(
     Parameters
     ----------
     adata
-        Table holding the adapter.
-    table_key
-        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
+        Table holding the adapter (an AnnData, or a SpatialData with ``table_key``).
     path
         Target ``.safetensors`` file.
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     adapter_key
         Adapter key (the ``key_added`` of :func:`c2lst.tl.adapt`).
 
@@ -127,11 +127,11 @@ def load_adapter(
     Parameters
     ----------
     adata
-        Table to receive the adapter.
-    table_key
-        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
+        Table to receive the adapter (an AnnData, or a SpatialData with ``table_key``).
     path
         A ``.safetensors`` file (pickle-based formats are refused).
+    table_key
+        Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     key_added
         Adapter key.
     overwrite

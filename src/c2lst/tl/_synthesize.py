@@ -12,7 +12,6 @@ from scipy import sparse
 
 from .. import _records as records
 from .._logging import logger
-from .._records import expression_entry, expression_key_of
 from .._utils import (
     as_table,
     check_device,
@@ -157,7 +156,7 @@ def synthesize(
         _check_new_elements(data, key_added, table_key, overwrite)
     genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
     expr_params = json.loads(str(record["expr"]))
-    expr_key = str(record.get("expr_key", "")) or expression_key_of(table, genes)
+    expr_key = str(record.get("expr_key", "")) or records.expression_key_of(table, genes)
     conds = resolve_conditions(conditions, table, genes=genes, params=expr_params, expr_key=expr_key,
                                n_conditions=n_conditions, mixup_alpha=mixup_alpha, seed=seed)
     n_total = conds.expr.shape[0] * n_per_condition
@@ -195,7 +194,7 @@ def synthesize(
     new = AnnData(X=sparse.csr_matrix(conds.counts[cond_idx]), obs=obs, var=pd.DataFrame(index=genes))
     new.obsm[patch_key] = patches
     new.obsm[expr_key] = conds.expr[cond_idx].astype(np.float32)
-    new.uns["c2lst"] = {"expr": {expr_key: expression_entry(expr_params, genes)}}
+    new.uns["c2lst"] = {"expr": {expr_key: records.expression_entry(expr_params, genes)}}
     params = {
         "table_key": table_key,
         "adapter_key": adapter_key,
