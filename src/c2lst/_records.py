@@ -235,5 +235,8 @@ def adapter_record(adata: Any, key: str, arg: str = "adapter_key") -> dict:
 
 
 def prediction_record(adata: Any, key: str, arg: str = "pred_key") -> dict:
-    """Return the prediction record ``uns["c2lst"]["pred"][key]`` or raise a :class:`KeyError` with the fix."""
-    return require(adata, "pred", key, arg=arg, hint=PRED_HINT)
+    """Return the prediction record ``uns["c2lst"]["pred"][key]`` (with its genes) or raise a :class:`KeyError`."""
+    rec = require(adata, "pred", key, arg=arg, hint=PRED_HINT)
+    if "genes" not in rec:
+        raise KeyError(f"`uns['c2lst']['pred'][{key!r}]` has no gene list; {PRED_HINT}")
+    return rec

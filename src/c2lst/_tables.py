@@ -8,15 +8,11 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from ._records import EXPR_HINT, PATCH_HINT, PRED_HINT, gene_names, synthetic_mask
+from ._records import PATCH_HINT, gene_names, synthetic_mask
 from ._records import expression_genes as _expression_genes
 from ._utils import check_patches, require_obsm
 
-__all__ = ["check_patches", "child_patches", "expression_genes", "gene_names", "side_patches", "synthetic_mask"]
-
-_PATCH_HINT = PATCH_HINT
-_EXPR_HINT = EXPR_HINT
-_PRED_HINT = PRED_HINT
+__all__ = ["check_patches", "child_patches", "expression_genes", "side_patches"]
 
 
 def _check_adata(adata: Any, name: str = "adata") -> AnnData:
@@ -37,11 +33,11 @@ def _gene_diff(a: Sequence[str], b: Sequence[str]) -> str:
 
 
 def _patches(adata: AnnData, patch_key: str) -> np.ndarray:
-    arr = np.asarray(require_obsm(adata, patch_key, "patch_key", _PATCH_HINT))
+    arr = np.asarray(require_obsm(adata, patch_key, "patch_key", PATCH_HINT))
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(
             f"`obsm[{patch_key!r}]` must hold uint8 RGB patches (n, S, S, 3), got {arr.dtype} {arr.shape}; "
-            f"{_PATCH_HINT}"
+            f"{PATCH_HINT}"
         )
     return arr
 
@@ -53,7 +49,7 @@ def side_patches(
     if isinstance(data, AnnData):
         if patch_key not in data.obsm:
             raise KeyError(
-                f"`patch_key={patch_key!r}` is not in `{name}.obsm` (keys: {sorted(data.obsm)}); {_PATCH_HINT}"
+                f"`patch_key={patch_key!r}` is not in `{name}.obsm` (keys: {sorted(data.obsm)}); {PATCH_HINT}"
             )
         arr = np.asarray(data.obsm[patch_key])
         mask = synthetic_mask(data)

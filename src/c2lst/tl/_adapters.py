@@ -43,7 +43,7 @@ def verify_adapter(record: dict, where: str) -> tuple[dict, list[str]]:
         raise ValueError(f"{where} holds no adapter weights; run `c2lst.tl.adapt` or `c2lst.tl.load_adapter` again.")
     try:
         config = json.loads(str(record["config"]))
-        genes = [str(g) for g in np.asarray(record["genes"]).tolist()]
+        genes = list(records.gene_names(record["genes"]))
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{where} has no valid configuration or gene list ({err}).") from None
     if not isinstance(config, dict):

@@ -14,8 +14,8 @@ import numpy as np
 from anndata import AnnData
 
 from .._logging import logger
-from .._records import record_lineage, store
-from .._tables import _patches, synthetic_mask
+from .._records import record_lineage, store, synthetic_mask
+from .._tables import _patches
 from .._utils import as_table, check_positive_int
 from ..models import features as _features
 

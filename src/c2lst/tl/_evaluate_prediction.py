@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from .. import _records as records
 from .._logging import logger
-from .._tables import _PRED_HINT, _check_adata, expression_genes, gene_names
+from .._tables import _check_adata, expression_genes
 from .._utils import as_table, check_positive_int, require_obsm
 from ..get import metrics as get_metrics
 from ..metrics import morans_i, pearson
@@ -78,11 +78,8 @@ def evaluate_prediction(
     key = pred_key if key_added is None else key_added
     if not isinstance(key, str) or not key:
         raise TypeError(f"`key_added` must be a non-empty string or None, got {key_added!r}.")
-    pred = np.asarray(require_obsm(adata, pred_key, "pred_key", _PRED_HINT), dtype=np.float64)
-    rec = records.section(adata, "pred").get(pred_key, {})
-    if "genes" not in rec:
-        raise KeyError(f"`uns['c2lst']['pred'][{pred_key!r}]` is missing; {_PRED_HINT}")
-    pred_genes = gene_names(rec["genes"])
+    pred = np.asarray(require_obsm(adata, pred_key, "pred_key", records.PRED_HINT), dtype=np.float64)
+    pred_genes = records.gene_names(records.prediction_record(adata, pred_key)["genes"])
     obs_genes = expression_genes(adata, expr_key)
     missing = [g for g in pred_genes if g not in set(obs_genes)]
     if missing:

@@ -12,15 +12,8 @@ from anndata import AnnData
 
 from .. import _records as records
 from .._logging import logger
-from .._tables import (
-    _EXPR_HINT,
-    _check_adata,
-    _gene_diff,
-    _patches,
-    expression_genes,
-    gene_names,
-    synthetic_mask,
-)
+from .._records import EXPR_HINT, gene_names, synthetic_mask
+from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
 
@@ -180,7 +173,7 @@ def fit_predictor(
             f"only {len(x)} usable row(s) in `tables` (include_synthetic={include_synthetic}); need at least 2."
         )
     if not np.all(np.isfinite(y)):
-        raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or inf; {_EXPR_HINT}")
+        raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or inf; {EXPR_HINT}")
     is_syn = np.concatenate(synth)
     if n_syn and n_real == 0 and synthetic_weight == 0:
         raise ValueError("`synthetic_weight=0` leaves no row to learn from: the tables hold only synthetic rows.")
