@@ -66,3 +66,45 @@ def test_embedding_bad_input():
     ad.obsm["c2lst_patch"] = np.zeros((3, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="features"):
         c2lst.tl.image_features(ad, features="dino")
+
+
+def test_image_features_central_are_the_frozen_denoisers_and_standardised_on_real_rows(sim_sdata_base):
+    from c2lst.models import CentralModel, central_features
+
+    patches = np.asarray(sim_sdata_base.tables["table"].obsm["c2lst_patch"])[:24]
+    model = CentralModel.from_preset("tiny", seed=0)
+    ad = _table(patches[:16], patches[16:24])
+    before = ad.copy()
+    c2lst.tl.image_features(ad, features="central", central=model, central_timestep=20)
+    feats = ad.obsm["c2lst_central_features"]
+    raw = central_features(model, np.concatenate([patches[:16], patches[16:24]]), t=20)
+    assert feats.shape == raw.shape and feats.dtype == np.float32
+    mean, std = raw[:16].mean(axis=0), raw[:16].std(axis=0)
+    expected = (raw - mean) / np.where(std > 1e-12, std, 1.0)
+    np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-4)
+    rec = ad.uns["c2lst"]["features"]["c2lst_central_features"]
+    assert rec["features"] == "central" and rec["central_timestep"] == 20 and rec["n_reference"] == 16
+    # another timestep gives other features: the argument reaches the denoiser
+    other = c2lst.tl.image_features(before, features="central", central=model, central_timestep=600, copy=True)
+    assert not np.allclose(other.obsm["c2lst_central_features"], feats)
+    assert "c2lst_central_features" not in before.obsm
+
+
+def test_image_features_central_bad_input_writes_nothing():
+    from c2lst.models import CentralModel
+
+    ad = AnnData(obs=pd.DataFrame({"c2lst_synthetic": [False, False, True]}, index=["a", "b", "c"]))
+    ad.obsm["c2lst_patch"] = np.zeros((3, 32, 32, 3), np.uint8)
+    model = CentralModel.from_preset("tiny", seed=0)
+    with pytest.raises(ValueError, match="needs the central model"):
+        c2lst.tl.image_features(ad, features="central")
+    with pytest.raises(ValueError, match="only used with"):
+        c2lst.tl.image_features(ad, central=model)
+    with pytest.raises(ValueError, match="central_timestep"):
+        c2lst.tl.image_features(ad, features="central", central=model, central_timestep=5000)
+    with pytest.raises(TypeError, match="central_timestep"):
+        c2lst.tl.image_features(ad, features="central", central=model, central_timestep=1.5)
+    ad.obsm["c2lst_patch"] = np.zeros((3, 30, 30, 3), np.uint8)
+    with pytest.raises(ValueError, match="multiples"):
+        c2lst.tl.image_features(ad, features="central", central=model)
+    assert "c2lst" not in ad.uns and list(ad.obsm) == ["c2lst_patch"]

@@ -17,25 +17,33 @@ from .._logging import logger
 from .._records import record_lineage, store, synthetic_mask
 from .._tables import _patches
 from .._utils import as_table, check_positive_int
+from ..models import central_features
 from ..models import features as _features
 
-FEATURES = ("morphometric",)
+FEATURES = ("morphometric", "central")
+DEFAULT_KEYS = {"morphometric": "c2lst_morph", "central": "c2lst_central_features"}
 
 
 def image_features(
     adata: Any,
     *,
     table_key: str = "table",
-    features: Literal["morphometric"] = "morphometric",
+    features: Literal["morphometric", "central"] = "morphometric",
+    central: Any = None,
+    central_timestep: int = 50,
     patch_key: str = "c2lst_patch",
-    key_added: str = "c2lst_morph",
+    key_added: str | None = None,
+    progress: bool = False,
     copy: bool = False,
 ) -> AnnData | None:
     """Compute image features of every patch into ``obsm[key_added]``, ready for ``sc.pp.neighbors``.
 
     ``features="morphometric"`` gives the offline features of :func:`c2lst.tl.evaluate_fidelity` (nuclei,
-    colour, texture), standardised by the *real* rows' mean and standard deviation with the nuclei threshold
-    fixed on the real rows, so real and synthetic rows share one feature space.
+    colour, texture), with the nuclei threshold fixed on the real rows. ``features="central"`` gives the pooled
+    activations of the frozen central denoiser (:func:`c2lst.models.central_features`): what the model learned
+    from many slides, the space in which ``fit_predictor(features="central")`` fits its ridge head. Either way
+    the features are standardised by the *real* rows' mean and standard deviation, so real and synthetic rows
+    share one feature space.
 
     Parameters
     ----------
@@ -45,18 +53,28 @@ def image_features(
     table_key
         Table read when ``adata`` is a SpatialData (an AnnData is used as it is).
     features
-        Feature space (``"morphometric"``).
+        Feature space: ``"morphometric"`` (21 offline features) or ``"central"`` (the central denoiser's).
+    central
+        The central model for ``features="central"``: a :class:`~c2lst.models.CentralModel`, its directory, a key
+        of ``uns["c2lst"]["central"]`` or a shipped name such as ``"tiny-sim"``. Patch sides must pass through
+        its denoiser (the model's image size always does).
+    central_timestep
+        Noise timestep of ``features="central"`` (small: the patch stays visible to the denoiser).
     patch_key
         Patches in ``obsm``.
     key_added
-        Where the features go.
+        Where the features go; default ``"c2lst_morph"`` (morphometric) or ``"c2lst_central_features"``.
+    progress
+        Show a progress bar over batches (``features="central"``).
     copy
         Return a modified copy instead of writing into ``adata``.
 
     Returns
     -------
-    ``None``, or the copy when ``copy=True``. Writes ``obsm[key_added]`` : ndarray ``(n_obs, 21)`` float32 and
-    ``uns["c2lst"]["features"][key_added]`` = ``{"features", "threshold", "n_reference"}``.
+    ``None``, or the copy when ``copy=True``. Writes ``obsm[key_added]`` : ndarray ``(n_obs, d)`` float32 (``d``
+    = 21 for morphometric features) and ``uns["c2lst"]["features"][key_added]`` = ``{"features", "n_reference",
+    "patch_key"}`` plus ``"threshold"`` (morphometric) or ``"central_sha256"`` and ``"central_timestep"``
+    (central).
 
     Examples
     --------
@@ -64,35 +82,67 @@ def image_features(
     >>> c2lst.tl.image_features(aug)  # doctest: +SKIP
     >>> sc.pp.neighbors(aug, use_rep="c2lst_morph"); sc.tl.umap(aug)  # doctest: +SKIP
     >>> sc.pl.umap(aug, color="c2lst_synthetic")  # doctest: +SKIP
+
+    The central model's view of the same patches:
+
+    >>> c2lst.tl.image_features(aug, features="central", central="tiny-sim")  # doctest: +SKIP
+    >>> sc.pp.neighbors(aug, use_rep="c2lst_central_features")  # doctest: +SKIP
     """
     adata = as_table(adata, table_key, arg="adata")
     if features not in FEATURES:
         raise ValueError(f"`features={features!r}` is unknown; use one of {list(FEATURES)}.")
+    if key_added is None:
+        key_added = DEFAULT_KEYS[features]
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    if features != "central" and central is not None:
+        raise ValueError("`central=` is only used with `features='central'`; drop it or pass `features='central'`.")
     patches = _patches(adata, patch_key)
     if len(patches) < 2:
         raise ValueError(f"`adata` has {len(patches)} patch(es); image features need at least 2.")
     syn = synthetic_mask(adata)
-    ref = patches[~syn] if (~syn).sum() >= 2 else patches
-    thr = _features.hematoxylin_threshold(ref)
-    feats = _features.morphometric_features(patches, threshold=thr)
+    record: dict[str, Any] = {"features": features, "patch_key": patch_key}
+    if features == "central":
+        feats = _central_features(adata, patches, central, central_timestep, progress, record)
+    else:
+        ref = patches[~syn] if (~syn).sum() >= 2 else patches
+        thr = _features.hematoxylin_threshold(ref)
+        feats = _features.morphometric_features(patches, threshold=thr)
+        record["threshold"] = float(thr)
     base = feats[~syn] if (~syn).sum() >= 2 else feats
     mean, std = base.mean(axis=0), base.std(axis=0)
     std = np.where(std > 1e-12, std, 1.0)
     out = ((feats - mean) / std).astype(np.float32)
+    record["n_reference"] = len(base)
     target = adata.copy() if copy else adata
     target.obsm[key_added] = out
-    record = {"features": features, "threshold": float(thr), "n_reference": len(base), "patch_key": patch_key}
     store(target, "features", key_added, record)
-    record_lineage(
-        target,
-        function="c2lst.tl.image_features",
-        parameters={"features": features, "patch_key": patch_key, "key_added": key_added},
-        seed=None,
-        input_table=None,
-    )
+    parameters = {"features": features, "patch_key": patch_key, "key_added": key_added}
+    if features == "central":
+        parameters["central_timestep"] = record["central_timestep"]
+    record_lineage(target, function="c2lst.tl.image_features", parameters=parameters, seed=None, input_table=None)
     return target if copy else None
+
+
+def _central_features(
+    adata: AnnData, patches: np.ndarray, central: Any, timestep: Any, progress: bool, record: dict[str, Any]
+) -> np.ndarray:
+    """Features of the frozen central denoiser, checked before the forward passes; fills ``record``."""
+    if central is None:
+        raise ValueError(
+            "`features='central'` needs the central model: pass `central=` (a CentralModel, its directory, a "
+            "registry key or a shipped name such as 'tiny-sim')."
+        )
+    if isinstance(timestep, bool) or not isinstance(timestep, int | np.integer):
+        raise TypeError(f"`central_timestep` must be an integer, got {timestep!r}.")
+    from ._central import resolve_central
+
+    model = resolve_central(central, adata)
+    n_train = int(model.scheduler_config.get("num_train_timesteps", 1000))
+    if not 0 <= int(timestep) < n_train:
+        raise ValueError(f"`central_timestep={timestep}` must be in [0, {n_train}) (the model's training timesteps).")
+    record.update(central_sha256=str(model.sha256 or ""), central_timestep=int(timestep))
+    return central_features(model, patches, t=int(timestep), progress=progress)
 
 
 def mixing_score(
