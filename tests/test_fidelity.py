@@ -292,3 +292,39 @@ def test_morphometric_features_of_a_patch_do_not_depend_on_its_batch_neighbours(
     grey = color.rgb2gray(patches[2])
     energy = (ndimage.sobel(grey, 0, mode="nearest") ** 2 + ndimage.sobel(grey, 1, mode="nearest") ** 2).mean()
     assert in_batch[0, -1] == pytest.approx(energy)
+
+
+def test_nuclei_in_chunks_count_the_same_and_show_progress(capsys):
+    """Nuclei are segmented in mosaics of ``batch_size`` patches (a bar over them); counts and areas stay."""
+    from c2lst.models._nuclei import _segment
+
+    patches = c2lst.datasets.ihc_patches(n=300, size=32, seed=0)
+    thr = F.hematoxylin_threshold(patches)
+    h = color.rgb2hed(patches)[..., 0]
+    whole = _segment(h, thr, 1.0, 4)  # one mosaic
+    chunked = F.segment_nuclei(patches, threshold=thr, batch_size=100, progress=True)
+    assert chunked["patch"].max() > 200  # nuclei of the last chunk, with their patch index shifted back
+    for nuc in (whole, chunked):
+        nuc["per_patch"] = np.bincount(nuc["patch"], minlength=300), np.bincount(
+            nuc["patch"], weights=nuc["area"], minlength=300
+        )
+    np.testing.assert_array_equal(chunked["per_patch"][0], whole["per_patch"][0])
+    np.testing.assert_array_equal(chunked["per_patch"][1], whole["per_patch"][1])
+    err = capsys.readouterr().err
+    assert "nuclei" in err and "300/300" in err
+    auto = F.segment_nuclei(patches, batch_size=100)  # threshold of the whole set, not of a chunk
+    assert float(auto["threshold"]) == pytest.approx(float(_segment(h, None, 1.0, 4)["threshold"]))
+    F.morphometric_features(patches, threshold=thr, batch_size=100, progress=False)
+    assert "morphometric" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size"):
+        F.segment_nuclei(patches, batch_size=0)
+
+
+def test_evaluation_shows_progress_bars_over_patches(capsys):
+    patches = c2lst.datasets.ihc_patches(n=300, size=16, seed=1)
+    c2lst.tl.evaluate_fidelity(patches[:150], patches[150:], n_subsets=5, progress=False)
+    assert "morphometric features" not in capsys.readouterr().err
+    many = c2lst.datasets.ihc_patches(n=1100, size=16, seed=2)  # more than one mosaic of 1024
+    c2lst.tl.evaluate_fidelity(many[:60], many, n_subsets=5)
+    err = capsys.readouterr().err
+    assert "morphometric features" in err and "1100/1100" in err

@@ -485,3 +485,16 @@ def test_fit_predictor_synthetic_weight_and_steps(data):
         c2lst.tl.fit_predictor([train], n_steps=0, progress=False)
     with pytest.raises(ValueError, match="only synthetic"):
         c2lst.tl.fit_predictor([syn], synthetic_weight=0.0, progress=False)
+
+
+def test_predict_shows_a_progress_bar_over_batches_only_when_asked(data, capsys):
+    train, _ = data
+    x, y = train.obsm["c2lst_patch"][:40], train.obsm["c2lst_expr"][:40]
+    model = ExpressionPredictor(GENES, widths=(8, 16)).fit(x, y, n_epochs=1, progress=False)
+    capsys.readouterr()
+    quiet = model.predict(x, batch_size=8)
+    assert "predict" not in capsys.readouterr().err
+    shown = model.predict(x, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "predict" in err and f"{-(-len(x) // 8)}/{-(-len(x) // 8)}" in err
+    np.testing.assert_array_equal(shown, quiet)

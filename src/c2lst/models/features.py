@@ -29,7 +29,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import color
 
-from .._utils import check_patches
+from .._logging import progress as _progress
+from .._utils import check_patches, check_positive_int
 from ._nuclei import _label_nuclei, _nuclei_features, _otsu, _region_stats, _segment, _smooth  # noqa: F401 (tests)
 
 NUCLEI_FEATURES: tuple[str, ...] = (
@@ -103,7 +104,13 @@ def hematoxylin_threshold(patches: np.ndarray, *, sigma: float = 1.0) -> float:
 
 
 def segment_nuclei(
-    patches: np.ndarray, *, threshold: float | None = None, sigma: float = 1.0, min_area: int = 4
+    patches: np.ndarray,
+    *,
+    threshold: float | None = None,
+    sigma: float = 1.0,
+    min_area: int = 4,
+    batch_size: int = 1024,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Segment nuclei in every patch and measure them.
 
@@ -123,6 +130,11 @@ def segment_nuclei(
         Gaussian smoothing (pixels) of the hematoxylin channel before thresholding.
     min_area
         Objects smaller than this many pixels are discarded.
+    batch_size
+        Patches segmented per mosaic (bounds memory). Counts and the nuclear area of each patch do not depend
+        on it; where touching nuclei are split, the watershed's tie-breaking can move a boundary pixel.
+    progress
+        Show a progress bar over patches (when there is more than one chunk of them).
 
     Returns
     -------
@@ -136,7 +148,17 @@ def segment_nuclei(
     0
     """
     patches = check_patches(patches)
-    return _segment(color.rgb2hed(patches)[..., 0], threshold, sigma, min_area)
+    if threshold is None:
+        threshold = _otsu(_smooth(color.rgb2hed(patches)[..., 0], sigma))
+    parts = []
+    batch_size = check_positive_int(batch_size, "batch_size")
+    for start, stop in _chunks(len(patches), batch_size, progress, "nuclei"):
+        part = _segment(color.rgb2hed(patches[start:stop])[..., 0], threshold, sigma, min_area)
+        part["patch"] = part["patch"] + start
+        parts.append(part)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ("patch", "area", "eccentricity", "intensity_mean")}
+    out["threshold"] = parts[0]["threshold"] if parts else np.asarray(float(threshold))
+    return out
 
 
 def _colour_features(patches: np.ndarray, hed: np.ndarray) -> np.ndarray:
@@ -173,6 +195,7 @@ def morphometric_features(
     sigma: float = 1.0,
     min_area: int = 4,
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> np.ndarray:
     """Compute the offline morphometric features of RGB patches.
 
@@ -189,6 +212,8 @@ def morphometric_features(
         Nuclei smaller than this many pixels are discarded.
     batch_size
         Patches segmented per mosaic (bounds memory).
+    progress
+        Show a progress bar over patches (when there is more than one mosaic of them).
 
     Returns
     -------
@@ -209,10 +234,10 @@ def morphometric_features(
         else:
             threshold = hematoxylin_threshold(patches, sigma=sigma)
     out = np.empty((len(patches), len(MORPHOMETRIC_FEATURE_NAMES)), dtype=np.float64)
-    for start in range(0, len(patches), batch_size):
-        chunk = patches[start : start + batch_size]
-        hed = hed_all if hed_all is not None else color.rgb2hed(chunk)
-        out[start : start + len(chunk)] = np.concatenate(
+    for start, stop in _chunks(len(patches), batch_size, progress, "morphometric features"):
+        chunk = patches[start:stop]
+        hed = hed_all[start:stop] if hed_all is not None else color.rgb2hed(chunk)
+        out[start:stop] = np.concatenate(
             [
                 _nuclei_features(hed[..., 0], threshold, sigma, min_area),
                 _colour_features(chunk, hed),
@@ -221,6 +246,16 @@ def morphometric_features(
             axis=1,
         )
     return out
+
+
+def _chunks(n: int, batch_size: int, progress: bool, desc: str):
+    """Yield ``(start, stop)`` chunks of ``batch_size`` rows over ``n`` rows, with a bar over rows."""
+    step = max(1, int(batch_size))
+    with _progress(total=n, enabled=progress and n > step, desc=desc, unit="patch") as bar:
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            yield start, stop
+            bar.update(stop - start)
 
 
 def check_feature_extractor(module: Any, arg: str = "feature_extractor") -> Any:
@@ -233,7 +268,7 @@ def check_feature_extractor(module: Any, arg: str = "feature_extractor") -> Any:
 
 
 def torch_features(
-    patches: np.ndarray, module: Any, *, batch_size: int = 64, device: str | None = None
+    patches: np.ndarray, module: Any, *, batch_size: int = 64, device: str | None = None, progress: bool = False
 ) -> np.ndarray:
     """Embed patches with a user torch module mapping ``(B, 3, H, W)`` float in [0, 1] to ``(B, D)``.
 
@@ -250,6 +285,8 @@ def torch_features(
         Patches per forward pass.
     device
         Torch device; ``None`` uses the module's device.
+    progress
+        Show a progress bar over batches (when there is more than one).
 
     Returns
     -------
@@ -275,7 +312,8 @@ def torch_features(
     out = []
     try:
         with torch.no_grad():
-            for start in range(0, len(patches), batch_size):
+            starts = range(0, len(patches), batch_size)
+            for start in _progress(starts, enabled=progress and len(starts) > 1, desc="features", unit="batch"):
                 x = torch.from_numpy(patches[start : start + batch_size]).to(device)
                 x = x.permute(0, 3, 1, 2).float().div_(255.0)
                 y = module(x)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._logging import progress as _progress
 from .._utils import check_device, check_nonneg_float, check_positive_float, check_positive_int, check_seed
 from . import features as _features
 from ._nets import PatchCNN, _BackboneHead, _init_weights, default_device, fit_network, module_sha256
@@ -284,10 +285,12 @@ class ExpressionPredictor(PredictorPersistence):
         if self.backbone is not None:
             self.backbone_sha256 = module_sha256(self.backbone)
 
-    def _features(self, patches: np.ndarray, device: str | torch.device | None) -> np.ndarray:
+    def _features(
+        self, patches: np.ndarray, device: str | torch.device | None, progress: bool = False
+    ) -> np.ndarray:
         if self.backbone is None:
-            return _features.morphometric_features(patches, threshold=self.threshold)
-        return _features.torch_features(patches, self.backbone, device=device)
+            return _features.morphometric_features(patches, threshold=self.threshold, progress=progress)
+        return _features.torch_features(patches, self.backbone, device=device, progress=progress)
 
     def _fit_ridge(self, patches: np.ndarray, z: np.ndarray, device, w, groups, eval_mask) -> None:
         if self.backbone is None:  # zero-weight rows shape nothing, the nuclei threshold included
@@ -301,7 +304,12 @@ class ExpressionPredictor(PredictorPersistence):
 
     # ------------------------------------------------------------------ prediction
     def predict(
-        self, patches: np.ndarray, *, batch_size: int = 256, device: str | torch.device | None = None
+        self,
+        patches: np.ndarray,
+        *,
+        batch_size: int = 256,
+        device: str | torch.device | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """Return predicted expression ``(n, n_genes)`` float32 for uint8 patches ``(n, S, S, 3)``.
 
@@ -313,6 +321,8 @@ class ExpressionPredictor(PredictorPersistence):
             Patches per forward pass.
         device
             Torch device; ``None`` = cuda if available, else cpu.
+        progress
+            Show a progress bar over patches (when there is more than one batch).
 
         Returns
         -------
@@ -329,7 +339,7 @@ class ExpressionPredictor(PredictorPersistence):
                 f"patches with `size={self.patch_size}` (or resize them) before predicting."
             )
         if self.mode == "ridge":
-            feats = self._features(patches, device)
+            feats = self._features(patches, device, progress)
             xs = (feats - self._tensors["feature_mean"].numpy()) / self._tensors["feature_std"].numpy()
             z = xs @ self._tensors["coef"].numpy().astype(np.float64) + self._tensors["intercept"].numpy()
         else:
@@ -337,7 +347,8 @@ class ExpressionPredictor(PredictorPersistence):
             net = self.network.to(dev).eval()
             out = []
             with torch.no_grad():
-                for start in range(0, len(patches), batch_size):
+                starts = range(0, len(patches), batch_size)
+                for start in _progress(starts, enabled=progress and len(starts) > 1, desc="predict", unit="batch"):
                     x = self._input(torch.from_numpy(patches[start : start + batch_size]))
                     out.append(net(x.to(dev)).cpu())
             z = torch.cat(out).numpy()

@@ -41,6 +41,7 @@ def evaluate_fidelity(
     subset_size: int = 1000,
     batch_size: int = 64,
     seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Measure how close synthetic patches are to real ones: FID and KID in an offline feature space.
 
@@ -71,6 +72,8 @@ def evaluate_fidelity(
         Batch size of the feature extractor.
     seed
         Seed of the KID subsets.
+    progress
+        Show progress bars while features are computed (for more than a few hundred patches).
 
     Returns
     -------
@@ -104,12 +107,12 @@ def evaluate_fidelity(
 
     if features == "morphometric":
         thr = _features.hematoxylin_threshold(real_p)
-        f_real = _features.morphometric_features(real_p, threshold=thr)
-        f_syn = _features.morphometric_features(syn_p, threshold=thr)
+        f_real = _features.morphometric_features(real_p, threshold=thr, progress=progress)
+        f_syn = _features.morphometric_features(syn_p, threshold=thr, progress=progress)
     else:
         thr = float("nan")
-        f_real = _features.torch_features(real_p, feature_extractor, batch_size=batch_size)
-        f_syn = _features.torch_features(syn_p, feature_extractor, batch_size=batch_size)
+        f_real = _features.torch_features(real_p, feature_extractor, batch_size=batch_size, progress=progress)
+        f_syn = _features.torch_features(syn_p, feature_extractor, batch_size=batch_size, progress=progress)
     fid = metrics.frechet_distance(f_real, f_syn)
     kid, kid_std = metrics.kernel_distance(
         f_real, f_syn, n_subsets=n_subsets, subset_size=subset_size, seed=seed
@@ -137,6 +140,7 @@ def evaluate_composition(
     parent_key: str = "c2lst_parent",
     truth_key: str = "c2lst_true_n_cells",
     composition_key: str = "c2lst_true_composition",
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Compare nuclei counts and sizes of synthetic patches with their real parent spots (and the truth).
 
@@ -153,6 +157,8 @@ def evaluate_composition(
         The synthetic table from :func:`c2lst.tl.synthesize`, with ``obs[parent_key]`` naming each row's parent.
     patch_key, parent_key, truth_key, composition_key
         Keys described above.
+    progress
+        Show progress bars while nuclei are segmented (for more than a few hundred patches).
 
     Returns
     -------
@@ -184,8 +190,8 @@ def evaluate_composition(
         logger.warning(f"{int((pos < 0).sum())} synthetic rows have parents not in `real`; they are ignored.")
 
     thr = _features.hematoxylin_threshold(real_p)
-    real_stats = _patch_nuclei(real_p, thr)
-    syn_stats = _patch_nuclei(syn_p[pos >= 0], thr)
+    real_stats = _patch_nuclei(real_p, thr, progress)
+    syn_stats = _patch_nuclei(syn_p[pos >= 0], thr, progress)
     syn_df = pd.DataFrame(syn_stats, index=pd.Index(parents[pos >= 0], name="parent"))
     grouped = syn_df.groupby(level=0, sort=False)
     df = pd.DataFrame(
@@ -221,9 +227,9 @@ def evaluate_composition(
     return df
 
 
-def _patch_nuclei(patches: np.ndarray, thr: float) -> dict[str, np.ndarray]:
+def _patch_nuclei(patches: np.ndarray, thr: float, progress: bool) -> dict[str, np.ndarray]:
     n = len(patches)
-    nuc = _features.segment_nuclei(patches, threshold=thr)
+    nuc = _features.segment_nuclei(patches, threshold=thr, progress=progress)
     count = np.bincount(nuc["patch"], minlength=n).astype(np.float64)
     area = np.bincount(nuc["patch"], weights=nuc["area"], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):

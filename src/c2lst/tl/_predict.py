@@ -251,6 +251,7 @@ def predict_expression(
     key_added: str = "c2lst_pred",
     batch_size: int = 256,
     device: str | None = None,
+    progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict expression from the patches of ``adata``.
@@ -276,6 +277,8 @@ def predict_expression(
         Patches per forward pass.
     device
         Torch device; ``None`` = cuda if available, else cpu.
+    progress
+        Show a progress bar over patches (when there is more than one batch).
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -327,7 +330,7 @@ def predict_expression(
             f"`obsm[{patch_key!r}]` holds {patches.shape[1]} px patches but the predictor was fitted on "
             f"{predictor.patch_size} px; re-extract with `c2lst.pp.extract_patches(..., size={predictor.patch_size})`."
         )
-    pred = predictor.predict(patches, batch_size=batch_size, device=device)
+    pred = predictor.predict(patches, batch_size=batch_size, device=device, progress=progress)
 
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = pred
