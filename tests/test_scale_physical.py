@@ -172,6 +172,17 @@ def test_scale_record_beats_the_simulator_record_and_the_reader_layout(tmp_path)
     assert rec["um_source"] == "HEST metadata pixel_size_um_estimated"
 
 
+def test_older_records_are_read_in_order():
+    table = ad.AnnData(np.ones((1, 1)))
+    assert records.physical_scale(table) is None
+    table.uns["c2lst"] = {"source": {"mpp": 0.6}, "simulation": {"mpp": float("nan")}}  # from_visium_crop
+    assert records.physical_scale(table) == (0.6, "table.uns['c2lst']['source']['mpp']")
+    table.uns["c2lst"]["simulation"]["mpp"] = 1.5
+    assert records.physical_scale(table)[0] == 1.5
+    table.uns["c2lst"]["scale"] = {"um_per_unit": -1.0, "source": "broken"}  # not a scale: ignored
+    assert records.physical_scale(table)[0] == 1.5
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
 def test_record_scale_refuses_bad_values(bad):
     table = ad.AnnData(np.ones((1, 1)))

@@ -176,7 +176,8 @@ def physical_scale(adata: Any) -> tuple[float, str] | None:
     """Return ``(um_per_unit, source)`` recorded for the table's spots, else ``None``.
 
     Reads ``uns["c2lst"]["scale"]`` (:func:`record_scale`), then the simulator's record
-    ``uns["c2lst"]["simulation"]["mpp"]`` (:func:`c2lst.datasets.simulated_visium`). Records that are not a
+    ``uns["c2lst"]["simulation"]["mpp"]`` (:func:`c2lst.datasets.simulated_visium`), then
+    ``uns["c2lst"]["source"]["mpp"]`` (:func:`c2lst.datasets.from_visium_crop`). Records that are not a
     positive finite number are ignored.
     """
     rec = adata.uns.get(UNS_KEY, {})
@@ -184,10 +185,11 @@ def physical_scale(adata: Any) -> tuple[float, str] | None:
     value = _positive(scale.get("um_per_unit")) if isinstance(scale, Mapping) else None
     if value is not None:
         return value, str(scale.get("source", "")) or "uns['c2lst']['scale']"
-    sim = rec.get("simulation", {})
-    value = _positive(sim.get("mpp")) if isinstance(sim, Mapping) else None
-    if value is not None:
-        return value, "table.uns['c2lst']['simulation']['mpp']"
+    for name in ("simulation", "source"):
+        old = rec.get(name, {})
+        value = _positive(old.get("mpp")) if isinstance(old, Mapping) else None
+        if value is not None:
+            return value, f"table.uns['c2lst']['{name}']['mpp']"
     return None
 
 
