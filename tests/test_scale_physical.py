@@ -291,3 +291,88 @@ def test_xenium_morphology_image_asks_for_an_he_image(channels):
     with pytest.raises(ValueError, match=r"H&E/brightfield.*xenium_aligned_image"):
         extract_patches(sdata, patch_um=12.0, progress=False)
     assert "c2lst_patch" not in sdata.tables["table"].obsm
+
+
+# --------------------------------------------------------------------------- the readers themselves
+def _write_visium_hd_outs(root, mpp: float = 0.5) -> np.ndarray:
+    """Write a minimal Space Ranger HD ``outs/`` folder (two bin sizes, a microscope image); return the image."""
+    import json
+
+    import h5py
+    from scipy import sparse
+    from skimage.io import imsave
+
+    from c2lst.datasets._spaceranger import _write_h5
+
+    img = pattern(640, 640)
+    (root / "microscope_image").mkdir(parents=True)
+    imsave(root / "microscope_image" / "tissue.png", img.transpose(1, 2, 0), check_contrast=False)
+    layout = {"file_format": "1.0", "transform": np.eye(3).ravel().tolist()}
+    with h5py.File(root / "feature_slice.h5", "w") as f:
+        f.attrs["metadata_json"] = json.dumps({"hd_layout_json": json.dumps(layout), "transform_matrices": {}})
+    factors = {"tissue_hires_scalef": 0.25, "tissue_lowres_scalef": 0.05, "fiducial_diameter_fullres": 100.0}
+    (root / "spatial").mkdir()
+    (root / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps({**factors, "bin_size_um": 2.0, "spot_diameter_fullres": 2 / mpp, "microns_per_pixel": mpp})
+    )
+    xy = np.array([[320.0, 320.0], [200.0, 240.0], [440.0, 360.0]])
+    for bin_um in (16, 8):
+        spatial = root / "binned_outputs" / f"square_{bin_um:03d}um" / "spatial"
+        spatial.mkdir(parents=True)
+        spatial.joinpath("scalefactors_json.json").write_text(
+            json.dumps({**factors, "bin_size_um": float(bin_um), "spot_diameter_fullres": bin_um / mpp,
+                        "microns_per_pixel": mpp})
+        )
+        barcodes = [f"s_{bin_um:03d}um_{i:05d}-1" for i in range(3)]
+        pd.DataFrame({
+            "barcode": barcodes, "in_tissue": 1, "array_row": [0, 1, 2], "array_col": [0, 1, 2],
+            "pxl_row_in_fullres": xy[:, 1], "pxl_col_in_fullres": xy[:, 0],
+        }).to_parquet(spatial / "tissue_positions.parquet")
+        table = ad.AnnData(
+            np.ones((3, 2), np.float32), obs=pd.DataFrame(index=barcodes), var=pd.DataFrame(index=["A", "B"])
+        )
+        _write_h5(spatial.parent / "filtered_feature_bc_matrix.h5", sparse.csr_matrix(table.X), table, "hd")
+    return img
+
+
+def test_visium_hd_as_spatialdata_io_reads_it(tmp_path):
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    img = _write_visium_hd_outs(tmp_path / "outs", mpp=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reader's own notes (no hires/lowres image, format defaults)
+        sdata = spatialdata_io.visium_hd(tmp_path / "outs", dataset_id="hd", load_segmentations_only=False)
+    assert sorted(sdata.tables) == ["square_008um", "square_016um"]
+    assert set(sdata.shapes["hd_square_016um"].geometry.geom_type) == {"Polygon"}  # square bins
+    _no_warnings(lambda: extract_patches(
+        sdata, table_key="square_016um", image_key="hd_full_image", patch_um=55.0, size=110, progress=False
+    ))
+    rec = _rec(sdata, "square_016um")
+    assert (rec["um_per_unit"], rec["extent"]) == (pytest.approx(0.5), pytest.approx(110.0))
+    assert "Visium HD bin size 16 um" in rec["um_source"]
+    np.testing.assert_array_equal(
+        sdata.tables["square_016um"].obsm["c2lst_patch"][0], img[:, 265:375, 265:375].transpose(1, 2, 0)
+    )
+    extract_patches(sdata, table_key="square_008um", image_key="hd_full_image", patch_um=8.0, size=4,
+                    progress=False)
+    assert _rec(sdata, "square_008um")["extent"] == pytest.approx(16.0)
+
+
+def test_xenium_aligned_he_image_as_spatialdata_io_reads_it(tmp_path):
+    """The H&E is read by ``spatialdata_io.xenium_aligned_image`` from an OME-TIFF and its alignment csv."""
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    tifffile = pytest.importorskip("tifffile")
+    sdata, centres_px = _xenium()
+    he = sdata.images["he_image"]
+    arr = np.asarray(next(iter(he["scale0"].ds.data_vars.values())) if hasattr(he, "children") and len(he.children)
+                     else he)
+    alignment = sd.transformations.get_transformation(he, "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    tifffile.imwrite(tmp_path / "out__he_image.ome.tif", arr.transpose(1, 2, 0), photometric="rgb")  # (y, x, 3)
+    pd.DataFrame(alignment).to_csv(tmp_path / "out__he_imagealignment.csv", header=False, index=False)
+    sdata.images["he_image"] = spatialdata_io.xenium_aligned_image(
+        tmp_path / "out__he_image.ome.tif", tmp_path / "out__he_imagealignment.csv"
+    )
+    extract_patches(sdata, patch_um=12.0, size=12, progress=False)
+    patches = sdata.tables["table"].obsm["c2lst_patch"].astype(float)
+    assert _rec(sdata)["image_key"] == "he_image"
+    for i, c in enumerate(centres_px):
+        assert np.abs(patches[i] - expected_linear_patch(c, 12.0 / XENIUM_PX_UM, 12)).max() <= 1.6
