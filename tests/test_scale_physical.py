@@ -376,3 +376,17 @@ def test_xenium_aligned_he_image_as_spatialdata_io_reads_it(tmp_path):
     assert _rec(sdata)["image_key"] == "he_image"
     for i, c in enumerate(centres_px):
         assert np.abs(patches[i] - expected_linear_patch(c, 12.0 / XENIUM_PX_UM, 12)).max() <= 1.6
+
+
+def test_visium_outs_as_spatialdata_io_reads_them(tmp_path):
+    """Space Ranger ``outs/`` read by ``spatialdata_io.visium``: 55 µm spots by the reader's own layout, no warning."""
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    sim = c2lst.datasets.simulated_visium(n_spots=12, mpp=2.0, seed=0)
+    out = c2lst.datasets.write_spaceranger_outs(sim, tmp_path / "outs", hires_scale=0.5, library_id="lib")
+    back = spatialdata_io.visium(out, dataset_id="lib")
+    assert back.attrs.get("spatialdata_io_reader") == "visium"
+    _no_warnings(lambda: extract_patches(back, image_key="lib_hires_image", patch_um=110.0, size=8, progress=False))
+    rec = _rec(back)
+    assert rec["um_per_unit"] == pytest.approx(2.0, rel=1e-3)  # the simulator's 2 µm per full-resolution pixel
+    assert rec["extent"] == pytest.approx(55.0, rel=1e-3)  # 110 µm = 55 full-resolution px
+    assert "spatialdata-io visium" in rec["um_source"]
