@@ -71,6 +71,25 @@ def test_spots_are_drawn_on_the_he_image_coloured_by_observed_and_predicted():
     assert np.min(np.hypot(xy.x - (box.x0 + box.x1) / 2, xy.y - (box.y0 + box.y1) / 2)) < 0.5
 
 
+def test_square_bins_are_drawn_as_squares():
+    """Visium HD-style square polygons (spatialdata-io's ``bins_as_squares=True``) are drawn at their size."""
+    import geopandas as gpd
+    from spatialdata.models import ShapesModel
+
+    sdata = _predicted_sdata(12)
+    circles = sdata.shapes["spots"]
+    side = 2 * float(circles["radius"].iloc[0])
+    sdata.shapes["spots"] = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=circles.buffer(side / 2, cap_style=3), index=circles.index),
+        transformations={"global": Identity()},
+    )
+    fig = c2lst.pl.spatial_expression(sdata, "g_a")
+    squares = [c for c in fig.axes[0].collections if len(c.get_paths()) == 12]
+    assert squares, fig.axes[0].collections
+    box = squares[0].get_paths()[0].get_extents()
+    assert (box.width, box.height) == (pytest.approx(side, rel=1e-6), pytest.approx(side, rel=1e-6))
+
+
 def test_ax_is_honoured_and_checked_before_drawing():
     sdata = _predicted_sdata()
     fig, axes = plt.subplots(1, 2)
