@@ -20,6 +20,10 @@ Sections of ``uns["c2lst"]``:
     the real and synthetic tables an augmented table was built from (:func:`c2lst.tl.concat_augmented`).
 ``lineage``
     one record per write, by run id (:func:`record_lineage`).
+``scale``
+    the physical scale of the table's spots: ``{"um_per_unit": float, "source": str}``, micrometres per unit of
+    the intrinsic coordinates of the shapes element the table annotates (:func:`record_scale`,
+    :func:`physical_scale`; read by :func:`c2lst.pp.extract_patches`).
 """
 
 from __future__ import annotations
@@ -143,6 +147,50 @@ def lineage(adata: Any) -> list[dict]:
                 rec[key] = json.loads(rec[key])
         recs.append(rec)
     return sorted(recs, key=lambda r: r["created"])
+
+
+# --------------------------------------------------------------------------- physical scale
+def _positive(value: Any) -> float | None:
+    try:
+        out = float(np.asarray(value))
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) and out > 0 else None
+
+
+def record_scale(adata: Any, um_per_unit: float, source: str) -> None:
+    """Store ``uns["c2lst"]["scale"] = {"um_per_unit", "source"}``: micrometres per shapes unit and their origin.
+
+    A "unit" is one unit of the intrinsic coordinates of the shapes element the table annotates (full-resolution
+    pixels for Space Ranger output, micrometres for Xenium).
+    """
+    value = _positive(um_per_unit)
+    if value is None or isinstance(um_per_unit, bool):
+        raise ValueError(f"`um_per_unit` must be a positive finite number, got {um_per_unit!r}.")
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"`source` must be a non-empty string naming where the scale comes from, got {source!r}.")
+    root(adata)["scale"] = {"um_per_unit": value, "source": source}
+
+
+def physical_scale(adata: Any) -> tuple[float, str] | None:
+    """Return ``(um_per_unit, source)`` recorded for the table's spots, else ``None``.
+
+    Reads ``uns["c2lst"]["scale"]`` (:func:`record_scale`), then the simulator's record
+    ``uns["c2lst"]["simulation"]["mpp"]`` (:func:`c2lst.datasets.simulated_visium`), then
+    ``uns["c2lst"]["source"]["mpp"]`` (:func:`c2lst.datasets.from_visium_crop`). Records that are not a
+    positive finite number are ignored.
+    """
+    rec = adata.uns.get(UNS_KEY, {})
+    scale = rec.get("scale", {})
+    value = _positive(scale.get("um_per_unit")) if isinstance(scale, Mapping) else None
+    if value is not None:
+        return value, str(scale.get("source", "")) or "uns['c2lst']['scale']"
+    for name in ("simulation", "source"):
+        old = rec.get(name, {})
+        value = _positive(old.get("mpp")) if isinstance(old, Mapping) else None
+        if value is not None:
+            return value, f"table.uns['c2lst']['{name}']['mpp']"
+    return None
 
 
 # --------------------------------------------------------------------------- genes and synthetic rows

@@ -12,6 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 
+from .. import _records as records
 from .._logging import logger
 from .._spatial import annotate_table, image_element, spots_element
 from .._utils import check_positive_float, check_positive_int, check_seed
@@ -96,8 +97,9 @@ def simulated_visium(
       ``obs["array_row"]``, ``obs["array_col"]``, ``obs["in_tissue"]``, the ground truth
       ``obsm["c2lst_true_composition"]`` (fraction of nuclei of each type under the spot; the regional
       proportions where no nucleus lies under it — rows sum to 1), ``obs["c2lst_true_n_cells"]``,
-      ``var["c2lst_gene_kind"]``, ``var["c2lst_marker_of"]`` and the parameters in
-      ``uns["c2lst"]["simulation"]``.
+      ``var["c2lst_gene_kind"]``, ``var["c2lst_marker_of"]``, the parameters in
+      ``uns["c2lst"]["simulation"]`` and the physical scale ``uns["c2lst"]["scale"]``
+      (``{"um_per_unit": mpp, "source": ...}``, read by :func:`c2lst.pp.extract_patches`).
 
     Examples
     --------
@@ -193,6 +195,7 @@ def _simulate(
             "composition_rule": "fraction of nuclei centred under the spot; regional proportions if none",
         }
     }
+    records.record_scale(adata, mpp, "c2lst.datasets.simulated_visium(mpp=...)")
     table = annotate_table(adata, "spots")
     sdata = SpatialData(
         images={"he": image_element(rgb)},

@@ -60,7 +60,7 @@ def budget_curve(
     ax: Axes | None = None,
     title: str | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Figure:
     """Plot mean prediction accuracy against the real-spot fraction, real only vs real + synthetic.
 
@@ -127,4 +127,4 @@ def budget_curve(
     )
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
-    return finish(fig, show, save)
+    return finish(fig, show, save, name="budget_curve")

@@ -24,8 +24,8 @@ from ._sampling import (
     to_uint8,
     unit_grid,
 )
+from ._scale import check_mpp, physical_scale
 
-VISIUM_SPOT_UM = 55.0
 _MAX_GENERAL_SAMPLES = 2**22
 _MAX_WEIGHTS = 2**23
 _TILE_PX = 1024
@@ -48,35 +48,21 @@ def _check_str(value: Any, name: str, *, optional: bool = False) -> None:
         raise TypeError(f"`{name}` must be {kind}, got {value!r}.")
 
 
-def _simulation_mpp(table: Any) -> float | None:
-    """Return ``table.uns["c2lst"]["simulation"]["mpp"]`` when it is a positive number, else None."""
-    try:
-        mpp = float(np.asarray(table.uns["c2lst"]["simulation"]["mpp"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return mpp if np.isfinite(mpp) and mpp > 0 else None
-
-
-def _extents(res: Resolved, patch_um: float | None, patch_px: float | None) -> tuple[np.ndarray, dict]:
+def _extents(
+    res: Resolved, patch_um: float | None, patch_px: float | None, mpp: float | None
+) -> tuple[np.ndarray, dict]:
     """Return the patch extent of every spot (shapes' intrinsic units) and what to record about it."""
     n = len(res.diameters)
+    info: dict = {}
+    if patch_um is not None or mpp is not None:
+        um_per_unit, source = physical_scale(res, mpp)
+        info = {"um_per_unit": um_per_unit, "um_source": source}
     if patch_px is not None:
-        return np.full(n, patch_px), {"extent_rule": "patch_px", "patch_px": float(patch_px)}
+        return np.full(n, patch_px), {"extent_rule": "patch_px", "patch_px": float(patch_px), **info}
     if patch_um is None:
-        return res.diameters.copy(), {"extent_rule": "spot_diameter"}
-    mpp = _simulation_mpp(res.table)
-    if mpp is not None:
-        um_per_unit, source = mpp, "table.uns['c2lst']['simulation']['mpp']"
-    else:
-        um_per_unit = VISIUM_SPOT_UM / float(np.median(res.diameters))
-        source = "Visium spot diameter = 55 um"
-    info = {
-        "extent_rule": "patch_um",
-        "patch_um": float(patch_um),
-        "um_per_unit": um_per_unit,
-        "um_source": source,
-    }
-    return np.full(n, patch_um / um_per_unit), info
+        return res.diameters.copy(), {"extent_rule": "spot_diameter", **info}
+    info = {"extent_rule": "patch_um", "patch_um": float(patch_um), **info}
+    return np.full(n, patch_um / info["um_per_unit"]), info
 
 
 def _choose_level(res: Resolved, extent: float, size: int) -> tuple[int, np.ndarray]:
@@ -230,6 +216,7 @@ def extract_patches(
     coordinate_system: str | None = None,
     patch_um: float | None = None,
     patch_px: float | None = None,
+    mpp: float | None = None,
     size: int = 64,
     key_added: str = "c2lst_patch",
     batch_size: int = 256,
@@ -262,12 +249,21 @@ def extract_patches(
         Coordinate system linking shapes and image; by default the shared one (any of several shared ones
         that map shapes to image identically). Patches are oriented like its axes.
     patch_um
-        Patch extent in micrometres. The micrometres per shapes unit come from
-        ``table.uns["c2lst"]["simulation"]["mpp"]`` when present, else from the Visium convention that a spot
-        is 55 µm wide. Exclusive with ``patch_px``.
+        Patch extent in micrometres, converted to shapes units with the first scale found: ``mpp=``; the
+        table's ``uns["c2lst"]["scale"]["um_per_unit"]`` (or the simulator's
+        ``uns["c2lst"]["simulation"]["mpp"]``); what spatialdata-io lays out (Visium HD: the bin size in the
+        ``square_016um`` table / shapes name over the bin's side; Xenium: shapes in micrometres; Visium: the
+        circle diameter ``spot_diameter_fullres`` is one 55 µm spot); else the assumption that spots are 55 µm
+        Visium spots, with a :class:`UserWarning`. The scale used and its source are recorded.
+        Exclusive with ``patch_px``.
     patch_px
         Patch extent in the shapes' own units (full-resolution pixels for Visium). By default (neither
-        ``patch_um`` nor ``patch_px``) the extent is each spot's diameter.
+        ``patch_um`` nor ``patch_px``) the extent is each spot's diameter (polygons: of the circle of equal
+        area, so a square bin's patch is 1.13 bin sides wide).
+    mpp
+        Micrometres per unit of the shapes' intrinsic coordinates (for Space Ranger output: µm per
+        full-resolution pixel, ``microns_per_pixel`` in its scalefactors; for Xenium: 1). Overrides every
+        recorded scale; only used with ``patch_um`` (and recorded).
     size
         Output patches are ``size x size`` pixels.
     key_added
@@ -282,8 +278,9 @@ def extract_patches(
     -------
     None. Writes, in place on ``sdata.tables[table_key]``: ``obsm[key_added]`` uint8
     ``(n_spots, size, size, 3)`` in table row order, ``obs[key_added + "_clipped"]`` (bool; the default key is
-    ``"c2lst_patch_clipped"``), the parameters (image, shapes, coordinate system, extent, level, level pixel
-    size, number clipped, rescale rule) in ``uns["c2lst"]["patches"][key_added]`` and a lineage record.
+    ``"c2lst_patch_clipped"``), the parameters (image, shapes, coordinate system, extent rule, extent,
+    ``um_per_unit`` and ``um_source`` when ``patch_um`` or ``mpp`` is given, level, level pixel size, number
+    clipped, rescale rule) in ``uns["c2lst"]["patches"][key_added]`` and a lineage record.
 
     Examples
     --------
@@ -302,9 +299,10 @@ def extract_patches(
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be True or False, got {progress!r}.")
     patch_um, patch_px = check_patch_extent(patch_um, patch_px)
+    mpp = check_mpp(mpp)
 
     res = resolve(sdata, table_key=table_key, image_key=image_key, coordinate_system=coordinate_system)
-    extents, extent_info = _extents(res, patch_um, patch_px)
+    extents, extent_info = _extents(res, patch_um, patch_px, mpp)
     _check_bounds(res, extents, patch_um, patch_px, size)
     centres0, clipped, outside = _footprints(res, extents)
     if outside.all():

@@ -14,6 +14,7 @@ import pandas as pd
 from .._utils import get_table
 
 _XY = ("x", "y")
+_RGB_NAMES = {"r", "g", "b", "a", "red", "green", "blue", "alpha"}
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Resolved:
     level_shapes: list  # (height, width) of every level
     channels: int
     dtype: np.dtype
+    geometry: str = "circles"  # "circles" or "polygons"
+    reader: str | None = None  # sdata.attrs["spatialdata_io_reader"]: the spatialdata-io reader that built sdata
 
 
 # --------------------------------------------------------------------------- transformations
@@ -108,8 +111,8 @@ def _shapes_element(sdata: Any, region: str, table_key: str) -> Any:
     )
 
 
-def _spot_geometry(shapes: Any, shapes_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return centres (n, 2) and diameters (n,) of circles or polygons (equal-area circle), in shapes order."""
+def _spot_geometry(shapes: Any, shapes_key: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Return centres (n, 2), diameters (n,) of circles or polygons (equal-area circle), in shapes order; the kind."""
     geom = shapes.geometry
     kinds = set(geom.geom_type.unique())
     if kinds <= {"Point"}:
@@ -120,10 +123,12 @@ def _spot_geometry(shapes: Any, shapes_key: str) -> tuple[np.ndarray, np.ndarray
             )
         centres = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()]).astype(np.float64)
         diameters = 2.0 * shapes["radius"].to_numpy(dtype=np.float64)
+        kind = "circles"
     elif kinds <= {"Polygon", "MultiPolygon"}:
         cent = geom.centroid
         centres = np.column_stack([cent.x.to_numpy(), cent.y.to_numpy()]).astype(np.float64)
         diameters = 2.0 * np.sqrt(geom.area.to_numpy(dtype=np.float64) / np.pi)
+        kind = "polygons"
     else:
         raise ValueError(
             f"Shapes {shapes_key!r} have geometry types {sorted(kinds)}; extract_patches needs circles "
@@ -133,7 +138,7 @@ def _spot_geometry(shapes: Any, shapes_key: str) -> tuple[np.ndarray, np.ndarray
         raise ValueError(
             f"Shapes {shapes_key!r} have non-finite centres or non-positive diameters; fix the shapes element."
         )
-    return centres, diameters
+    return centres, diameters, kind
 
 
 def _table_rows(table: Any, table_key: str, shapes: Any, region: str, region_key: str, instance_key: str):
@@ -176,6 +181,42 @@ def _table_rows(table: Any, table_key: str, shapes: Any, region: str, region_key
     return pos
 
 
+def _reader(sdata: Any) -> str | None:
+    """Return the spatialdata-io reader recorded in ``sdata.attrs["spatialdata_io_reader"]``, else None."""
+    attrs = getattr(sdata, "attrs", None)
+    reader = attrs.get("spatialdata_io_reader") if isinstance(attrs, dict) else None
+    return str(reader) if reader else None
+
+
+def _channels(image: Any) -> list[str]:
+    """Return the channel names of an image element (metadata only)."""
+    from spatialdata.models import get_channel_names
+
+    try:
+        return [str(c) for c in get_channel_names(image)]
+    except (ValueError, KeyError, TypeError, AttributeError):  # pragma: no cover - malformed element
+        return []
+
+
+def _is_brightfield(names: list[str]) -> bool:
+    """RGB(A) by its channel names: r/g/b(/a) or spatialdata's default 0..n-1 for 3 or 4 channels."""
+    low = [n.lower() for n in names]
+    return len(low) in (3, 4) and (set(low) <= _RGB_NAMES or low == [str(i) for i in range(len(low))])
+
+
+def _check_brightfield(image: Any, image_key: str) -> None:
+    names = _channels(image)
+    if _is_brightfield(names):
+        return
+    raise ValueError(
+        f"`image_key={image_key!r}` is not an H&E/brightfield RGB image: it has {len(names)} channel(s) "
+        f"{names[:6]} (a fluorescence image such as Xenium's `morphology_focus`?). extract_patches needs an RGB "
+        "(3) or RGBA (4) H&E/brightfield image registered to the shapes: for Xenium, read the post-run H&E with "
+        "`spatialdata_io.xenium_aligned_image(he_path, alignment_csv)`, add it to `sdata.images` and pass it as "
+        "`image_key=` (or build an RGB rendering of the fluorescence as a new image element)."
+    )
+
+
 def _choose_image(sdata: Any, image_key: str | None, shapes_cs: set, shapes_key: str) -> str:
     if image_key is not None:
         if image_key not in sdata.images:
@@ -195,6 +236,9 @@ def _choose_image(sdata: Any, image_key: str | None, shapes_cs: set, shapes_key:
     }
     if len(candidates) == 1:
         return next(iter(candidates))
+    rgb = [name for name in candidates if _is_brightfield(_channels(sdata.images[name]))]
+    if len(rgb) == 1:  # e.g. Xenium: the post-run H&E next to the fluorescence morphology images
+        return rgb[0]
     if not candidates:
         all_cs = {name: sorted(_transformations(img)) for name, img in sdata.images.items()}
         raise ValueError(
@@ -273,18 +317,14 @@ def resolve(sdata: Any, *, table_key: str, image_key: str | None, coordinate_sys
     region, region_key, instance_key = _table_region(table, table_key)
     shapes = _shapes_element(sdata, region, table_key)
     rows = _table_rows(table, table_key, shapes, region, region_key, instance_key)
-    centres, diameters = _spot_geometry(shapes, region)
+    centres, diameters, geometry = _spot_geometry(shapes, region)
     shapes_cs = set(_transformations(shapes))
     image_key = _choose_image(sdata, image_key, shapes_cs, region)
     image = sdata.images[image_key]
     cs, m, offset = _choose_cs(shapes, image, coordinate_system, region, image_key)
     levels, level_shapes = _levels(image, image_key)
     channels = int(levels[0].shape[0])
-    if channels not in (3, 4):
-        raise ValueError(
-            f"`image_key={image_key!r}` has {channels} channel(s); extract_patches needs an RGB (3) or RGBA (4) "
-            "image. For a single-channel/fluorescence image, build an RGB rendering as a new image element."
-        )
+    _check_brightfield(image, image_key)
     dtype = np.dtype(levels[0].dtype)
     if not (dtype == np.uint8 or dtype == np.uint16 or np.issubdtype(dtype, np.floating)):
         raise TypeError(
@@ -305,4 +345,6 @@ def resolve(sdata: Any, *, table_key: str, image_key: str | None, coordinate_sys
         level_shapes=level_shapes,
         channels=channels,
         dtype=dtype,
+        geometry=geometry,
+        reader=_reader(sdata),
     )
