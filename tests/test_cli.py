@@ -62,3 +62,16 @@ def test_a_missing_table_is_named_before_any_work(tmp_path):
     c2lst.datasets.simulated_visium(n_spots=20, seed=0).write(store)
     with pytest.raises(KeyError, match=r"`table_key='nope'`"):
         main(["extract", store, "--table-key", "nope"])
+
+
+def test_extract_takes_the_physical_scale(tmp_path):
+    """`--mpp` reaches pp.extract_patches: half the µm per unit, twice the pixels per patch side."""
+    store = str(tmp_path / "slide.zarr")
+    c2lst.datasets.simulated_visium(n_spots=20, seed=0).write(store)
+    assert main(["extract", store, "--size", "16", "--patch-um", "40"]) == 0
+    auto = spatialdata.read_zarr(store).tables["table"].uns["c2lst"]["patches"]["c2lst_patch"]
+    assert main(["extract", store, "--size", "16", "--patch-um", "40", "--mpp", "0.25", "--key-added", "p2"]) == 0
+    given = spatialdata.read_zarr(store).tables["table"].uns["c2lst"]["patches"]["p2"]
+    assert float(given["um_per_unit"]) == 0.25 and float(auto["um_per_unit"]) != 0.25
+    with pytest.raises(ValueError, match="mpp"):
+        main(["extract", store, "--patch-um", "40", "--mpp", "-1"])

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     e = _command(sub, "extract", "cut one patch per spot of the store's table (pp.extract_patches)")
     e.add_argument("--size", type=int, default=64, help="patch side in pixels (default: 64)")
     e.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default: the spot diameter)")
+    e.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm per unit of the spots' coordinates, for --patch-um (default: read from the data, see "
+        "pp.extract_patches)",
+    )
     e.add_argument("--key-added", default="c2lst_patch")
 
     r = _command(sub, "prepare", "select genes and normalise expression (pp.prepare_expression)")
@@ -190,7 +197,7 @@ def _annotate(args: argparse.Namespace, what: str, call: Any) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from . import pp
 
-    kw = {"size": args.size, "patch_um": args.patch_um, "key_added": args.key_added}
+    kw = {"size": args.size, "patch_um": args.patch_um, "mpp": args.mpp, "key_added": args.key_added}
     return _annotate(args, "patches", lambda sd: pp.extract_patches(sd, table_key=args.table_key, **kw))
 
 
