@@ -134,19 +134,19 @@ def run_demo(
     plan = tl.plan_budget(curve, margin=0.02)
     lap("budget curve")
 
-    fid_syn = tl.evaluate_fidelity(table, syn, seed=seed)
+    fid_syn = tl.evaluate_fidelity(table, syn, seed=seed, progress=progress)
     half = np.random.default_rng(seed).permutation(table.n_obs)
     real_p = np.asarray(table.obsm["c2lst_patch"])
-    fid_floor = tl.evaluate_fidelity(real_p[half[::2]], real_p[half[1::2]], seed=seed)
+    fid_floor = tl.evaluate_fidelity(real_p[half[::2]], real_p[half[1::2]], seed=seed, progress=progress)
     central_samples = central.sample(syn.n_obs, steps=cfg.synth_steps, generator=_gen(seed))
-    fid_central = tl.evaluate_fidelity(table, central_samples, seed=seed)
-    comp = tl.evaluate_composition(table, syn)
+    fid_central = tl.evaluate_fidelity(table, central_samples, seed=seed, progress=progress)
+    comp = tl.evaluate_composition(table, syn, progress=progress)
     comp_summary = {k: float(v) for k, v in comp.attrs.get("spearman", {}).items()}
     lap("fidelity")
 
     # a predictor on all real spots for the figures
     pred = tl.fit_predictor([table], n_steps=cfg.predictor_steps, seed=seed, progress=False)
-    tl.predict_expression(table, predictor=pred)
+    tl.predict_expression(table, predictor=pred, progress=progress)
     tl.evaluate_prediction(table)
     metrics = get.metrics(table)
     top = metrics.sort_values("pearson_r", ascending=False).index[:3].tolist()

@@ -234,7 +234,7 @@ class ExpressionPredictor(PredictorPersistence):
         self._tensors = {"target_mean": torch.from_numpy(mean), "target_std": torch.from_numpy(std)}
         z = (y - mean) / std
         if self.mode == "ridge":
-            self._fit_ridge(patches, z, device, w, groups, eval_mask)
+            self._fit_ridge(patches, z, device, w, groups, eval_mask, progress)
         else:
             total = n_steps if n_steps is not None else n_epochs * math.ceil(len(patches) / min(batch_size, len(patches)))
             self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress)
@@ -292,13 +292,13 @@ class ExpressionPredictor(PredictorPersistence):
             return _features.morphometric_features(patches, threshold=self.threshold, progress=progress)
         return _features.torch_features(patches, self.backbone, device=device, progress=progress)
 
-    def _fit_ridge(self, patches: np.ndarray, z: np.ndarray, device, w, groups, eval_mask) -> None:
+    def _fit_ridge(self, patches: np.ndarray, z: np.ndarray, device, w, groups, eval_mask, progress=False) -> None:
         if self.backbone is None:  # zero-weight rows shape nothing, the nuclei threshold included
             self.threshold = _features.hematoxylin_threshold(patches[w > 0])
         else:
             self.backbone_sha256 = module_sha256(self.backbone)
         arrays, self.training = fit_ridge_head(
-            self._features(patches, device), z, w, alpha=self.alpha, groups=groups, eval_mask=eval_mask
+            self._features(patches, device, progress), z, w, alpha=self.alpha, groups=groups, eval_mask=eval_mask
         )
         self._tensors.update({k: torch.from_numpy(v) for k, v in arrays.items()})
 

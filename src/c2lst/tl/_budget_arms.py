@@ -132,7 +132,7 @@ def score_run(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> 
     from ._predict import predict_expression
 
     ev = held.copy()
-    predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key)
+    predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key, progress=False)
     evaluate_prediction(ev, expr_key=expr_key, spatial=True)
     rec = ev.uns["c2lst"]["evaluation"]["c2lst_pred"]
     out = {
