@@ -127,3 +127,114 @@ def test_pipeline_without_condition_file_says_how_to_fix(central_dir, tmp_path):
     bare = _quiet(C2LSTPipeline.from_pretrained(tmp_path / "p"))
     with pytest.raises(ValueError, match="load_condition"):
         bare(1, num_inference_steps=1)
+
+
+# ---------------------------------------------------------------------- peft adapter folder
+@pytest.fixture(scope="module")
+def adapted_table(central_dir):
+    """An AnnData holding an adapter record (as `tl.adapt` writes it) with non-zero LoRA and encoder weights."""
+    import anndata as ad
+
+    from c2lst import _records as records
+    from c2lst.models import LocalModel
+    from c2lst.models.store import ADAPTER_FORMAT
+
+    model, path = central_dir
+    local = LocalModel(model, ["g1", "g2", "g3"], rank=4)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in local.named_parameters():
+            if "lora_" in name or name.startswith("encoder."):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    table = ad.AnnData(np.zeros((4, 3), np.float32))
+    entry = {
+        "format": ADAPTER_FORMAT,
+        "weights": local.adapter_state(),
+        "genes": np.asarray(local.genes, dtype=object),
+        "config": local.config_json(),
+        "central_path": str(path),
+        "central_sha256": local.central_sha256,
+        "sha256": local.adapter_sha256(),
+    }
+    records.store(table, "local", "c2lst_local", entry)
+    return table, local.eval()
+
+
+def test_peft_folder_loads_with_peft_and_matches_local_model(central_dir, adapted_table, tmp_path):
+    from diffusers import UNet2DModel
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    import c2lst
+    from c2lst.models import GeneEncoder
+
+    model, path = central_dir
+    table, local = adapted_table
+    folder = c2lst.tl.export_adapter(table, tmp_path / "adapter", format="peft")
+    assert {p.name for p in folder.iterdir()} == {
+        "adapter_config.json", "adapter_model.safetensors", "gene_encoder.safetensors", "genes.json",
+        "c2lst_adapter.json",
+    }  # fmt: skip
+    peft_unet = PeftModel.from_pretrained(UNet2DModel.from_pretrained(path / "unet"), folder).eval()
+    # the condition rebuilt from the folder alone: gene encoder + gene list + the central null embedding
+    genes = json.loads((folder / "genes.json").read_text())
+    enc = GeneEncoder(len(genes), model.cond_dim, hidden=json.loads(local.config_json())["hidden"])
+    enc.load_state_dict(load_file(folder / "gene_encoder.safetensors"))
+    null = load_file(path / "c2lst_condition.safetensors")["null_embedding"]
+    gen = torch.Generator().manual_seed(4)
+    expr = torch.randn(2, len(genes), generator=gen)
+    x, t = torch.randn(2, 3, 32, 32, generator=gen), torch.tensor([20, 700])
+    with torch.no_grad():
+        emb = null + enc(expr)
+        torch.testing.assert_close(emb, local.condition(expr))
+        got = peft_unet(x, t, class_labels=emb).sample
+        want = local(x, t, emb)
+        central_only = model(x, t, emb)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (got - central_only).abs().max() > 1e-2  # the LoRA layers are active: the comparison can fail
+
+
+def test_peft_folder_loads_back_into_c2lst(adapted_table, tmp_path):
+    import anndata as ad
+
+    import c2lst
+
+    table, _ = adapted_table
+    folder = c2lst.tl.export_adapter(table, tmp_path / "adapter", format="peft")
+    other = ad.AnnData(np.zeros((2, 3), np.float32))
+    c2lst.tl.load_adapter(other, folder)
+    got, want = other.uns["c2lst"]["local"]["c2lst_local"], table.uns["c2lst"]["local"]["c2lst_local"]
+    assert got["sha256"] == want["sha256"] and set(got["weights"]) == set(want["weights"])
+    for key, value in want["weights"].items():
+        np.testing.assert_array_equal(got["weights"][key], value)
+    # exporting again replaces the folder; the safetensors file export still works beside it
+    c2lst.tl.export_adapter(table, folder, format="peft")
+    f = c2lst.tl.export_adapter(table, tmp_path / "a.safetensors")
+    c2lst.tl.load_adapter(other, f, key_added="file")
+    assert other.uns["c2lst"]["local"]["file"]["sha256"] == want["sha256"]
+    # a changed weight is caught by the sha256
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(folder / "adapter_model.safetensors")
+    first = sorted(arrays)[0]
+    arrays[first] = arrays[first] + 1
+    save_file(arrays, folder / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="sha256"):
+        c2lst.tl.load_adapter(other, folder, key_added="tampered")
+
+
+def test_peft_export_bad_input_writes_nothing(adapted_table, tmp_path):
+    import c2lst
+
+    table, _ = adapted_table
+    with pytest.raises(ValueError, match="format"):
+        c2lst.tl.export_adapter(table, tmp_path / "x", format="onnx")
+    with pytest.raises(ValueError, match="folder"):
+        c2lst.tl.export_adapter(table, tmp_path / "x.safetensors", format="peft")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="other content"):
+        c2lst.tl.export_adapter(table, busy, format="peft")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
