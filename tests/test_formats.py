@@ -238,3 +238,106 @@ def test_peft_export_bad_input_writes_nothing(adapted_table, tmp_path):
         c2lst.tl.export_adapter(table, busy, format="peft")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------- HEST-style export
+def _with_synthetic(sdata, n=6):
+    """Add a synthetic table shaped like `tl.synthesize`'s output (parents are real spots)."""
+    import anndata as ad
+    import pandas as pd
+
+    real = sdata.tables["table"]
+    rng = np.random.default_rng(0)
+    parents = real.obs_names[rng.choice(real.n_obs, n, replace=False)].astype(str)
+    genes = list(real.var_names[:15])
+    syn = ad.AnnData(
+        X=rng.poisson(2.0, (n, len(genes))).astype(np.float32),
+        obs=pd.DataFrame(
+            {"c2lst_synthetic": True, "c2lst_parent": parents, "c2lst_seed": np.arange(n)},
+            index=[f"syn_{i}" for i in range(n)],
+        ),
+        var=pd.DataFrame(index=genes),
+    )
+    syn.obsm["c2lst_patch"] = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    sdata.tables["c2lst_synthetic"] = syn
+    return sdata
+
+
+def test_export_hest_reads_back_with_h5py_and_anndata(sim_sdata, tmp_path):
+    import anndata as ad
+    import h5py
+    from _reliability_helpers import assert_same, state
+
+    import c2lst
+
+    sdata = _with_synthetic(sim_sdata)
+    before = state(sdata)
+    root = c2lst.tl.export_hest(sdata, tmp_path / "hest", sample_id="slide1")
+    assert_same(state(sdata), before)  # the input is not changed
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "metadata", "metadata/slide1.json", "patches", "patches/slide1.h5", "st", "st/slide1.h5ad",
+    ]  # fmt: skip
+    real, syn = sdata.tables["table"], sdata.tables["c2lst_synthetic"]
+    st = ad.read_h5ad(root / "st" / "slide1.h5ad")
+    with h5py.File(root / "patches" / "slide1.h5", "r") as fh:
+        img, coords = fh["img"][:], fh["coords"][:]
+        barcodes = fh["barcode"].asstr()[:]
+        assert fh["img"].attrs["patch_size"] == 32
+    assert img.dtype == np.uint8 and img.shape == (real.n_obs + syn.n_obs, 32, 32, 3)
+    assert barcodes.shape == (st.n_obs, 1) and coords.shape == (st.n_obs, 2) and coords.dtype == np.int64
+    assert barcodes[:, 0].tolist() == st.obs_names.tolist()
+    want = np.concatenate([real.obsm["c2lst_patch"], syn.obsm["c2lst_patch"]])
+    np.testing.assert_array_equal(img, want)
+    # lineage columns: real rows are their own parents, synthetic rows point at theirs
+    assert st.obs["c2lst_synthetic"].tolist() == [False] * real.n_obs + [True] * syn.n_obs
+    assert st.obs["c2lst_parent"].tolist() == real.obs_names.tolist() + syn.obs["c2lst_parent"].tolist()
+    assert "c2lst_patch" not in st.obsm
+    # coords: top-left corners in full-resolution pixels; a synthetic row sits at its parent spot
+    extent = real.uns["c2lst"]["patches"]["c2lst_patch"]["extent_px"]
+    np.testing.assert_array_equal(coords[: real.n_obs], np.round(real.obsm["spatial"] - extent / 2).astype(int))
+    first_parent = real.obs_names.get_loc(syn.obs["c2lst_parent"].iloc[0])
+    np.testing.assert_array_equal(coords[real.n_obs], coords[first_parent])
+    meta = json.loads((root / "metadata" / "slide1.json").read_text())
+    assert (meta["n_real"], meta["n_synthetic"], meta["patch_size"]) == (real.n_obs, syn.n_obs, 32)
+    assert meta["c2lst_version"] == c2lst.__version__
+
+
+def test_export_hest_anndata_and_overwrite(sim_sdata, tmp_path):
+    import anndata as ad
+    import h5py
+
+    import c2lst
+
+    real = sim_sdata.tables["table"]
+    root = c2lst.tl.export_hest(real[:10].copy(), tmp_path, sample_id="a")
+    st = ad.read_h5ad(root / "st" / "a.h5ad")
+    assert not st.obs["c2lst_synthetic"].any() and st.obs["c2lst_parent"].tolist() == st.obs_names.tolist()
+    first = (root / "patches" / "a.h5").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        c2lst.tl.export_hest(real[:4].copy(), tmp_path, sample_id="a")
+    assert (root / "patches" / "a.h5").read_bytes() == first
+    c2lst.tl.export_hest(real[:4].copy(), tmp_path, sample_id="a", overwrite=True)
+    with h5py.File(root / "patches" / "a.h5", "r") as fh:
+        assert fh["img"].shape[0] == 4
+    c2lst.tl.export_hest(real[4:7].copy(), tmp_path, sample_id="b")  # a second sample beside the first
+    assert sorted(p.name for p in (root / "st").iterdir()) == ["a.h5ad", "b.h5ad"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"sample_id": "../x"}, ValueError, "sample_id"),
+        ({"sample_id": ""}, ValueError, "sample_id"),
+        ({"sample_id": "s", "patch_key": "nope"}, KeyError, "patch_key"),
+        ({"sample_id": "s", "table_keys": ("table", "missing")}, KeyError, "missing"),
+        ({"sample_id": "s", "table_keys": ("table", "x", "y")}, ValueError, "table_keys"),
+        ({"sample_id": "s", "overwrite": "yes"}, TypeError, "overwrite"),
+    ],
+)
+def test_export_hest_bad_input_writes_nothing(sim_sdata, tmp_path, kwargs, error, match):
+    import c2lst
+
+    with pytest.raises(error, match=match):
+        c2lst.tl.export_hest(sim_sdata, tmp_path / "hest", **kwargs)
+    assert not (tmp_path / "hest").exists()

@@ -45,13 +45,19 @@ def publish_directory(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _rows(data: Any, table_keys: Sequence[str]) -> AnnData:
-    """Return the table to export: an AnnData as it is, or the SpatialData tables (real, then synthetic)."""
+def _rows(data: Any, table_keys: str | Sequence[str] | None) -> tuple[AnnData, AnnData]:
+    """Return the table to export (an AnnData, or the SpatialData's real then synthetic tables) and the real one.
+
+    The real table holds the patch record (extent, pixel size) that the metadata and ``coords`` are read from.
+    """
     if isinstance(data, AnnData):
-        return data
+        return data, data
     if getattr(data, "tables", None) is None:
         raise TypeError(f"`sdata` must be a SpatialData or an AnnData, got {type(data).__name__}.")
-    keys = [table_keys] if isinstance(table_keys, str) else list(table_keys)
+    if table_keys is None:  # the real table, and the synthetic one when there is one
+        keys = ["table", *(["c2lst_synthetic"] if "c2lst_synthetic" in data.tables else [])]
+    else:
+        keys = [table_keys] if isinstance(table_keys, str) else list(table_keys)
     if not 1 <= len(keys) <= 2 or not all(isinstance(k, str) for k in keys):
         raise ValueError(
             f"`table_keys={table_keys!r}` must name the real table and, optionally, a synthetic table written by "
@@ -61,8 +67,8 @@ def _rows(data: Any, table_keys: Sequence[str]) -> AnnData:
     if missing:
         raise KeyError(f"`table_keys` names {missing}, not tables of this SpatialData (tables: {sorted(data.tables)}).")
     if len(keys) == 1:
-        return data.tables[keys[0]]
-    return concat_augmented(data, real_key=keys[0], synthetic_key=keys[1])
+        return data.tables[keys[0]], data.tables[keys[0]]
+    return concat_augmented(data, real_key=keys[0], synthetic_key=keys[1]), data.tables[keys[0]]
 
 
 def _coords(table: AnnData, extent_px: float | None) -> np.ndarray:
@@ -76,10 +82,12 @@ def _coords(table: AnnData, extent_px: float | None) -> np.ndarray:
     return out
 
 
-def _metadata(table: AnnData, patch_key: str, sample_id: str, n_synthetic: int, size: int) -> dict[str, Any]:
+def _metadata(
+    table: AnnData, real: AnnData, patch_key: str, sample_id: str, n_synthetic: int, size: int
+) -> dict[str, Any]:
     from .._version import __version__
 
-    rec = records.section(table, "patches").get(patch_key, {})
+    rec = records.section(real, "patches").get(patch_key, {})
     meta: dict[str, Any] = {
         "sample_id": sample_id,
         "c2lst_version": __version__,
@@ -93,8 +101,12 @@ def _metadata(table: AnnData, patch_key: str, sample_id: str, n_synthetic: int, 
     extent, extent_px = rec.get("extent"), rec.get("extent_px")
     if extent_px:
         meta["patch_size_src"] = float(extent_px)  # patch side in full-resolution pixels
-    um_per_unit = rec.get("um_per_unit") or records.root(table).get("simulation", {}).get("mpp")
-    if um_per_unit and extent and extent_px:
+    um_per_unit = rec.get("um_per_unit") or records.section(real, "simulation").get("mpp")
+    try:
+        um_per_unit = float(np.asarray(um_per_unit)) if um_per_unit is not None else None
+    except (TypeError, ValueError):
+        um_per_unit = None
+    if um_per_unit and np.isfinite(um_per_unit) and extent and extent_px:
         meta["pixel_size_um_estimated"] = float(um_per_unit) * float(extent) / float(extent_px)
         if rec.get("extent_rule") == "spot_diameter":
             meta["spot_diameter"] = float(um_per_unit) * float(extent)  # um, as HEST records it
@@ -116,7 +128,7 @@ def export_hest(
     root: str | os.PathLike,
     *,
     sample_id: str,
-    table_keys: str | Sequence[str] = ("table", "c2lst_synthetic"),
+    table_keys: str | Sequence[str] | None = None,
     patch_key: str = "c2lst_patch",
     overwrite: bool = False,
 ) -> Path:
@@ -134,7 +146,8 @@ def export_hest(
         File stem of the sample: letters, digits, ``_``, ``-`` and ``.``.
     table_keys
         With a SpatialData: the real table, then (optionally) a synthetic table written by :func:`c2lst.tl.synthesize`;
-        both are joined by :func:`c2lst.tl.concat_augmented`. Ignored for an AnnData.
+        both are joined by :func:`c2lst.tl.concat_augmented`. ``None``: ``"table"``, plus ``"c2lst_synthetic"`` when
+        that table exists. Ignored for an AnnData.
     patch_key
         ``obsm`` key of the uint8 RGB patches ``(N, S, S, 3)`` (every row needs one).
     overwrite
@@ -177,7 +190,7 @@ def export_hest(
     present = [str(p) for p in targets.values() if p.exists()]
     if present and not overwrite:
         raise FileExistsError(f"`sample_id={sample_id!r}` is already exported ({present}); pass `overwrite=True`.")
-    table = _rows(sdata, table_keys)
+    table, real = _rows(sdata, table_keys)
     if patch_key not in table.obsm:
         raise KeyError(f"`patch_key={patch_key!r}` is not in `obsm` (keys: {sorted(table.obsm)}); {records.PATCH_HINT}")
     patches = check_patches(np.asarray(table.obsm[patch_key]), f"obsm[{patch_key!r}]")
@@ -186,7 +199,7 @@ def export_hest(
         raise ValueError(f"the rows' names (barcodes) must be unique, got duplicates {dup}; call `obs_names_make_unique`.")
     synthetic = records.synthetic_mask(table)
     size = int(patches.shape[1])
-    meta = _metadata(table, patch_key, sample_id, int(synthetic.sum()), size)
+    meta = _metadata(table, real, patch_key, sample_id, int(synthetic.sum()), size)
     coords = _coords(table, meta.get("patch_size_src"))
     st = _st_table(table, patch_key, synthetic)
 
