@@ -195,6 +195,7 @@ def _read_peft_folder(path: Path) -> dict:
         raise ValueError(f"{where}: {RECORD_FILE} or {GENES_FILE} is missing or not JSON ({err}).") from None
     if not isinstance(meta, dict) or not isinstance(genes, list):
         raise ValueError(f"{where}: {RECORD_FILE} must hold an object and {GENES_FILE} a list of gene names.")
+    _check_format(meta, path)
     lora, _ = read_peft_lora(path)
     encoder = {f"encoder.{k}": v.numpy() for k, v in load_safetensors(path / ENCODER_FILE).items()}
     record = {str(k): str(v) for k, v in meta.items()}
@@ -237,17 +238,22 @@ def load_adapter(
         tensors = load_safetensors(path)
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
+        _check_format(meta, path)
         record = dict(meta)
         record["weights"] = {k: v.numpy() for k, v in tensors.items()}
         try:
             record["genes"] = np.asarray(json.loads(meta["genes"]), dtype=object)
         except (KeyError, json.JSONDecodeError) as err:
             raise ValueError(f"`path={str(path)!r}`: the adapter's gene list is missing or not JSON ({err}).") from None
-    if record.get("format") not in (ADAPTER_FORMAT, ADAPTER_FORMAT_V1):
-        raise ValueError(f"`path={str(path)!r}` is not a c2lst adapter (format {record.get('format')!r}).")
+    _check_format(record, path)
     config, _ = verify_adapter(record, f"`path={str(path)!r}`")
     check_stored_targets(config.get("target_modules"), None, f"`path={str(path)!r}`")
     records.store(adata, "local", key_added, record)
+
+
+def _check_format(meta: dict, path: Any) -> None:
+    if meta.get("format") not in (ADAPTER_FORMAT, ADAPTER_FORMAT_V1):
+        raise ValueError(f"`path={str(path)!r}` is not a c2lst adapter (format {meta.get('format')!r}).")
 
 
 def check_key_added(adata: AnnData, key_added: Any, overwrite: bool) -> None:
