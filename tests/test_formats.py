@@ -341,3 +341,22 @@ def test_export_hest_bad_input_writes_nothing(sim_sdata, tmp_path, kwargs, error
     with pytest.raises(error, match=match):
         c2lst.tl.export_hest(sim_sdata, tmp_path / "hest", **kwargs)
     assert not (tmp_path / "hest").exists()
+
+
+def test_load_adapter_folder_refuses_foreign_or_pickled_folders(adapted_table, tmp_path):
+    import anndata as ad
+    from peft import LoraConfig
+
+    import c2lst
+
+    table, _ = adapted_table
+    other = ad.AnnData(np.zeros((2, 3), np.float32))
+    plain = tmp_path / "plain_peft"
+    LoraConfig(r=2, target_modules=["to_q"]).save_pretrained(str(plain))  # a peft folder, not from c2lst
+    with pytest.raises(ValueError, match=r"c2lst_adapter\.json"):
+        c2lst.tl.load_adapter(other, plain)
+    folder = c2lst.tl.export_adapter(table, tmp_path / "adapter", format="peft")
+    (folder / "adapter_model.bin").write_bytes(b"not read")
+    with pytest.raises(ValueError, match="pickle"):
+        c2lst.tl.load_adapter(other, folder)
+    assert "c2lst" not in other.uns
