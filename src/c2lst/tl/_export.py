@@ -157,7 +157,8 @@ def export_hest(
     -------
     ``root``. ``patches/{id}.h5``: ``img`` ``(N, S, S, 3)`` uint8 (attributes ``patch_size``, ``factor`` and, when
     known, ``pixel_size`` in µm/px), ``coords`` ``(N, 2)`` int64 top-left corners ``(x, y)`` in full-resolution
-    pixels from ``obsm["spatial"]`` (a synthetic row sits at its parent spot; ``-1`` where unknown), ``barcode``
+    pixels from ``obsm["spatial"]`` (spot centres in full-resolution pixels, as in Space Ranger and HEST tables) and
+    the patch extent (a synthetic row sits at its parent spot; ``-1`` where unknown), ``barcode``
     ``(N, 1)`` UTF-8 = ``obs_names``. ``st/{id}.h5ad``: ``X``, ``var``, ``layers``, ``obsm`` (without the patches)
     and ``obs`` with ``c2lst_synthetic`` and ``c2lst_parent`` (a real row is its own parent). ``metadata/{id}.json``:
     c2lst version, row counts, patch size and, when recorded, ``pixel_size_um_estimated`` and ``spot_diameter``.
