@@ -92,6 +92,26 @@ def test_pipeline_condition_and_guidance(central_dir):
         pipe(2, condition=torch.zeros(2, 3), num_inference_steps=1)
 
 
+def test_pipeline_of_a_latent_model_decodes_with_its_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
+        sample_size=32,
+    )  # fmt: skip
+    model = CentralModel.from_preset("tiny", vae=vae, seed=1, block_out_channels=[16, 32, 64])
+    model.save_pretrained(tmp_path / "latent")
+    assert json.loads((tmp_path / "latent" / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+    pipe = _quiet(C2LSTPipeline.from_pretrained(tmp_path / "latent"))
+    assert pipe.vae is not None
+    got = pipe(2, generator=torch.Generator().manual_seed(3), num_inference_steps=3, output_type="uint8").images
+    want = model.sample(2, steps=3, scheduler="ddpm", generator=torch.Generator().manual_seed(3))
+    assert got.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_plain_unet_and_c2lst_loading_still_work(central_dir):
     """model_index.json changes nothing for diffusers' UNet loader or c2lst's verified loader."""
     from diffusers import DDPMPipeline, UNet2DModel
