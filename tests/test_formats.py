@@ -320,6 +320,8 @@ def test_export_hest_reads_back_with_h5py_and_anndata(sim_sdata, tmp_path):
     meta = json.loads((root / "metadata" / "slide1.json").read_text())
     assert (meta["n_real"], meta["n_synthetic"], meta["patch_size"]) == (real.n_obs, syn.n_obs, 32)
     assert meta["c2lst_version"] == c2lst.__version__
+    # the simulator records 1 um/px and 55 um spots; the patches span one spot diameter
+    assert (meta["pixel_size_um_estimated"], meta["spot_diameter"], meta["patch_size_src"]) == (1.0, 55.0, extent)
 
 
 def test_export_hest_anndata_and_overwrite(sim_sdata, tmp_path):
