@@ -33,6 +33,7 @@ TWO_POSITIONAL = {
     "tl.evaluate_fidelity",
     "tl.evaluate_composition",
     "tl.export_adapter",
+    "tl.export_hest",
     "tl.load_adapter",
     "pl.patches",
     "pl.spatial_expression",

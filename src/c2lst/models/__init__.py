@@ -6,6 +6,7 @@ from .diffusion import denoising_loss
 from .features import MORPHOMETRIC_FEATURE_NAMES, morphometric_features
 from .fit import fit_denoiser
 from .local import DEFAULT_TARGETS, GeneEncoder, LocalModel, central_fingerprint, check_stored_targets
+from .pipeline import C2LSTPipeline
 from .predictor import ExpressionPredictor
 from .sampling import DEFAULT_SCHEDULER, SCHEDULERS
 from .train import TrainingDivergedError, TrainResult, check_mixed_precision
@@ -16,6 +17,7 @@ __all__: list[str] = [
     "MORPHOMETRIC_FEATURE_NAMES",
     "PRESETS",
     "SCHEDULERS",
+    "C2LSTPipeline",
     "CentralFeatureExtractor",
     "CentralModel",
     "ExpressionPredictor",

@@ -59,6 +59,7 @@ def save_central(model: Any, directory: str | Path) -> str:
     save_safetensors({"null_embedding": model.null_embedding.detach()}, directory / "c2lst_condition.safetensors")
     if model.vae is not None:
         model.vae.save_pretrained(directory / "vae", safe_serialization=True)
+    write_model_index(model, directory)
     apply_umask(p for p in directory.rglob("*") if p.is_file())  # safetensors writes 0600
     weights_sha = sha256_files(weight_files(directory))
     sha = fingerprint(weights_sha, model_configs(directory, model.config))
@@ -73,6 +74,20 @@ def save_central(model: Any, directory: str | Path) -> str:
     }
     (directory / "c2lst.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return sha
+
+
+def write_model_index(model: Any, directory: Path) -> None:
+    """Write diffusers' ``model_index.json`` naming :class:`~c2lst.models.C2LSTPipeline` and its components.
+
+    It lets ``C2LSTPipeline.from_pretrained(directory)`` (and ``DiffusionPipeline.from_pretrained`` with
+    ``custom_pipeline=``) sample from the folder. It is not covered by the fingerprint (see
+    :data:`~c2lst.models.store.MODEL_CONFIG_FILES`): it only names classes, c2lst never reads it, and its
+    ``_diffusers_version`` would otherwise tie a model's sha256 to the diffusers release that saved it.
+    """
+    from .pipeline import C2LSTPipeline
+
+    pipe = C2LSTPipeline(unet=model.unet, scheduler=DDPMScheduler(**model.scheduler_config), vae=model.vae)
+    pipe.save_config(directory)
 
 
 def load_central(

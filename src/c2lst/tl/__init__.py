@@ -6,6 +6,7 @@ from ._augment import concat_augmented
 from ._budget import budget_curve
 from ._embedding import image_features, mixing_score
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
+from ._export import export_hest
 from ._fidelity import evaluate_composition, evaluate_fidelity
 from ._plan import plan_budget
 from ._predict import fit_predictor, predict_expression
@@ -20,6 +21,7 @@ __all__: list[str] = [
     "evaluate_fidelity",
     "evaluate_prediction",
     "export_adapter",
+    "export_hest",
     "fit_predictor",
     "image_features",
     "load_adapter",
