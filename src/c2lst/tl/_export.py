@@ -101,11 +101,13 @@ def _metadata(
     extent, extent_px = rec.get("extent"), rec.get("extent_px")
     if extent_px:
         meta["patch_size_src"] = float(extent_px)  # patch side in full-resolution pixels
-    um_per_unit = rec.get("um_per_unit") or records.section(real, "simulation").get("mpp")
+    um_per_unit = rec.get("um_per_unit")  # the scale extraction used, else the table's recorded scale
     try:
         um_per_unit = float(np.asarray(um_per_unit)) if um_per_unit is not None else None
     except (TypeError, ValueError):
         um_per_unit = None
+    if um_per_unit is None and (scale := records.physical_scale(real)) is not None:
+        um_per_unit = scale[0]
     if um_per_unit and np.isfinite(um_per_unit) and extent and extent_px:
         meta["pixel_size_um_estimated"] = float(um_per_unit) * float(extent) / float(extent_px)
         if rec.get("extent_rule") == "spot_diameter":
