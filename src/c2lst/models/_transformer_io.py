@@ -78,7 +78,9 @@ def save_transformer_central(model: Any, directory: str | Path) -> str:
     model.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
     model.vae.save_pretrained(directory / "vae", safe_serialization=True)
     DDPMScheduler(**model.scheduler_config).save_pretrained(directory / "scheduler")
-    save_safetensors({"null_embedding": model.null_embedding.detach()}, directory / "c2lst_condition.safetensors")
+    save_safetensors(
+        {"null_embedding": model.null_embedding.detach()}, directory / "c2lst_condition.safetensors"
+    )
     apply_umask(p for p in directory.rglob("*") if p.is_file())
     weights_sha = sha256_files(weight_files(directory))
     sha = fingerprint(weights_sha, _configs(directory, model.config))
@@ -136,19 +138,27 @@ def _load_transformer(folder: Path, path: Any) -> tuple[PixArtTransformer2DModel
             if UNCOND_KEY in fh.keys():  # noqa: SIM118 (safe_open has no __contains__)
                 null = fh.get_tensor(UNCOND_KEY).float()
     try:
-        model, info = PixArtTransformer2DModel.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
+        model, info = PixArtTransformer2DModel.from_pretrained(
+            folder, use_safetensors=True, output_loading_info=True
+        )
     except (OSError, ValueError) as err:
-        raise ValueError(f"`path={str(path)!r}`: could not load the transformer from safetensors ({err}).") from None
+        raise ValueError(
+            f"`path={str(path)!r}`: could not load the transformer from safetensors ({err})."
+        ) from None
     info = {k: [x for x in v if x != UNCOND_KEY] for k, v in info.items()}
     bad = {k: v for k, v in info.items() if v}
     if bad:
-        detail = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(map(str, v[:3]))})" for k, v in bad.items())
+        detail = "; ".join(
+            f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(map(str, v[:3]))})" for k, v in bad.items()
+        )
         raise ValueError(
             f"`path={str(path)!r}`: the weights in {folder} do not fit the PixArtTransformer2DModel its config.json "
             f"describes ({detail}); c2lst refuses to fill the rest with random weights."
         )
     if null is not None and null.shape != (1, int(cfg["caption_channels"])):
-        raise ValueError(f"`path={str(path)!r}`: {UNCOND_KEY} has shape {tuple(null.shape)}, expected (1, caption_channels).")
+        raise ValueError(
+            f"`path={str(path)!r}`: {UNCOND_KEY} has shape {tuple(null.shape)}, expected (1, caption_channels)."
+        )
     return model.float(), null
 
 
@@ -159,7 +169,9 @@ def _resolve_vae(vae: Any, local: Path, path: Any) -> AutoencoderKL:
     if vae is not None:
         folder = Path(vae)
         if not folder.is_dir():
-            raise ValueError(f"`vae={str(vae)!r}` is not a directory; pass an AutoencoderKL or a diffusers VAE folder.")
+            raise ValueError(
+                f"`vae={str(vae)!r}` is not a directory; pass an AutoencoderKL or a diffusers VAE folder."
+            )
         check_no_pickles(list(folder.rglob("*")), root=folder)
         return load_strict(AutoencoderKL, folder, vae).float()
     if (local / "vae" / "config.json").is_file():
@@ -194,13 +206,19 @@ def load_transformer_central(cls: type, path: str | Path, *, verify: bool = True
     meta = _read_json(local / "c2lst.json", path) if (local / "c2lst.json").is_file() else None
     if meta is not None:
         if meta.get("format") != MODEL_FORMAT:
-            raise ValueError(f"`path={str(path)!r}`: c2lst.json has format {meta.get('format')!r}, expected {MODEL_FORMAT!r}.")
+            raise ValueError(
+                f"`path={str(path)!r}`: c2lst.json has format {meta.get('format')!r}, expected {MODEL_FORMAT!r}."
+            )
         if vae is not None:
-            raise ValueError(f"`path={str(path)!r}` is a complete c2lst folder with its own VAE; pass `vae=None`.")
+            raise ValueError(
+                f"`path={str(path)!r}` is a complete c2lst folder with its own VAE; pass `vae=None`."
+            )
         files = weight_files(local)
-        if not (local / "c2lst_condition.safetensors").is_file() or not any(
-            f.parent.name == "transformer" for f in files
-        ) or not any(f.parent.name == "vae" for f in files):
+        if (
+            not (local / "c2lst_condition.safetensors").is_file()
+            or not any(f.parent.name == "transformer" for f in files)
+            or not any(f.parent.name == "vae" for f in files)
+        ):
             raise ValueError(
                 f"`path={str(path)!r}` is missing weight files (transformer/, vae/ safetensors or "
                 "c2lst_condition.safetensors); pass the folder written by `save_pretrained`."
@@ -225,16 +243,24 @@ def load_transformer_central(cls: type, path: str | Path, *, verify: bool = True
         config = transformer_config(transformer, vae_model, scheduler=_scheduler(local, path))
         if null is None:
             logger.warning(
-                "%s ships no unconditional embedding (%s); the null condition is a zero token.", path, UNCOND_KEY
+                "%s ships no unconditional embedding (%s); the null condition is a zero token.",
+                path,
+                UNCOND_KEY,
             )
-    if int(config.get("image_size", 0)) != int(config["sample_size"]) * 2 ** (len(vae_model.config.block_out_channels) - 1):
-        raise ValueError(f"`path={str(path)!r}`: the VAE's downsampling does not match the recorded image size.")
+    if int(config.get("image_size", 0)) != int(config["sample_size"]) * 2 ** (
+        len(vae_model.config.block_out_channels) - 1
+    ):
+        raise ValueError(
+            f"`path={str(path)!r}`: the VAE's downsampling does not match the recorded image size."
+        )
     model = cls(config, transformer=transformer, vae=vae_model)
     with torch.no_grad():
         if meta is not None:
             cond = load_safetensors(local / "c2lst_condition.safetensors")
             if "null_embedding" not in cond or cond["null_embedding"].shape != model.null_embedding.shape:
-                raise ValueError(f"`path={str(path)!r}`: c2lst_condition.safetensors does not match the transformer.")
+                raise ValueError(
+                    f"`path={str(path)!r}`: c2lst_condition.safetensors does not match the transformer."
+                )
             model.null_embedding.copy_(cond["null_embedding"])
         elif null is not None:
             model.null_embedding.copy_(null.reshape(-1))

@@ -110,14 +110,18 @@ def init_transformer_backbone(model: nn.Module, transformer: PixArtTransformer2D
             f"`transformer` must be a diffusers PixArtTransformer2DModel, got {type(transformer).__name__}."
         )
     if transformer.config.norm_type != "ada_norm_single":
-        raise ValueError(f"transformer norm_type {transformer.config.norm_type!r} is not supported; use 'ada_norm_single'.")
+        raise ValueError(
+            f"transformer norm_type {transformer.config.norm_type!r} is not supported; use 'ada_norm_single'."
+        )
     cfg = model.config
     model.transformer = transformer
     model.cond_dim = int(cfg["n_tokens"]) * int(cfg["caption_channels"])
     model.null_embedding = nn.Parameter(torch.zeros(model.cond_dim))
 
 
-def _added_conditions(model: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def _added_conditions(
+    model: nn.Module, batch: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
     """PixArt's micro-conditions: resolution and aspect ratio when the backbone uses them, else ``None``."""
     if not getattr(model.transformer, "use_additional_conditions", False):
         return {"resolution": None, "aspect_ratio": None}
@@ -138,7 +142,9 @@ def transformer_forward(
     prediction (as in diffusers' PixArt pipelines).
     """
     b = noisy.shape[0]
-    tokens = condition.to(noisy.dtype).reshape(b, int(model.config["n_tokens"]), int(model.config["caption_channels"]))
+    tokens = condition.to(noisy.dtype).reshape(
+        b, int(model.config["n_tokens"]), int(model.config["caption_channels"])
+    )
     timesteps = timesteps.reshape(-1).expand(b) if timesteps.numel() == 1 else timesteps
     out = model.transformer(
         noisy,
