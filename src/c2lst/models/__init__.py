@@ -9,6 +9,7 @@ from .local import DEFAULT_TARGETS, GeneEncoder, LocalModel, central_fingerprint
 from .predictor import ExpressionPredictor
 from .sampling import DEFAULT_SCHEDULER, SCHEDULERS
 from .train import TrainingDivergedError, TrainResult, check_mixed_precision
+from .transformer import transformer_config
 
 __all__: list[str] = [
     "DEFAULT_SCHEDULER",
@@ -31,4 +32,5 @@ __all__: list[str] = [
     "fit_denoiser",
     "morphometric_features",
     "preset_config",
+    "transformer_config",
 ]

@@ -25,6 +25,7 @@ from torch import nn
 
 from ._persist import PLAIN_SCHEDULER, load_central, save_central, weight_files
 from ._transformer_io import is_transformer_dir, load_transformer_central, save_transformer_central
+from ._transformer_io import weight_files as transformer_weight_files
 from .diffusion import denoising_loss, patches_to_tensor, to_model_input
 from .sampling import sample_images
 from .transformer import init_transformer_backbone, transformer_forward
@@ -285,7 +286,7 @@ class CentralModel(nn.Module):
     @staticmethod
     def weight_files(directory: str | Path) -> list[Path]:
         """Return the weight files of a saved model directory, in hashing order."""
-        return weight_files(directory)
+        return transformer_weight_files(Path(directory)) if is_transformer_dir(directory) else weight_files(directory)
 
     def save_pretrained(self, directory: str | Path) -> str:
         """Write a diffusers-format directory and return its fingerprint.

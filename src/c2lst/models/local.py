@@ -355,16 +355,16 @@ class LocalModel(nn.Module):
         cls, central: CentralModel, genes: Sequence[str], config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
     ) -> LocalModel:
         """Rebuild an adapted model from a central model, its gene list, config and weights."""
-        if int(config.get("cond_dim", central.cond_dim)) != central.cond_dim:
-            raise ValueError(
-                f"the adapter was trained for condition width {config['cond_dim']}, the central model has "
-                f"{central.cond_dim}; pass the central model the adapter was trained on."
-            )
         kind = str(config.get("backbone", "unet"))
         if kind != central.backbone_kind:
             raise ValueError(
                 f"the adapter was trained on a {kind} central model, the central model given is a "
                 f"{central.backbone_kind}; pass the central model the adapter was trained on."
+            )
+        if int(config.get("cond_dim", central.cond_dim)) != central.cond_dim:
+            raise ValueError(
+                f"the adapter was trained for condition width {config['cond_dim']}, the central model has "
+                f"{central.cond_dim}; pass the central model the adapter was trained on."
             )
         targets = check_stored_targets(config.get("target_modules"), central.denoiser)
         model = cls(
