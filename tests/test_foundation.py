@@ -273,3 +273,26 @@ def test_transformer_central_needs_vae_and_a_backbone():
         CentralModel(transformer_config(tr, tiny_vae()), vae=tiny_vae())
     with pytest.raises(ValueError, match="caption_channels"):
         transformer_config(tiny_transformer(caption_channels=None), tiny_vae())
+
+
+def test_cli_and_budget_curve_take_a_transformer_folder(tmp_path, public_dir):
+    import spatialdata
+
+    from c2lst._cli import main
+
+    folder = tmp_path / "central"
+    CentralModel.from_pretrained(public_dir[0]).save_pretrained(folder)
+    store = str(tmp_path / "slide.zarr")
+    c2lst.datasets.simulated_visium(n_spots=40, seed=3).write(store)
+    assert main(["extract", store, "--size", "32"]) == 0
+    assert main(["prepare", store, "--n-top-genes", "8"]) == 0
+    assert main(["adapt", store, "--central", str(folder), "--n-steps", "2", "--batch-size", "8"]) == 0
+    assert main(["synthesize", store, "--n-steps", "1", "--n-per-condition", "1"]) == 0
+    sd = spatialdata.read_zarr(store)
+    assert sd.tables["table"].uns["c2lst"]["local"]["c2lst_local"]["backbone"] == "transformer"
+    assert sd.tables["c2lst_synthetic"].n_obs == 40
+    curve = c2lst.tl.budget_curve(
+        sd, central=str(folder), fractions=(1.0,), n_repeats=1, adapt_kwargs={"n_steps": 1},
+        synthesize_kwargs={"n_steps": 1}, predictor_kwargs={"mode": "ridge"}, progress=False,
+    )  # fmt: skip
+    assert set(curve["condition"]) == {"real", "real+synthetic"} and curve["pearson_r"].notna().all()
