@@ -306,11 +306,16 @@ def test_from_pretrained_refuses_another_architecture(tmp_path):
     tr.save_pretrained(tmp_path / "pixart")
     with pytest.raises(ValueError, match=r"describes a 'PixArtTransformer2DModel', not a diffusers UNet2DModel"):
         CentralModel.from_pretrained(tmp_path / "pixart")
-    # a pipeline folder with a transformer and no unet/ is named as such
+    # a pipeline folder with a transformer loads as a transformer central model (issue 16): without its VAE, the
+    # error names the argument to pass (tests/test_foundation.py covers complete folders)
     (tmp_path / "pipe").mkdir()
     tr.save_pretrained(tmp_path / "pipe" / "transformer")
     (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "PixArtSigmaPipeline"}')
-    with pytest.raises(ValueError, match=r"pipeline without a `unet/` folder.*transformer"):
+    with pytest.raises(ValueError, match=r"no `vae/` folder.*pass `vae=`"):
+        CentralModel.from_pretrained(tmp_path / "pipe")
+    # a pipeline with neither unet/ nor transformer/ is named as such
+    (tmp_path / "pipe" / "transformer").rename(tmp_path / "pipe" / "other")
+    with pytest.raises(ValueError, match=r"pipeline without a `unet/` or `transformer/` folder"):
         CentralModel.from_pretrained(tmp_path / "pipe")
 
 

@@ -10,6 +10,7 @@ from .pipeline import C2LSTPipeline
 from .predictor import ExpressionPredictor
 from .sampling import DEFAULT_SCHEDULER, SCHEDULERS
 from .train import TrainingDivergedError, TrainResult, check_mixed_precision
+from .transformer import transformer_config
 
 __all__: list[str] = [
     "DEFAULT_SCHEDULER",
@@ -33,4 +34,5 @@ __all__: list[str] = [
     "fit_denoiser",
     "morphometric_features",
     "preset_config",
+    "transformer_config",
 ]

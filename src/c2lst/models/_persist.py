@@ -118,9 +118,9 @@ def load_central(
     if not (unet_dir / "config.json").is_file() and (local / "model_index.json").is_file():
         parts = sorted(p.name for p in local.iterdir() if (p / "config.json").is_file())
         raise ValueError(
-            f"`path={str(path)!r}` is a diffusers pipeline without a `unet/` folder (it has {parts}); c2lst "
-            "central models are UNet2DModel folders (transformer backbones such as PixArtTransformer2DModel are "
-            "not supported yet). Pass a folder written by `CentralModel.save_pretrained`."
+            f"`path={str(path)!r}` is a diffusers pipeline without a `unet/` or `transformer/` folder (it has "
+            f"{parts}); c2lst central models hold a UNet2DModel (`unet/`) or a PixArtTransformer2DModel "
+            "(`transformer/` + `vae/`). Pass a folder written by `CentralModel.save_pretrained`."
         )
     if not (unet_dir / "config.json").is_file():
         raise ValueError(
@@ -240,9 +240,10 @@ def load_strict(model_cls: type, source: str | Path, path: Any, **kwargs: Any) -
             raise ValueError(f"`path={str(path)!r}`: {cfg} is not valid JSON ({err}).") from None
         if declared is not None and declared != name:
             raise ValueError(
-                f"`path={str(path)!r}`: {cfg} describes a {declared!r}, not a diffusers {name}; c2lst central models "
-                "are UNet2DModel folders (transformer backbones such as PixArtTransformer2DModel are not supported "
-                "yet). Pass a folder written by `CentralModel.save_pretrained` or `UNet2DModel.save_pretrained`."
+                f"`path={str(path)!r}`: {cfg} describes a {declared!r}, not a diffusers {name}. A transformer backbone "
+                "(PixArtTransformer2DModel) loads from its pipeline folder, the parent holding `transformer/`, "
+                "`vae/` and `scheduler/`; otherwise pass a folder written by `CentralModel.save_pretrained` or "
+                "`UNet2DModel.save_pretrained`."
             )
     try:
         model, info = model_cls.from_pretrained(source, use_safetensors=True, output_loading_info=True, **kwargs)

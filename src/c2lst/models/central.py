@@ -1,9 +1,13 @@
-"""The central model: a diffusers UNet whose time embedding has a FiLM condition slot.
+"""The central model: a diffusers UNet whose time embedding has a FiLM condition slot, or a latent transformer.
 
 The UNet is built with ``class_embed_type="identity"`` and ``resnet_time_scale_shift="scale_shift"``: a
 float condition vector of size ``cond_dim`` (= the time-embedding width) is added to the timestep embedding,
 and every ResNet block turns that sum into a per-channel scale and shift (FiLM). During central pretraining
 the condition is a learned *null* embedding; local adaptation plugs a gene encoder into the same slot.
+
+The other backbone is a PixArt latent transformer (a histology foundation model such as PixCell, see
+:mod:`c2lst.models.transformer`): its condition slot is the caption-token block it cross-attends to. One interface
+serves both (:attr:`CentralModel.backbone_kind`, :attr:`CentralModel.denoiser`, ``forward``).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, PixArtTransformer2DModel, UNet2DModel
 from torch import nn
 
 from ._persist import PLAIN_SCHEDULER, load_central, save_central, weight_files
+from ._transformer_io import is_transformer_dir, load_transformer_central, save_transformer_central
+from ._transformer_io import weight_files as transformer_weight_files
 from .diffusion import denoising_loss, patches_to_tensor, to_model_input
 from .sampling import sample_images
+from .transformer import init_transformer_backbone, transformer_forward
 
 __all__ = ["PRESETS", "CentralModel", "denoising_loss", "preset_config"]
 
@@ -109,6 +116,9 @@ class CentralModel(nn.Module):
     vae
         Optional :class:`~diffusers.AutoencoderKL`; the UNet then works on its (scaled) latents. The VAE is
         frozen and not part of :meth:`parameters`.
+    transformer
+        A :class:`~diffusers.PixArtTransformer2DModel` instead of the UNet (``config["backbone"] ==
+        "transformer"``, see :func:`~c2lst.models.transformer.transformer_config`); it needs ``vae``.
 
     Examples
     --------
@@ -125,16 +135,23 @@ class CentralModel(nn.Module):
         *,
         unet: UNet2DModel | None = None,
         vae: AutoencoderKL | None = None,
+        transformer: PixArtTransformer2DModel | None = None,
     ) -> None:
         super().__init__()
         self.config = json.loads(json.dumps(dict(config)))
-        self.unet = unet if unet is not None else _build_unet(self.config)
-        if getattr(self.unet, "class_embedding", None) is None:
-            # a plain diffusers UNet: open the slot; a zero null embedding keeps its outputs unchanged
-            self.unet.class_embedding = nn.Identity()
-            self.unet.register_to_config(class_embed_type="identity")
-        self.cond_dim = int(self.unet.time_embedding.linear_2.out_features)
-        self.null_embedding = nn.Parameter(torch.zeros(self.cond_dim))
+        if transformer is not None or self.config.get("backbone") == "transformer":
+            if vae is None:
+                raise ValueError("a transformer central model works on VAE latents; pass `vae=` (an AutoencoderKL).")
+            self.config["backbone"] = "transformer"
+            init_transformer_backbone(self, transformer)
+        else:
+            self.unet = unet if unet is not None else _build_unet(self.config)
+            if getattr(self.unet, "class_embedding", None) is None:
+                # a plain diffusers UNet: open the slot; a zero null embedding keeps its outputs unchanged
+                self.unet.class_embedding = nn.Identity()
+                self.unet.register_to_config(class_embed_type="identity")
+            self.cond_dim = int(self.unet.time_embedding.linear_2.out_features)
+            self.null_embedding = nn.Parameter(torch.zeros(self.cond_dim))
         self.scheduler_config = dict(self.config.get("scheduler", _SCHEDULER_DEFAULTS))
         self.noise_scheduler = DDPMScheduler(**self.scheduler_config)
         self._vae = [vae] if vae is not None else []  # a list keeps the VAE out of .parameters()
@@ -165,6 +182,16 @@ class CentralModel(nn.Module):
 
     # ------------------------------------------------------------------ properties
     @property
+    def backbone_kind(self) -> str:
+        """``"unet"`` or ``"transformer"``: the denoiser architecture (recorded in adapters)."""
+        return str(self.config.get("backbone", "unet"))
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The diffusers denoiser: the ``UNet2DModel`` or the ``PixArtTransformer2DModel`` (LoRA goes here)."""
+        return self.transformer if self.backbone_kind == "transformer" else self.unet
+
+    @property
     def vae(self) -> AutoencoderKL | None:
         """The frozen autoencoder in latent mode, else ``None``."""
         return self._vae[0] if self._vae else None
@@ -180,8 +207,8 @@ class CentralModel(nn.Module):
         return self.null_embedding.device
 
     def n_parameters(self) -> int:
-        """Number of UNet parameters."""
-        return sum(p.numel() for p in self.unet.parameters())
+        """Number of parameters of the denoiser (UNet or transformer)."""
+        return sum(p.numel() for p in self.denoiser.parameters())
 
     def to(self, *args: Any, **kwargs: Any) -> CentralModel:  # noqa: D102
         super().to(*args, **kwargs)
@@ -200,6 +227,8 @@ class CentralModel(nn.Module):
         """Predict the noise of ``noisy`` at ``timesteps`` under a condition embedding (null if ``None``)."""
         if condition is None:
             condition = self.null_condition(noisy.shape[0])
+        if self.backbone_kind == "transformer":
+            return transformer_forward(self, noisy, timesteps, condition)
         return self.unet(noisy, timesteps, class_labels=condition.to(noisy.dtype)).sample
 
     @torch.no_grad()
@@ -208,6 +237,9 @@ class CentralModel(nn.Module):
         if self.vae is None:
             return images
         latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        shift = getattr(self.vae.config, "shift_factor", None)  # SD3-style VAEs (PixCell) centre their latents
+        if shift is not None:
+            latents = latents - float(shift)
         return latents * float(getattr(self.vae.config, "scaling_factor", 1.0))
 
     @torch.no_grad()
@@ -216,7 +248,11 @@ class CentralModel(nn.Module):
         if self.vae is None:
             return samples
         scale = float(getattr(self.vae.config, "scaling_factor", 1.0))
-        return self.vae.decode(samples.to(self.vae.dtype) / scale).sample
+        shift = getattr(self.vae.config, "shift_factor", None)
+        latents = samples.to(self.vae.dtype) / scale
+        if shift is not None:
+            latents = latents + float(shift)
+        return self.vae.decode(latents).sample
 
     #: Generate ``n`` RGB patches: :func:`c2lst.models.sampling.sample_images` with this model (the one sampler).
     sample = sample_images
@@ -250,7 +286,7 @@ class CentralModel(nn.Module):
     @staticmethod
     def weight_files(directory: str | Path) -> list[Path]:
         """Return the weight files of a saved model directory, in hashing order."""
-        return weight_files(directory)
+        return transformer_weight_files(Path(directory)) if is_transformer_dir(directory) else weight_files(directory)
 
     def save_pretrained(self, directory: str | Path) -> str:
         """Write a diffusers-format directory and return its fingerprint.
@@ -260,25 +296,43 @@ class CentralModel(nn.Module):
         training summary). The ``sha256`` is one fingerprint over the weight files and every configuration that
         changes the output (``c2lst.json``'s config with the scheduler, ``unet/config.json``, ``vae/config.json``,
         ``scheduler/scheduler_config.json``). Files get the process umask's mode (safetensors writes ``0600``).
+        A transformer model writes ``transformer/`` instead of ``unet/`` (and always ``vae/``).
         """
+        if self.backbone_kind == "transformer":
+            return save_transformer_central(self, directory)
         return save_central(self, directory)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, verify: bool = True, subfolder: str | None = None, **hub_kwargs: Any
+        cls,
+        path: str | Path,
+        *,
+        verify: bool = True,
+        subfolder: str | None = None,
+        vae: AutoencoderKL | str | Path | None = None,
+        **hub_kwargs: Any,
     ) -> CentralModel:
         """Load a model saved by :meth:`save_pretrained`, a plain diffusers ``UNet2DModel`` or a pipeline.
+
+        A folder with ``transformer/`` (a PixArt latent transformer such as PixCell-256, plus ``vae/`` and
+        ``scheduler/``) loads as a transformer central model (:attr:`backbone_kind` ``"transformer"``); see the
+        foundation-model page of the docs.
 
         Parameters
         ----------
         path
             A local directory: a c2lst model directory (``c2lst.json``), a directory written by
             ``UNet2DModel.save_pretrained`` (``config.json`` + safetensors), or a diffusers pipeline directory
-            with a ``unet/`` subfolder. A Hugging Face hub id works for users with network access.
+            with a ``unet/`` or ``transformer/`` subfolder. A Hugging Face hub id works for users with network access
+            (UNet only).
         verify
             Check the weights against the sha256 recorded in ``c2lst.json``.
         subfolder
             Subfolder of a hub repository holding the UNet.
+        vae
+            Transformer folders without ``vae/`` (PixCell ships without its SD3.5 VAE): the ``AutoencoderKL`` or its
+            folder. Such a model records no ``source``; save it with :meth:`save_pretrained` to get a complete
+            folder that ``tl`` functions can reload by path.
         **hub_kwargs
             Passed to :meth:`diffusers.UNet2DModel.from_pretrained` for hub ids (``revision`` ...).
 
@@ -286,6 +340,10 @@ class CentralModel(nn.Module):
         -------
         The loaded model in eval mode. Only safetensors are read; pickle-based files are refused.
         """
+        if is_transformer_dir(path) and subfolder is None:
+            return load_transformer_central(cls, path, verify=verify, vae=vae)
+        if vae is not None:
+            raise ValueError(f"`vae=` applies to transformer folders (with `transformer/`); {str(path)!r} is not one.")
         return load_central(cls, path, verify=verify, subfolder=subfolder, **hub_kwargs)
 
     sha256: str | None = None

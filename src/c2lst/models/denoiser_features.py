@@ -68,6 +68,11 @@ class CentralFeatureExtractor(nn.Module):
         super().__init__()
         if not isinstance(central, CentralModel):
             raise TypeError(f"`central` must be a CentralModel, got {type(central).__name__}.")
+        if central.backbone_kind != "unet":
+            raise ValueError(
+                f"`central` has a {central.backbone_kind} backbone; denoiser features are read from UNet blocks. "
+                "Use `features='morphometric'` (or a UNet central model) for the predictor."
+            )
         n_train = int(central.noise_scheduler.config.num_train_timesteps)
         if isinstance(t, bool) or not isinstance(t, int | np.integer) or not (0 <= t < n_train):
             raise ValueError(f"`t={t!r}` must be an integer timestep in [0, {n_train}); e.g. {DEFAULT_TIMESTEP}.")

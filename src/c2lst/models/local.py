@@ -1,6 +1,7 @@
-"""Local adaptation: a gene encoder in the central model's FiLM slot plus LoRA adapters (peft).
+"""Local adaptation: a gene encoder in the central model's condition slot plus LoRA adapters (peft).
 
-The central UNet stays frozen. A :class:`GeneEncoder` maps a prepared expression profile to an offset of the
+The slot is the UNet's FiLM embedding, or the caption tokens of a transformer backbone (see
+:mod:`c2lst.models.transformer`). The central UNet stays frozen. A :class:`GeneEncoder` maps a prepared expression profile to an offset of the
 null condition embedding (its last layer starts at zero, so an untrained adapter reproduces the central
 model), and LoRA adapters on the attention projections, ``time_emb_proj`` and the decoder's ``conv2`` let the UNet bend
 to the local slide. Condition dropout trains the null branch too, so classifier-free guidance works.
@@ -156,21 +157,23 @@ class LocalModel(nn.Module):
             "cond_dim": int(central.cond_dim),
             "n_genes": len(self.genes),
         }
+        if central.backbone_kind != "unet":  # UNet records stay as they were (their sha256 covers this config)
+            self.adapter_config["backbone"] = central.backbone_kind
         if not isinstance(target_modules, str):
-            target_modules = check_stored_targets(list(target_modules), self.central.unet, "`target_modules`")
+            target_modules = check_stored_targets(list(target_modules), self.central.denoiser, "`target_modules`")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             lora = LoraConfig(r=int(rank), lora_alpha=float(alpha or rank), target_modules=target_modules,
                               init_lora_weights=True)
-            inject_adapter_in_model(lora, self.central.unet)
+            inject_adapter_in_model(lora, self.central.denoiser)
             self.encoder = GeneEncoder(len(self.genes), central.cond_dim, hidden)
         # store the resolved module names, never the pattern: a record is read back without compiling anything
         from peft.tuners.lora import LoraLayer
 
         self.adapter_config["target_modules"] = sorted(
-            name for name, module in self.central.unet.named_modules() if isinstance(module, LoraLayer)
+            name for name, module in self.central.denoiser.named_modules() if isinstance(module, LoraLayer)
         )
-        for name, p in self.central.unet.named_parameters():
+        for name, p in self.central.denoiser.named_parameters():
             p.requires_grad_("lora_" in name)
         self.encoder.to(self.central.device)
         self.fused = False
@@ -291,12 +294,12 @@ class LocalModel(nn.Module):
         """
         from peft.tuners.lora import LoraLayer
 
-        for name, module in list(self.central.unet.named_modules()):
+        for name, module in list(self.central.denoiser.named_modules()):
             if not isinstance(module, LoraLayer):
                 continue
             module.merge()
             parent_name, _, child = name.rpartition(".")
-            parent = self.central.unet.get_submodule(parent_name) if parent_name else self.central.unet
+            parent = self.central.denoiser.get_submodule(parent_name) if parent_name else self.central.denoiser
             setattr(parent, child, module.get_base_layer())
         self.fused = True
         return self
@@ -307,19 +310,24 @@ class LocalModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def parameter_report(self) -> dict[str, Any]:
-        """Return trainable counts and their ratio to the UNet's own parameters."""
-        lora = sum(p.numel() for n, p in self.central.unet.named_parameters() if "lora_" in n)
+        """Return trainable counts and their ratio to the denoiser's own parameters.
+
+        Keys: ``lora``, ``encoder``, ``trainable``, the denoiser's size under its kind (``unet`` or
+        ``transformer``, see :attr:`CentralModel.backbone_kind <c2lst.models.CentralModel.backbone_kind>`) and
+        ``ratio``.
+        """
+        lora = sum(p.numel() for n, p in self.central.denoiser.named_parameters() if "lora_" in n)
         enc = sum(p.numel() for p in self.encoder.parameters())
-        unet = sum(p.numel() for n, p in self.central.unet.named_parameters() if "lora_" not in n)
-        return {"lora": lora, "encoder": enc, "trainable": lora + enc, "unet": unet,
-                "ratio": (lora + enc) / unet}
+        base = sum(p.numel() for n, p in self.central.denoiser.named_parameters() if "lora_" not in n)
+        return {"lora": lora, "encoder": enc, "trainable": lora + enc, self.central.backbone_kind: base,
+                "ratio": (lora + enc) / base}
 
     # ------------------------------------------------------------------ state
     def adapter_state(self) -> dict[str, np.ndarray]:
         """Return the adapter weights (LoRA + encoder incl. statistics) as float32 arrays."""
         if self.fused:
             raise RuntimeError("the adapters were fused into the UNet; their weights can no longer be exported.")
-        lora = get_peft_model_state_dict(self.central.unet)
+        lora = get_peft_model_state_dict(self.central.denoiser)
         state = {f"lora.{k}": v for k, v in lora.items()}
         state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
         return tensors_to_numpy(state)
@@ -333,11 +341,11 @@ class LocalModel(nn.Module):
         tensors = numpy_to_tensors(arrays)
         lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
         enc = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
-        expected = set(get_peft_model_state_dict(self.central.unet))
+        expected = set(get_peft_model_state_dict(self.central.denoiser))
         if set(lora) != expected or set(enc) != set(self.encoder.state_dict()):
             missing = sorted((expected - set(lora)) | (set(self.encoder.state_dict()) - set(enc)))[:5]
             raise ValueError(f"adapter weights do not match the adapter architecture (e.g. missing {missing}).")
-        result = set_peft_model_state_dict(self.central.unet, lora)
+        result = set_peft_model_state_dict(self.central.denoiser, lora)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"adapter weights have unexpected keys {result.unexpected_keys[:5]}.")
         self.encoder.load_state_dict(enc)
@@ -347,12 +355,18 @@ class LocalModel(nn.Module):
         cls, central: CentralModel, genes: Sequence[str], config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
     ) -> LocalModel:
         """Rebuild an adapted model from a central model, its gene list, config and weights."""
+        kind = str(config.get("backbone", "unet"))
+        if kind != central.backbone_kind:
+            raise ValueError(
+                f"the adapter was trained on a {kind} central model, the central model given is a "
+                f"{central.backbone_kind}; pass the central model the adapter was trained on."
+            )
         if int(config.get("cond_dim", central.cond_dim)) != central.cond_dim:
             raise ValueError(
                 f"the adapter was trained for condition width {config['cond_dim']}, the central model has "
                 f"{central.cond_dim}; pass the central model the adapter was trained on."
             )
-        targets = check_stored_targets(config.get("target_modules"), central.unet)
+        targets = check_stored_targets(config.get("target_modules"), central.denoiser)
         model = cls(
             central,
             genes,

@@ -62,7 +62,9 @@ def adapt(
     """Adapt a frozen central model to paired image–gene spots with a gene encoder and LoRA.
 
     The gene encoder feeds the central UNet's FiLM slot (scale-and-shift of every ResNet block) and LoRA
-    adapters (peft) bend its attention and convolution layers; the central weights stay frozen. Condition
+    adapters (peft) bend its attention and convolution layers; the central weights stay frozen. With a
+    transformer central model (a histology foundation model such as PixCell, see the foundation-model page) the
+    genes become offsets of its condition tokens and LoRA goes on its attention projections. Condition
     dropout trains the null branch so :func:`c2lst.tl.synthesize` can use classifier-free guidance.
 
     Parameters
@@ -123,8 +125,8 @@ def adapt(
     Returns
     -------
     ``None``, or the modified copy when ``copy=True``. Sets ``uns["c2lst"]["local"][key_added]``: LoRA and
-    encoder weights (float32 arrays), gene list, configuration, the central model's path and sha256, the
-    expression preprocessing, the training summary and the adapter's sha256; adds a lineage record.
+    encoder weights (float32 arrays), gene list, configuration, the central model's path, sha256 and backbone kind
+    (``"unet"`` or ``"transformer"``), the expression preprocessing, the training summary and the adapter's sha256; adds a lineage record.
 
     Examples
     --------
@@ -228,6 +230,7 @@ def adapt(
         "config": local.config_json(),
         "central_path": _central_path(central, adata, model_c),
         "central_sha256": local.central_sha256,
+        "backbone": model_c.backbone_kind,
         "central_file_sha256": str(model_c.sha256 or ""),
         "expr_key": expr_key,
         "patch_key": patch_key,
@@ -247,7 +250,8 @@ def adapt(
         model_sha256={"central": local.central_sha256, "adapter": entry["sha256"]},
     )
     logger.info(
-        "adapt: %d trainable parameters (%.2f%% of the UNet)", summary["trainable"], 100 * summary["ratio"]
+        "adapt: %d trainable parameters (%.2f%% of the %s)", summary["trainable"], 100 * summary["ratio"],
+        model_c.backbone_kind,
     )
     return adata if copy else None
 
