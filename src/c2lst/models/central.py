@@ -295,8 +295,10 @@ class CentralModel(nn.Module):
         ``c2lst_condition.safetensors`` (the null embedding) and ``c2lst.json`` (format, config, sha256,
         training summary). The ``sha256`` is one fingerprint over the weight files and every configuration that
         changes the output (``c2lst.json``'s config with the scheduler, ``unet/config.json``, ``vae/config.json``,
-        ``scheduler/scheduler_config.json``). Files get the process umask's mode (safetensors writes ``0600``).
-        A transformer model writes ``transformer/`` instead of ``unet/`` (and always ``vae/``).
+        ``scheduler/scheduler_config.json``). A UNet model's folder also gets a diffusers ``model_index.json``
+        naming :class:`~c2lst.models.C2LSTPipeline` (outside the fingerprint: it only names classes). Files get
+        the process umask's mode (safetensors writes ``0600``). A transformer model writes ``transformer/``
+        instead of ``unet/`` (and always ``vae/``).
         """
         if self.backbone_kind == "transformer":
             return save_transformer_central(self, directory)
