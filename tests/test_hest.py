@@ -67,7 +67,9 @@ def write_hest_sample(
     if meta is not None:
         metadata = {**metadata, **meta}
     (root / "metadata" / f"{sample_id}.json").write_text(json.dumps(metadata))
-    chosen = barcodes[::-1][:-3] if patch_barcodes is None else patch_barcodes  # shuffled order, 3 spots dropped
+    chosen = (
+        barcodes[::-1][:-3] if patch_barcodes is None else patch_barcodes
+    )  # shuffled order, 3 spots dropped
     index = {b: i for i, b in enumerate(barcodes)}
     crops = []
     for b in chosen:
@@ -77,7 +79,14 @@ def write_hest_sample(
         f["img"] = np.stack(crops).astype(np.uint8)
         f["barcode"] = np.array([b.encode() for b in chosen])[:, None]
         f["coords"] = np.zeros((len(chosen), 2), np.int64)
-    return {"xy": xy, "colours": colours, "image": image, "barcodes": barcodes, "counts": counts, "chosen": chosen}
+    return {
+        "xy": xy,
+        "colours": colours,
+        "image": image,
+        "barcodes": barcodes,
+        "counts": counts,
+        "chosen": chosen,
+    }
 
 
 @pytest.fixture
@@ -93,7 +102,9 @@ def test_read_hest_builds_lazy_pyramid_spots_and_table(hest_root):
     levels = [image[f"scale{i}"]["image"] for i in range(3)]
     assert [lv.shape[1:] for lv in levels] == [(240, 310), (120, 155), (60, 78)]
     assert all(type(lv.data).__name__ == "Array" for lv in levels)  # dask, nothing decoded yet
-    np.testing.assert_array_equal(levels[0].data[:, 30:50, 60:80].compute(), info["image"][30:50, 60:80].transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        levels[0].data[:, 30:50, 60:80].compute(), info["image"][30:50, 60:80].transpose(2, 0, 1)
+    )
     circles = sdata.shapes["spots"]
     np.testing.assert_allclose(circles["radius"].to_numpy(), 55.0 / MPP / 2)
     np.testing.assert_allclose(np.c_[circles.geometry.x, circles.geometry.y], info["xy"])
@@ -101,7 +112,10 @@ def test_read_hest_builds_lazy_pyramid_spots_and_table(hest_root):
     assert list(table.obs_names) == info["barcodes"]
     np.testing.assert_array_equal(table.X.toarray(), info["counts"])
     assert (table.obs["sample_id"] == "TOY1").all()
-    assert table.uns["c2lst"]["scale"] == {"um_per_unit": MPP, "source": "TOY1.json['pixel_size_um_estimated']"}
+    assert table.uns["c2lst"]["scale"] == {
+        "um_per_unit": MPP,
+        "source": "TOY1.json['pixel_size_um_estimated']",
+    }
     src = table.uns["c2lst"]["source"]
     assert src["spot_diameter_px"] == pytest.approx(27.5) and src["pyramidal"]
     assert json.loads(src["metadata"])["organ"] == "Toy"
@@ -142,7 +156,9 @@ def test_fast_path_patches_pretrain_directly(hest_root):
     assert model.training_summary["slides"][0]["name"] == "TOY1"
 
 
-@pytest.mark.parametrize("folder,suffix", [("wsis", ".tif"), ("st", ".h5ad"), ("metadata", ".json"), ("patches", ".h5")])
+@pytest.mark.parametrize(
+    ("folder", "suffix"), [("wsis", ".tif"), ("st", ".h5ad"), ("metadata", ".json"), ("patches", ".h5")]
+)
 def test_missing_file_is_named(hest_root, folder, suffix):
     root, _ = hest_root
     (root / folder / f"TOY1{suffix}").unlink()
@@ -169,11 +185,16 @@ def test_repeated_patch_barcodes_are_an_error(tmp_path):
 
 
 def test_metadata_without_pixel_size(tmp_path):
-    write_hest_sample(tmp_path, meta={"pixel_size_um_estimated": None, "pixel_size_um_embedded": float("nan")})
-    with pytest.raises(ValueError, match="no positive pixel size.*pixel_size_um="):
+    write_hest_sample(
+        tmp_path, meta={"pixel_size_um_estimated": None, "pixel_size_um_embedded": float("nan")}
+    )
+    with pytest.raises(ValueError, match=r"no positive pixel size.*pixel_size_um="):
         c2lst.datasets.read_hest(tmp_path, "TOY1")
     sdata = c2lst.datasets.read_hest(tmp_path, "TOY1", pixel_size_um=1.0)
-    assert sdata.tables["table"].uns["c2lst"]["scale"] == {"um_per_unit": 1.0, "source": "pixel_size_um argument"}
+    assert sdata.tables["table"].uns["c2lst"]["scale"] == {
+        "um_per_unit": 1.0,
+        "source": "pixel_size_um argument",
+    }
     np.testing.assert_allclose(sdata.shapes["spots"]["radius"], 27.5)
 
 
@@ -233,7 +254,7 @@ def test_patch_file_without_barcodes(hest_root):
 
 
 @pytest.mark.parametrize(
-    "kwargs,err,match",
+    ("kwargs", "err", "match"),
     [
         ({"sample_id": 3}, TypeError, "sample_id"),
         ({"sample_id": "../x"}, TypeError, "sample_id"),

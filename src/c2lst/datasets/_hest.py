@@ -63,7 +63,12 @@ def _scales(meta: dict, meta_path: Path, pixel_size_um: float | None, spot_diame
         key, mpp = found[0]
         mpp_source = f"{meta_path.name}['{key}']"
     if spot_diameter_um is not None:
-        return mpp, mpp_source, check_positive_float(spot_diameter_um, "spot_diameter_um"), "spot_diameter_um argument"
+        return (
+            mpp,
+            mpp_source,
+            check_positive_float(spot_diameter_um, "spot_diameter_um"),
+            "spot_diameter_um argument",
+        )
     diameter = _finite_positive(meta.get("spot_diameter"))
     if diameter is None:
         raise ValueError(
@@ -77,9 +82,13 @@ def _read_metadata(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({err}); re-download the sample's metadata.") from None
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON ({err}); re-download the sample's metadata."
+        ) from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{str(path)!r} holds a {type(meta).__name__}, not a JSON object of sample metadata.")
+        raise ValueError(
+            f"{str(path)!r} holds a {type(meta).__name__}, not a JSON object of sample metadata."
+        )
     return meta
 
 
@@ -100,7 +109,9 @@ def _read_patch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"`img` of {str(path)!r} has shape {img.shape} and dtype {img.dtype}; (n, s, s, 3) uint8 is required."
             )
         if len(raw) != img.shape[0]:
-            raise ValueError(f"{str(path)!r} holds {img.shape[0]} patches but {len(raw)} barcodes; re-download it.")
+            raise ValueError(
+                f"{str(path)!r} holds {img.shape[0]} patches but {len(raw)} barcodes; re-download it."
+            )
         barcodes = np.array([b.decode() if isinstance(b, bytes) else str(b) for b in raw], dtype=object)
         return barcodes, img[()]
 
@@ -203,7 +214,9 @@ def read_hest(
         )
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
-        raise ValueError(f"`obsm['spatial']` of {str(h5ad_path)!r} must be finite (n_spots, 2) x, y; got {xy.shape}.")
+        raise ValueError(
+            f"`obsm['spatial']` of {str(h5ad_path)!r} must be finite (n_spots, 2) x, y; got {xy.shape}."
+        )
     if not adata.obs_names.is_unique:
         raise ValueError(f"{str(h5ad_path)!r} repeats spot barcodes; barcodes must identify spots.")
     height, width = wsi_info["level_shapes"][0]
@@ -220,7 +233,9 @@ def read_hest(
         order = np.argsort(rows)
         keep = rows[order]
         if len(keep) < adata.n_obs:
-            logger.info(f"read_hest: {adata.n_obs - len(keep)} spots of {sample_id} have no HEST patch; dropped.")
+            logger.info(
+                f"read_hest: {adata.n_obs - len(keep)} spots of {sample_id} have no HEST patch; dropped."
+            )
         adata = adata[keep].copy()
         img = img[order]
         xy, inside = xy[keep], inside[keep]
@@ -266,7 +281,9 @@ def scale_record(um_per_unit: float, source: str) -> dict:
     return {"um_per_unit": float(um_per_unit), "source": str(source)}
 
 
-def _store_patches(adata: ad.AnnData, img: np.ndarray, size: int | None, key: str, path: Path, sample_id: str):
+def _store_patches(
+    adata: ad.AnnData, img: np.ndarray, size: int | None, key: str, path: Path, sample_id: str
+):
     native = int(img.shape[1])
     out = resize_patches(img, size) if size is not None else np.ascontiguousarray(img)
     adata.obsm[key] = out

@@ -57,11 +57,15 @@ def open_wsi(path: Path, *, coordinate_system: str = COORDINATE_SYSTEM):
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
-                raise ValueError(f"{str(path)!r} holds no image series; a TIFF whole-slide image is required.")
+                raise ValueError(
+                    f"{str(path)!r} holds no image series; a TIFF whole-slide image is required."
+                )
             series = tif.series[0]
             levels = [(tuple(lv.shape), lv.axes, np.dtype(lv.dtype)) for lv in series.levels]
     except (tifffile.TiffFileError, OSError) as err:
-        raise ValueError(f"{str(path)!r} is not a readable TIFF ({err}); pass a (pyramidal) TIFF slide.") from None
+        raise ValueError(
+            f"{str(path)!r} is not a readable TIFF ({err}); pass a (pyramidal) TIFF slide."
+        ) from None
     for shape, axes, dtype in levels:
         _level_axes(shape, axes, path)
         if dtype != np.uint8:
