@@ -280,3 +280,104 @@ def test_missing_wsi_extra_names_it(hest_root, monkeypatch):
     monkeypatch.setitem(sys.modules, "tifffile", None)
     with pytest.raises(ImportError, match=r"c2lst\[wsi\]"):
         c2lst.datasets.read_hest(root, "TOY1")
+
+
+# --------------------------------------------------------------------------- central pretraining on several slides
+def _slide(seed: int, n: int, value: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    if value is not None:
+        out[:] = value
+    return out
+
+
+def test_balanced_picker_weighs_slides_equally_and_is_seeded():
+    import torch
+
+    from c2lst.models.fit import _balanced_picker
+
+    pick = _balanced_picker([900, 100], 1000)
+    idx = pick(20000, torch.Generator().manual_seed(0)).numpy()
+    assert idx.min() >= 0 and idx.max() < 1000
+    assert abs((idx >= 900).mean() - 0.5) < 0.02  # the small slide gets half the rows, not a tenth
+    assert len(np.unique(idx[idx >= 900])) == 100  # and all of its patches
+    again = pick(20000, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_array_equal(idx, again)
+    uniform = _balanced_picker(None, 1000)(20000, torch.Generator().manual_seed(0)).numpy()
+    assert abs((uniform >= 900).mean() - 0.1) < 0.02
+    with pytest.raises(ValueError, match="slide_sizes"):
+        _balanced_picker([5, 4], 10)
+
+
+def test_pretrain_on_several_slides_records_them_and_balances(tmp_path, hest_root):
+    root, _ = hest_root
+    write_hest_sample(root, "TOY2", seed=1)
+    hest = [c2lst.datasets.read_hest(root, sid, patches=True, size=32) for sid in ("TOY1", "TOY2")]
+    big = _slide(0, 40)
+    kw = {"preset": "tiny", "n_steps": 2, "batch_size": 4, "progress": False, "device": "cpu"}
+    model = c2lst.tl.pretrain([*hest, big], output_dir=tmp_path / "m", **kw)
+    slides = model.training_summary["slides"]
+    assert [s["name"] for s in slides] == ["TOY1", "TOY2", "array[2]"]
+    assert [s["n_patches"] for s in slides] == [17, 17, 40]
+    assert len({s["sha256"] for s in slides}) == 3 and model.training_summary["balance"] == "slides"
+    saved = json.loads((tmp_path / "m" / "model" / "c2lst.json").read_text())
+    assert saved["training"]["slides"] == slides
+    lineage = c2lst.get.lineage(hest[0], function="c2lst.tl.pretrain")
+    assert lineage["parameters"].iloc[-1]["slides"] == slides
+    # the local slide is kept out: a third HEST sample was not seen, the pretraining ones were
+    write_hest_sample(root, "TOY3", seed=2)
+    local = c2lst.datasets.read_hest(root, "TOY3", patches=True, size=32)
+    assert c2lst.tl.pretrained_on(model, local) == []
+    assert c2lst.tl.pretrained_on(model, [local, hest[1], big]) == ["TOY2", "array[2]"]
+    assert c2lst.tl.pretrained_on(saved["training"], hest[0]) == ["TOY1"]
+
+
+def test_balance_changes_the_batches_and_one_slide_is_unchanged():
+    kw = {"preset": "tiny", "n_steps": 2, "batch_size": 8, "progress": False, "device": "cpu", "ema": False}
+    data = [_slide(0, 60, value=250), _slide(1, 4, value=5)]
+    slides = c2lst.tl.pretrain(data, balance="slides", **kw).training_summary
+    pooled = c2lst.tl.pretrain(data, balance="patches", **kw).training_summary
+    assert slides["loss_curve"] != pooled["loss_curve"]
+    one = _slide(2, 16)
+    a = c2lst.tl.pretrain(one, balance="slides", **kw).training_summary["loss_curve"]
+    b = c2lst.tl.pretrain(one, balance="patches", **kw).training_summary["loss_curve"]
+    assert a == b
+
+
+def test_balanced_resume_is_exact(tmp_path, monkeypatch):
+    import torch
+
+    import c2lst.models.train as train_mod
+
+    data = [_slide(0, 30), _slide(1, 6)]
+    kw = {"preset": "tiny", "n_steps": 6, "batch_size": 4, "checkpoint_every": 3, "progress": False, "device": "cpu"}
+    full = c2lst.tl.pretrain(data, output_dir=tmp_path / "a", **kw)
+    real = train_mod._save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_step_3(accelerator, out, step, *args):
+        real(accelerator, out, step, *args)
+        if step == 3:
+            raise Killed
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", killed_after_step_3)
+    with pytest.raises(Killed):
+        c2lst.tl.pretrain(data, output_dir=tmp_path / "b", **kw)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real)
+    resumed = c2lst.tl.pretrain(data, output_dir=tmp_path / "b", **kw)
+    assert resumed.training_summary["resumed_from"] == 3
+    sa, sb = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ValueError, match="different run configuration"):  # other slides: no silent resume
+        c2lst.tl.pretrain([_slide(0, 30), _slide(3, 6)], output_dir=tmp_path / "b", **{**kw, "n_steps": 9})
+
+
+def test_pretrain_bad_balance_and_pretrained_on_inputs():
+    with pytest.raises(ValueError, match="balance='weird'"):
+        c2lst.tl.pretrain(_slide(0, 8), preset="tiny", n_steps=1, balance="weird")
+    with pytest.raises(TypeError, match="central"):
+        c2lst.tl.pretrained_on("model", _slide(0, 8))
+    with pytest.raises(KeyError, match="older c2lst"):
+        c2lst.tl.pretrained_on({"losses": []}, _slide(0, 8))

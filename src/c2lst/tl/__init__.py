@@ -9,7 +9,7 @@ from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._fidelity import evaluate_composition, evaluate_fidelity
 from ._plan import plan_budget
 from ._predict import fit_predictor, predict_expression
-from ._pretrain import pretrain
+from ._pretrain import pretrain, pretrained_on
 from ._synthesize import synthesize
 
 __all__: list[str] = [
@@ -28,5 +28,6 @@ __all__: list[str] = [
     "predict_expression",
     "prediction_metrics",
     "pretrain",
+    "pretrained_on",
     "synthesize",
 ]
