@@ -7,6 +7,7 @@ from ._budget import budget_curve
 from ._embedding import image_features, mixing_score
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._fidelity import evaluate_composition, evaluate_fidelity
+from ._hest_bench import hest_bench
 from ._plan import plan_budget
 from ._predict import fit_predictor, predict_expression
 from ._pretrain import pretrain, pretrained_on
@@ -21,6 +22,7 @@ __all__: list[str] = [
     "evaluate_prediction",
     "export_adapter",
     "fit_predictor",
+    "hest_bench",
     "image_features",
     "load_adapter",
     "mixing_score",
