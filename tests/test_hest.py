@@ -327,9 +327,9 @@ def test_pretrain_on_several_slides_records_them_and_balances(tmp_path, hest_roo
     # the local slide is kept out: a third HEST sample was not seen, the pretraining ones were
     write_hest_sample(root, "TOY3", seed=2)
     local = c2lst.datasets.read_hest(root, "TOY3", patches=True, size=32)
-    assert c2lst.tl.pretrained_on(model, local) == []
-    assert c2lst.tl.pretrained_on(model, [local, hest[1], big]) == ["TOY2", "array[2]"]
-    assert c2lst.tl.pretrained_on(saved["training"], hest[0]) == ["TOY1"]
+    assert c2lst.tl.pretrained_on(local, central=model) == []
+    assert c2lst.tl.pretrained_on([local, hest[1], big], central=model) == ["TOY2", "array[2]"]
+    assert c2lst.tl.pretrained_on(hest[0], central=saved["training"]) == ["TOY1"]
 
 
 def test_balance_changes_the_batches_and_one_slide_is_unchanged():
@@ -378,6 +378,6 @@ def test_pretrain_bad_balance_and_pretrained_on_inputs():
     with pytest.raises(ValueError, match="balance='weird'"):
         c2lst.tl.pretrain(_slide(0, 8), preset="tiny", n_steps=1, balance="weird")
     with pytest.raises(TypeError, match="central"):
-        c2lst.tl.pretrained_on("model", _slide(0, 8))
+        c2lst.tl.pretrained_on(_slide(0, 8), central="model")
     with pytest.raises(KeyError, match="older c2lst"):
-        c2lst.tl.pretrained_on({"losses": []}, _slide(0, 8))
+        c2lst.tl.pretrained_on(_slide(0, 8), central={"losses": []})

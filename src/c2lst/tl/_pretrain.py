@@ -184,7 +184,7 @@ def pretrain(
     return model
 
 
-def pretrained_on(central: Any, data: Any, *, patch_key: str = "c2lst_patch") -> list[str]:
+def pretrained_on(data: Any, *, central: Any, patch_key: str = "c2lst_patch") -> list[str]:
     """Return the slides of ``data`` that ``central`` was pretrained on (empty: all were held out).
 
     A slide counts as seen when its sample id (as a reader such as :func:`c2lst.datasets.read_hest` records it)
@@ -192,10 +192,10 @@ def pretrained_on(central: Any, data: Any, *, patch_key: str = "c2lst_patch") ->
 
     Parameters
     ----------
-    central
-        A :class:`~c2lst.models.CentralModel` from :func:`pretrain` (or its ``training_summary`` dict).
     data
         The local slide(s), as accepted by :func:`pretrain` (SpatialData, AnnData, patch arrays or a list).
+    central
+        A :class:`~c2lst.models.CentralModel` from :func:`pretrain` (or its ``training_summary`` dict).
     patch_key
         Key of the patches in ``obsm``.
 
@@ -210,7 +210,7 @@ def pretrained_on(central: Any, data: Any, *, patch_key: str = "c2lst_patch") ->
     >>> for sd in (a, b):
     ...     c2lst.pp.extract_patches(sd, size=32, progress=False)
     >>> model = c2lst.tl.pretrain([a], preset="tiny", n_steps=2, batch_size=4, key_added=None)
-    >>> c2lst.tl.pretrained_on(model, b)
+    >>> c2lst.tl.pretrained_on(b, central=model)
     []
     """
     summary = central if isinstance(central, dict) else getattr(central, "training_summary", None)
