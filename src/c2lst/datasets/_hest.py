@@ -24,6 +24,7 @@ from ._wsi import open_wsi
 PIXEL_SIZE_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")
 #: µm per pixel of the patches HEST-1k ships in ``patches/{id}.h5``
 HEST_PATCH_UM_PER_PX = 0.5
+_BLOCK = 512  # patches read (and resized) at a time from a HEST patches file
 _METADATA_KEPT = (
     "dataset_title", "organ", "disease_state", "oncotree_code", "species", "patient", "st_technology",
     "preservation_method", "magnification", "inter_spot_dist", "tissue", "subseries",
@@ -92,8 +93,8 @@ def _read_metadata(path: Path) -> dict:
     return meta
 
 
-def _read_patch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(barcodes, img)`` of a HEST patches ``.h5`` (datasets ``img`` and ``barcode``), checked."""
+def _patch_barcodes(path: Path) -> np.ndarray:
+    """Return the barcodes of a HEST patches ``.h5`` after checking its ``img`` and ``barcode`` datasets."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -109,11 +110,25 @@ def _read_patch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"`img` of {str(path)!r} has shape {img.shape} and dtype {img.dtype}; (n, s, s, 3) uint8 is required."
             )
         if len(raw) != img.shape[0]:
-            raise ValueError(
-                f"{str(path)!r} holds {img.shape[0]} patches but {len(raw)} barcodes; re-download it."
-            )
-        barcodes = np.array([b.decode() if isinstance(b, bytes) else str(b) for b in raw], dtype=object)
-        return barcodes, img[()]
+            raise ValueError(f"{str(path)!r} holds {img.shape[0]} patches but {len(raw)} barcodes; re-download it.")
+    return np.array([b.decode() if isinstance(b, bytes) else str(b) for b in raw], dtype=object)
+
+
+def _read_patches(path: Path, size: int | None) -> tuple[np.ndarray, int]:
+    """Return the patches of a HEST patches ``.h5`` (resized to ``size``) and their native size.
+
+    Patches are read block by block and resized as they come, so the native patches are never all in memory.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        img = f["img"]
+        native = int(img.shape[1])
+        blocks = [img[i : i + _BLOCK] for i in range(0, img.shape[0], _BLOCK)]
+        if size is not None:
+            blocks = [resize_patches(blk, size) for blk in blocks]
+    out = np.concatenate(blocks) if blocks else np.zeros((0, size or native, size or native, 3), np.uint8)
+    return out, native
 
 
 def _match_patches(adata: ad.AnnData, barcodes: np.ndarray, h5_path: Path, h5ad_path: Path) -> np.ndarray:
@@ -228,8 +243,7 @@ def read_hest(
         )
     img = None
     if h5_path is not None:
-        barcodes, img = _read_patch_file(h5_path)
-        rows = _match_patches(adata, barcodes, h5_path, h5ad_path)
+        rows = _match_patches(adata, _patch_barcodes(h5_path), h5_path, h5ad_path)
         order = np.argsort(rows)
         keep = rows[order]
         if len(keep) < adata.n_obs:
@@ -237,6 +251,7 @@ def read_hest(
                 f"read_hest: {adata.n_obs - len(keep)} spots of {sample_id} have no HEST patch; dropped."
             )
         adata = adata[keep].copy()
+        img, native = _read_patches(h5_path, size)
         img = img[order]
         xy, inside = xy[keep], inside[keep]
     if not inside.all():
@@ -264,7 +279,7 @@ def read_hest(
     }
     uns_root(adata)["source"] = source
     if img is not None:
-        _store_patches(adata, img, size, patch_key, h5_path, sample_id)
+        _store_patches(adata, img, native, patch_key, h5_path, sample_id)
     table = annotate_table(adata, "spots")
     return SpatialData(
         images={"he": image},
@@ -282,10 +297,8 @@ def scale_record(um_per_unit: float, source: str) -> dict:
 
 
 def _store_patches(
-    adata: ad.AnnData, img: np.ndarray, size: int | None, key: str, path: Path, sample_id: str
+    adata: ad.AnnData, out: np.ndarray, native: int, key: str, path: Path, sample_id: str
 ):
-    native = int(img.shape[1])
-    out = resize_patches(img, size) if size is not None else np.ascontiguousarray(img)
     adata.obsm[key] = out
     params = {
         "source": "HEST patches file",
