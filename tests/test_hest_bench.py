@@ -143,3 +143,20 @@ def test_bad_samples():
     big.obsm["c2lst_patch"] = np.zeros((40, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="patch shapes"):
         c2lst.tl.hest_bench([_sample(0), big], genes=["LINKED"])
+
+
+def test_synthetic_rows_are_left_out():
+    real, other = _sample(0), _sample(1)
+    fake = _sample(2, n=10)
+    fake.obs_names = [f"syn{i}" for i in range(10)]
+    mixed = ad.concat([real, fake])
+    mixed.obsm["c2lst_patch"] = np.concatenate([real.obsm["c2lst_patch"], fake.obsm["c2lst_patch"]])
+    mixed.obs["c2lst_synthetic"] = [False] * 40 + [True] * 10
+    df = c2lst.tl.hest_bench({"A": mixed, "B": other}, genes=["LINKED"], predictor_kwargs=FAST, progress=False)
+    plain = c2lst.tl.hest_bench({"A": real, "B": other}, genes=["LINKED"], predictor_kwargs=FAST, progress=False)
+    assert df["n_test"].tolist() == [40, 40] and df["n_train"].tolist() == [40, 40]
+    np.testing.assert_allclose(df["pearson_r"], plain["pearson_r"])
+    only_fake = fake.copy()
+    only_fake.obs["c2lst_synthetic"] = True
+    with pytest.raises(ValueError, match="only synthetic"):
+        c2lst.tl.hest_bench({"A": only_fake, "B": other}, genes=["LINKED"])

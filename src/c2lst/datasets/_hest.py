@@ -261,7 +261,7 @@ def read_hest(
     adata.obsm["spatial"] = xy
     adata.obs["sample_id"] = sample_id
     diameter_px = diameter_um / mpp
-    uns_root(adata)["scale"] = scale_record(mpp, mpp_source)
+    write_scale(adata, mpp, mpp_source)
     source = {
         "reader": "read_hest",
         "sample_id": sample_id,
@@ -288,12 +288,13 @@ def read_hest(
     )
 
 
-def scale_record(um_per_unit: float, source: str) -> dict:
-    """Return the shared physical-scale record ``{"um_per_unit", "source"}`` of ``uns["c2lst"]["scale"]``.
+def write_scale(adata: ad.AnnData, um_per_unit: float, source: str) -> None:
+    """Write the shared physical-scale record ``uns["c2lst"]["scale"] = {"um_per_unit", "source"}``.
 
-    A *unit* is one unit of the circles' intrinsic coordinates (here: one full-resolution slide pixel).
+    A *unit* is one unit of the circles' intrinsic coordinates (here: one full-resolution slide pixel);
+    :func:`c2lst.pp.extract_patches` reads it for ``patch_um=``.
     """
-    return {"um_per_unit": float(um_per_unit), "source": str(source)}
+    uns_root(adata)["scale"] = {"um_per_unit": float(um_per_unit), "source": str(source)}
 
 
 def _store_patches(

@@ -15,7 +15,7 @@ from scipy import sparse
 
 from .._logging import logger
 from .._logging import progress as _progress
-from .._records import section
+from .._records import section, synthetic_mask
 from .._utils import as_table, check_kwargs, require_obsm
 from ..metrics import pearson
 from ._predict import fit_predictor
@@ -160,7 +160,8 @@ def hest_bench(
     samples
         Two or more samples (e.g. from :func:`c2lst.datasets.read_hest`), SpatialData or AnnData, with patches in
         ``obsm[patch_key]`` (of one size) and counts in ``X``; a dict names them, else the sample id a reader
-        recorded names them.
+        recorded names them. Synthetic rows (``obs["c2lst_synthetic"]``) are left out: only measured spots are
+        scored and trained on.
     genes
         The genes to predict: a list, or a HEST-Bench gene-list JSON (``{"genes": [...]}``, e.g.
         ``var_50genes.json``). Every sample must have them all.
@@ -218,7 +219,10 @@ def hest_bench(
     data = {}
     for name, table in named:
         patches = np.asarray(require_obsm(table, patch_key, "patch_key", "run `c2lst.pp.extract_patches` first."))
-        data[name] = (patches, _targets(table, name, gene_list, layer, normalize))
+        real = ~synthetic_mask(table)
+        if not real.any():
+            raise ValueError(f"sample {name!r} holds only synthetic rows; HEST-Bench scores measured spots.")
+        data[name] = (patches[real], _targets(table, name, gene_list, layer, normalize)[real])
     sizes = sorted({p.shape[1:] for p, _ in data.values()})
     if len(sizes) > 1:
         raise ValueError(f"`samples` mix patch shapes {sizes}; extract all samples with the same `size=`.")
