@@ -91,6 +91,7 @@ def train(out: Path, recipe: dict) -> Path:
     model = c2lst.tl.pretrain(
         slides, preset=recipe["preset"], n_steps=recipe["n_steps"], batch_size=recipe["batch_size"],
         lr=recipe["lr"], seed=recipe["seed"], output_dir=out, resume=True, device="cpu", progress=False,
+        balance="patches",  # the shipped weights were trained before slide-balanced batches (issue 18)
     )
     print(f"pretrained {recipe['n_steps']} steps in {time.perf_counter() - t0:.0f} s, "
           f"loss {model.training_summary['loss_last']:.4f}, sha256 {model.sha256}", flush=True)

@@ -4,10 +4,12 @@
   cell-type composition of every spot.
 - :func:`ihc_patches`: unpaired real patches from the IHC image that scikit-image ships.
 - :func:`from_visium_crop`, :func:`he_patches`: real Visium crops and real H&E tiles from user files.
+- :func:`read_hest`: one HEST-1k sample (lazy pyramidal slide, spots, expression, optional patches).
 - :func:`write_spaceranger_outs`: write a sample as a 10x Space Ranger ``outs/`` folder.
 - :func:`pretrained_central`: the central model that ships with c2lst (``"tiny-sim"``).
 """
 
+from ._hest import read_hest
 from ._ihc import ihc_patches
 from ._pretrained import pretrained_central, pretrained_names
 from ._real import from_visium_crop, he_patches
@@ -20,6 +22,7 @@ __all__ = [
     "ihc_patches",
     "pretrained_central",
     "pretrained_names",
+    "read_hest",
     "simulated_visium",
     "stain_presets",
     "write_spaceranger_outs",

@@ -9,7 +9,7 @@ random draw comes from the loop's per-step generator, so a run is reproducible a
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ def fit_denoiser(
     fingerprint: Mapping[str, Any] | None = None,
     progress: bool = True,
     desc: str | None = None,
+    slide_sizes: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train a denoiser on uint8 patches in place: a central model, or the adapters of a local model.
 
@@ -89,6 +90,10 @@ def fit_denoiser(
         Show a progress bar with the loss.
     desc
         Label of the progress bar (default ``"pretrain"`` or ``"adapt"``).
+    slide_sizes
+        Number of patches of each slide, when ``patches`` stacks several slides in this order. With two or more,
+        batches are balanced: each batch row draws a slide uniformly, then a patch of that slide uniformly (from
+        the step's generator, so resume stays exact). ``None``: patches are drawn uniformly.
 
     Returns
     -------
@@ -139,6 +144,7 @@ def fit_denoiser(
                 "both with the same `size=`."
             )
     n = len(patches)
+    pick = _balanced_picker(slide_sizes, n)
     if n < batch_size:
         logger.warning("only %d patches for batch_size=%d; batches repeat patches", n, batch_size)
     data = central.encode_patches(patches)
@@ -150,7 +156,7 @@ def fit_denoiser(
     cond_dropout = float(model.adapter_config["cond_dropout"]) if local else 0.0
 
     def loss_fn(m: torch.nn.Module, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
-        idx = torch.randint(0, n, (batch_size - n_un,), generator=gen)
+        idx = pick(batch_size - n_un, gen)
         batch = data[idx]
         if n_un:  # unlabelled patches: always the null condition
             batch = torch.cat([batch, un[torch.randint(0, len(un), (n_un,), generator=gen)]])
@@ -203,3 +209,25 @@ def _check_conditions(conditions: Any, n: int, n_genes: int) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError("`conditions` contains NaN or Inf values; fix the counts and re-run `prepare_expression`.")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _balanced_picker(slide_sizes: Sequence[int] | None, n: int):
+    """Return ``pick(k, generator)`` drawing ``k`` patch rows: uniform, or slide-balanced for several slides."""
+    if slide_sizes is None or len(slide_sizes) < 2:
+        if slide_sizes is not None and sum(slide_sizes) != n:
+            raise ValueError(f"`slide_sizes={list(slide_sizes)}` sums to {sum(slide_sizes)}, not the {n} patches.")
+        return lambda k, gen: torch.randint(0, n, (k,), generator=gen)
+    sizes = np.asarray([int(v) for v in slide_sizes], dtype=np.int64)
+    if (sizes < 1).any() or int(sizes.sum()) != n:
+        raise ValueError(
+            f"`slide_sizes={sizes.tolist()}` must be positive and sum to the {n} patches (one entry per slide)."
+        )
+    sizes_t = torch.from_numpy(sizes)
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+
+    def pick(k: int, gen: torch.Generator) -> torch.Tensor:
+        slide = torch.randint(0, len(sizes), (k,), generator=gen)
+        within = (torch.rand(k, generator=gen, dtype=torch.float64) * sizes_t[slide]).long()
+        return offsets[slide] + torch.minimum(within, sizes_t[slide] - 1)
+
+    return pick

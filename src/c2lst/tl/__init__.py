@@ -8,9 +8,10 @@ from ._embedding import image_features, mixing_score
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._export import export_hest
 from ._fidelity import evaluate_composition, evaluate_fidelity
+from ._hest_bench import hest_bench
 from ._plan import plan_budget
 from ._predict import fit_predictor, predict_expression
-from ._pretrain import pretrain
+from ._pretrain import pretrain, pretrained_on
 from ._synthesize import synthesize
 
 __all__: list[str] = [
@@ -23,6 +24,7 @@ __all__: list[str] = [
     "export_adapter",
     "export_hest",
     "fit_predictor",
+    "hest_bench",
     "image_features",
     "load_adapter",
     "mixing_score",
@@ -30,5 +32,6 @@ __all__: list[str] = [
     "predict_expression",
     "prediction_metrics",
     "pretrain",
+    "pretrained_on",
     "synthesize",
 ]

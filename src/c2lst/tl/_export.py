@@ -109,7 +109,10 @@ def _metadata(
     if um_per_unit is None and (scale := records.physical_scale(real)) is not None:
         um_per_unit = scale[0]
     if um_per_unit and np.isfinite(um_per_unit) and extent and extent_px:
+        # as in HEST: the slide's µm per full-resolution pixel (the unit of `coords`); the patches' own pixel
+        # size goes to `patch_pixel_size_um` and the h5 `img` attribute `pixel_size`
         meta["pixel_size_um_estimated"] = float(um_per_unit) * float(extent) / float(extent_px)
+        meta["patch_pixel_size_um"] = float(um_per_unit) * float(extent) / float(size)
         if rec.get("extent_rule") == "spot_diameter":
             meta["spot_diameter"] = float(um_per_unit) * float(extent)  # um, as HEST records it
     return meta
@@ -163,7 +166,8 @@ def export_hest(
     the patch extent (a synthetic row sits at its parent spot; ``-1`` where unknown), ``barcode``
     ``(N, 1)`` UTF-8 = ``obs_names``. ``st/{id}.h5ad``: ``X``, ``var``, ``layers``, ``obsm`` (without the patches)
     and ``obs`` with ``c2lst_synthetic`` and ``c2lst_parent`` (a real row is its own parent). ``metadata/{id}.json``:
-    c2lst version, row counts, patch size and, when recorded, ``pixel_size_um_estimated`` and ``spot_diameter``.
+    c2lst version, row counts, patch size and, when recorded, ``pixel_size_um_estimated`` (µm per
+    full-resolution pixel, the unit of ``coords``, as in HEST), ``patch_pixel_size_um`` and ``spot_diameter``.
 
     Examples
     --------
@@ -216,8 +220,8 @@ def export_hest(
             img.attrs["patch_size"] = size
             if "patch_size_src" in meta:
                 img.attrs["factor"] = meta["patch_size_src"] / size
-            if "pixel_size_um_estimated" in meta:
-                img.attrs["pixel_size"] = meta["pixel_size_um_estimated"]
+            if "patch_pixel_size_um" in meta:
+                img.attrs["pixel_size"] = meta["patch_pixel_size_um"]
             fh.create_dataset("coords", data=coords, chunks=(1, 2), maxshape=(None, 2))
             barcodes = np.asarray(table.obs_names, dtype=object).reshape(-1, 1)
             fh.create_dataset("barcode", data=barcodes, dtype=h5py.string_dtype("utf-8"), chunks=(1, 1), maxshape=(None, 1))
