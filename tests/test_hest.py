@@ -387,7 +387,7 @@ def test_export_hest_reads_back_through_read_hest(hest_root, tmp_path):
     """tl.export_hest writes HEST's layout: read_hest reads it back (patches by barcode, counts, scale)."""
     import shutil
 
-    root, info = hest_root
+    root, _ = hest_root
     sdata = c2lst.datasets.read_hest(root, "TOY1")
     c2lst.pp.extract_patches(sdata, size=8, progress=False)  # default extent: the 55 µm spot
     table = sdata.tables["table"]
