@@ -13,7 +13,6 @@ refuses weights or a config that do not match the recorded fingerprint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 import warnings
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import publish_directory
 from .._version import __version__
 from ._nets import PatchCNN, module_sha256
 from .denoiser_features import CentralFeatureExtractor
@@ -74,26 +74,11 @@ def write_predictor(
     try:
         save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-        _publish(tmp, directory)
+        publish_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sha
-
-
-def _publish(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``, swapping out an earlier predictor (restored if the swap fails)."""
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:12]}")
-    os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_predictor(directory: str | Path, *, verify: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

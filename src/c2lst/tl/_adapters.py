@@ -13,6 +13,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _records as records
+from .._files import publish_directory
 from .._logging import logger
 from .._utils import as_table, renamed_arguments
 from ..models import LocalModel, check_stored_targets
@@ -28,7 +29,6 @@ from ..models.store import (
     save_safetensors,
     sha256_tensors,
 )
-from ._export import publish_directory
 
 get_adapter = records.adapter_record
 

@@ -25,24 +25,9 @@ from .. import _records as records
 from .._utils import check_patches
 from ._augment import concat_augmented
 
-__all__ = ["export_hest", "publish_directory"]
+__all__ = ["export_hest"]
 
 _SAMPLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def publish_directory(tmp: Path, directory: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``directory``, swapping out an earlier one (restored on failure)."""
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:12]}")
-    os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rows(data: Any, table_keys: str | Sequence[str] | None) -> tuple[AnnData, AnnData]:
