@@ -242,6 +242,7 @@ def test_adapt_synthesize_zarr_with_lineage(sim_sdata, public_dir, tmp_path):
     c2lst.tl.adapt(sdata, central=str(folder), n_steps=3, batch_size=4, progress=False)
     rec = sdata.tables["table"].uns["c2lst"]["local"]["c2lst_local"]
     assert rec["backbone"] == "transformer" and json.loads(rec["config"])["backbone"] == "transformer"
+    assert c2lst.get.adapters(sdata).loc["c2lst_local", "backbone"] == "transformer"
     model = CentralModel.from_pretrained(folder)
     from c2lst.models import central_fingerprint
 

@@ -50,6 +50,7 @@ def test_adapter_and_adapters(adapted_base):
     assert list(frame.index) == ["c2lst_local"]
     assert frame.loc["c2lst_local", "n_genes"] == len(rec["genes"])
     assert frame.loc["c2lst_local", "central_sha256"] == rec["central_sha256"]
+    assert frame.loc["c2lst_local", "backbone"] == rec["backbone"] == "unet"
     with pytest.raises(KeyError, match=r"`key='nope'`.*c2lst_local.*c2lst\.tl\.adapt"):
         c2lst.get.adapter(adapted_base, "nope")
 

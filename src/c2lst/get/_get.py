@@ -84,18 +84,18 @@ def adapters(adata: Any, *, table_key: str = "table") -> pd.DataFrame:
 
     {head}
     {tail}
-    A DataFrame indexed by adapter key with columns ``n_genes``, ``sha256``, ``central_sha256``,
+    A DataFrame indexed by adapter key with columns ``n_genes``, ``backbone`` (the central model's denoiser:
+    ``"unet"``, or ``"transformer"`` for a foundation-model central), ``sha256``, ``central_sha256``,
     ``central_path`` and ``expr_key``.
     """
     table = _table(adata, table_key)
     rows = {}
+    text = ("sha256", "central_sha256", "central_path", "expr_key")
     for key in records.section(table, "local"):
         rec = adapter(table, key)
-        rows[key] = {
-            "n_genes": len(rec["genes"]),
-            **{c: str(rec.get(c, "")) for c in ("sha256", "central_sha256", "central_path", "expr_key")},
-        }
-    cols = ["n_genes", "sha256", "central_sha256", "central_path", "expr_key"]
+        backbone = str(rec.get("backbone", "")) or "unet"  # records written before transformer centrals
+        rows[key] = {"n_genes": len(rec["genes"]), "backbone": backbone, **{c: str(rec.get(c, "")) for c in text}}
+    cols = ["n_genes", "backbone", *text]
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols).rename_axis("key")
 
 
