@@ -73,3 +73,34 @@ def child_patches(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[
         )
     patches, table = side_patches(synthetic, "synthetic", patch_key, synthetic=True)
     return patches, table.obs[parent_key].astype(str).to_numpy()
+
+
+def table_region(table: Any, table_key: str, *, one_at_a_time: str) -> tuple[str, str, str]:
+    """Return ``(region, region_key, instance_key)`` of a SpatialData table that annotates one region.
+
+    ``one_at_a_time`` finishes the error for a table over several regions (e.g. ``"extract_patches works on
+    one region at a time"``).
+    """
+    from spatialdata.models import get_table_keys
+
+    try:
+        region, region_key, instance_key = get_table_keys(table)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"`table_key={table_key!r}` names a table without a region annotation "
+            "(`uns['spatialdata_attrs']`); annotate it with "
+            "`spatialdata.models.TableModel.parse(table, region=..., region_key=..., instance_key=...)`."
+        ) from err
+    if region is None or region_key is None or instance_key is None:
+        raise ValueError(
+            f"`table_key={table_key!r}`: the table's region annotation is incomplete "
+            f"(region={region!r}, region_key={region_key!r}, instance_key={instance_key!r}); "
+            "re-annotate it with `spatialdata.models.TableModel.parse(...)`."
+        )
+    regions = [region] if isinstance(region, str) else [str(r) for r in np.atleast_1d(region)]
+    if len(regions) != 1:
+        raise ValueError(
+            f"`table_key={table_key!r}` annotates several regions {regions}; {one_at_a_time}: subset the table "
+            "to one region (and re-annotate it) and pass it as `table_key=`."
+        )
+    return regions[0], str(region_key), str(instance_key)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._records import section, synthetic_mask
+from .._tables import table_region
 
 _PLOT_TABLE = "c2lst_plot"
 
@@ -29,25 +30,6 @@ class Tissue:
     rows: np.ndarray  # positions of the table rows drawn (real rows annotating ``shapes_key``)
 
 
-def _region(table: Any, table_key: str) -> tuple[str, str, str]:
-    from spatialdata.models import get_table_keys
-
-    try:
-        region, region_key, instance_key = get_table_keys(table)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"`table_key={table_key!r}` names a table without a region annotation; plot its AnnData instead "
-            "(spots at `obsm['spatial']`) or annotate it with `spatialdata.models.TableModel.parse(...)`."
-        ) from err
-    regions = [region] if isinstance(region, str) else [str(r) for r in np.atleast_1d(region)]
-    if len(regions) != 1:
-        raise ValueError(
-            f"`table_key={table_key!r}` annotates several regions {regions}; plot one region at a time "
-            "(subset the table to one region and re-annotate it)."
-        )
-    return regions[0], str(region_key), str(instance_key)
-
-
 def _pixels(image: Any) -> int:
     if hasattr(image, "children") and len(image.children):
         image = next(iter(image["scale0"].ds.data_vars.values()))
@@ -56,7 +38,9 @@ def _pixels(image: Any) -> int:
 
 def _recorded(table: Any, shapes_key: str, field: str) -> str | None:
     """The ``field`` of the newest :func:`c2lst.pp.extract_patches` record over ``shapes_key``, if any."""
-    found = [rec.get(field) for rec in section(table, "patches").values() if rec.get("shapes_key") == shapes_key]
+    found = [
+        rec.get(field) for rec in section(table, "patches").values() if rec.get("shapes_key") == shapes_key
+    ]
     return str(found[-1]) if found and found[-1] else None
 
 
@@ -75,7 +59,8 @@ def _choose_image(sdata: Any, table: Any, image_key: str | None, shapes_key: str
     if recorded in sdata.images:
         return recorded
     candidates = [
-        name for name, img in sdata.images.items()
+        name
+        for name, img in sdata.images.items()
         if set(_transformations(img)) & shapes_cs and _is_brightfield(_channels(img))
     ]
     if not candidates:
@@ -92,7 +77,9 @@ def tissue(
     """Resolve what to draw for ``sdata.tables[table_key]``; raise, naming the argument, before any drawing."""
     from ..pp._resolve import _transformations
 
-    shapes_key, region_key, instance_key = _region(table, table_key)
+    shapes_key, region_key, instance_key = table_region(
+        table, table_key, one_at_a_time="plot one region at a time"
+    )
     if shapes_key not in sdata.shapes:
         raise ValueError(
             f"`table_key={table_key!r}` annotates {shapes_key!r}, which is not a shapes element (shapes: "
@@ -116,13 +103,21 @@ def tissue(
     on_shapes = table.obs[region_key].astype(str).to_numpy() == shapes_key
     rows = np.flatnonzero(on_shapes & ~synthetic_mask(table))
     if not rows.size:
-        raise ValueError(f"`table_key={table_key!r}` has no real row annotating {shapes_key!r}; nothing to draw.")
+        raise ValueError(
+            f"`table_key={table_key!r}` has no real row annotating {shapes_key!r}; nothing to draw."
+        )
     return Tissue(sdata, image_key, shapes_key, region_key, instance_key, coordinate_system, rows)
 
 
 def draw(
-    t: Tissue, table: Any, values: dict[str, np.ndarray], axes: list, titles: list[str], norms: list,
-    cmap: str, alpha: float,
+    t: Tissue,
+    table: Any,
+    values: dict[str, np.ndarray],
+    axes: list,
+    titles: list[str],
+    norms: list,
+    cmap: str,
+    alpha: float,
 ) -> None:
     """Draw the image and the spots coloured by ``values[column]`` (table row order) into ``axes``, one each."""
     import anndata as ad
@@ -152,7 +147,12 @@ def draw(
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             view.pl.render_images(t.image_key).pl.render_shapes(
-                t.shapes_key, color=col, table_name=_PLOT_TABLE, cmap=cmap, norm=norm, fill_alpha=alpha,
+                t.shapes_key,
+                color=col,
+                table_name=_PLOT_TABLE,
+                cmap=cmap,
+                norm=norm,
+                fill_alpha=alpha,
                 colorbar=False,
             ).pl.show(ax=ax, coordinate_systems=t.coordinate_system, title=title, colorbar=False)
         ax.set_xticks([])

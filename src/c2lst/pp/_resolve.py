@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._tables import table_region
 from .._utils import get_table
 
 _XY = ("x", "y")
@@ -35,7 +36,9 @@ class Resolved:
     channels: int
     dtype: np.dtype
     geometry: str = "circles"  # "circles" or "polygons"
-    reader: str | None = None  # sdata.attrs["spatialdata_io_reader"]: the spatialdata-io reader that built sdata
+    reader: str | None = (
+        None  # sdata.attrs["spatialdata_io_reader"]: the spatialdata-io reader that built sdata
+    )
 
 
 # --------------------------------------------------------------------------- transformations
@@ -69,32 +72,6 @@ def _mapping(shapes_t: Any, image_t: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- resolution
-def _table_region(table: Any, table_key: str) -> tuple[str, str, str]:
-    from spatialdata.models import get_table_keys
-
-    try:
-        region, region_key, instance_key = get_table_keys(table)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"`table_key={table_key!r}` names a table without a region annotation "
-            "(`uns['spatialdata_attrs']`); annotate it with "
-            "`spatialdata.models.TableModel.parse(table, region=..., region_key=..., instance_key=...)`."
-        ) from err
-    if region is None or region_key is None or instance_key is None:
-        raise ValueError(
-            f"`table_key={table_key!r}`: the table's region annotation is incomplete "
-            f"(region={region!r}, region_key={region_key!r}, instance_key={instance_key!r}); "
-            "re-annotate it with `spatialdata.models.TableModel.parse(...)`."
-        )
-    regions = [region] if isinstance(region, str) else [str(r) for r in np.atleast_1d(region)]
-    if len(regions) != 1:
-        raise ValueError(
-            f"`table_key={table_key!r}` annotates several regions {regions}; extract_patches works on one "
-            "region at a time: subset the table to one region (and re-annotate it) and pass it as `table_key=`."
-        )
-    return regions[0], str(region_key), str(instance_key)
-
-
 def _shapes_element(sdata: Any, region: str, table_key: str) -> Any:
     if region in sdata.shapes:
         return sdata.shapes[region]
@@ -314,7 +291,9 @@ def _levels(image: Any, image_key: str) -> tuple[list, list]:
 def resolve(sdata: Any, *, table_key: str, image_key: str | None, coordinate_system: str | None) -> Resolved:
     """Resolve table, shapes, image and coordinate system; raise with the candidates when ambiguous."""
     table = get_table(sdata, table_key)
-    region, region_key, instance_key = _table_region(table, table_key)
+    region, region_key, instance_key = table_region(
+        table, table_key, one_at_a_time="extract_patches works on one region at a time"
+    )
     shapes = _shapes_element(sdata, region, table_key)
     rows = _table_rows(table, table_key, shapes, region, region_key, instance_key)
     centres, diameters, geometry = _spot_geometry(shapes, region)
