@@ -50,8 +50,6 @@ def weight_files(directory: str | Path) -> list[Path]:
 
 def save_central(model: Any, directory: str | Path) -> str:
     """Write ``model`` (a CentralModel) as a diffusers-format directory and return its fingerprint."""
-    from .._version import __version__
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.unet.save_pretrained(directory / "unet", safe_serialization=True)
@@ -60,9 +58,21 @@ def save_central(model: Any, directory: str | Path) -> str:
     if model.vae is not None:
         model.vae.save_pretrained(directory / "vae", safe_serialization=True)
     write_model_index(model, directory)
+    return write_central_meta(model, directory, weight_files(directory), model_configs(directory, model.config))
+
+
+def write_central_meta(
+    model: Any, directory: Path, weights: Sequence[Path], configs: Mapping[str, Any]
+) -> str:
+    """Give the saved files the umask's mode, write ``c2lst.json`` with one fingerprint and return it.
+
+    The fingerprint covers ``weights`` (in order) and ``configs``; both save paths (UNet and transformer) end here.
+    """
+    from .._version import __version__
+
     apply_umask(p for p in directory.rglob("*") if p.is_file())  # safetensors writes 0600
-    weights_sha = sha256_files(weight_files(directory))
-    sha = fingerprint(weights_sha, model_configs(directory, model.config))
+    weights_sha = sha256_files(weights)
+    sha = fingerprint(weights_sha, configs)
     meta = {
         "format": MODEL_FORMAT,
         "c2lst_version": __version__,

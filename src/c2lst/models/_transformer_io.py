@@ -19,11 +19,9 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, PixArtTransformer2DModel
 
-from ._persist import load_strict
+from ._persist import load_strict, write_central_meta
 from .store import (
-    FINGERPRINT_VERSION,
     MODEL_FORMAT,
-    apply_umask,
     check_finite,
     check_no_pickles,
     fingerprint,
@@ -71,8 +69,6 @@ def _configs(directory: Path, config: dict) -> dict[str, Any]:
 
 def save_transformer_central(model: Any, directory: str | Path) -> str:
     """Write a transformer CentralModel as ``transformer/``, ``vae/``, ``scheduler/`` + c2lst files; return its sha256."""
-    from .._version import __version__
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
@@ -81,20 +77,7 @@ def save_transformer_central(model: Any, directory: str | Path) -> str:
     save_safetensors(
         {"null_embedding": model.null_embedding.detach()}, directory / "c2lst_condition.safetensors"
     )
-    apply_umask(p for p in directory.rglob("*") if p.is_file())
-    weights_sha = sha256_files(weight_files(directory))
-    sha = fingerprint(weights_sha, _configs(directory, model.config))
-    meta = {
-        "format": MODEL_FORMAT,
-        "c2lst_version": __version__,
-        "config": model.config,
-        "sha256": sha,
-        "fingerprint": FINGERPRINT_VERSION,
-        "weights_sha256": weights_sha,
-        "training": model.training_summary,
-    }
-    (directory / "c2lst.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return sha
+    return write_central_meta(model, directory, weight_files(directory), _configs(directory, model.config))
 
 
 def _read_json(file: Path, path: Any) -> dict:
