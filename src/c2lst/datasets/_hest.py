@@ -17,6 +17,7 @@ from .._records import record_lineage, record_scale, store
 from .._records import root as uns_root
 from .._spatial import annotate_table, spots_element
 from .._utils import check_positive_float, check_positive_int
+from ._io import read_spots_table
 from ._patches import resize_patches
 from ._wsi import open_wsi
 
@@ -221,17 +222,7 @@ def read_hest(
     meta = _read_metadata(meta_path)
     mpp, mpp_source, diameter_um, diameter_source = _scales(meta, meta_path, pixel_size_um, spot_diameter_um)
     image, wsi_info = open_wsi(wsi_path)
-    adata = ad.read_h5ad(h5ad_path)
-    if "spatial" not in adata.obsm:
-        raise KeyError(
-            f"{str(h5ad_path)!r} has no `obsm['spatial']` (keys: {sorted(adata.obsm)}); HEST stores spot centres "
-            "(x, y) in full-resolution pixels there."
-        )
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
-        raise ValueError(
-            f"`obsm['spatial']` of {str(h5ad_path)!r} must be finite (n_spots, 2) x, y; got {xy.shape}."
-        )
+    adata, xy = read_spots_table(h5ad_path, "full-resolution pixels (as HEST stores them)")
     if not adata.obs_names.is_unique:
         raise ValueError(f"{str(h5ad_path)!r} repeats spot barcodes; barcodes must identify spots.")
     height, width = wsi_info["level_shapes"][0]

@@ -75,3 +75,25 @@ def read_rgb(path: Path) -> tuple[np.ndarray, float | None]:
             raise ValueError(f"{str(path)!r} is a {im.mode!r} image; an RGB(A) image is required.")
         arr = np.asarray(im)
     return _as_rgb(arr, path), None
+
+
+def read_spots_table(h5ad_path: Path, where: str):
+    """Read an ``.h5ad`` of spots and its ``obsm["spatial"]`` centres; ``where`` says in which pixels they are.
+
+    Returns ``(adata, xy)`` with ``xy`` float64 ``(n_spots, 2)``; a missing or non-finite ``obsm["spatial"]`` is an
+    error naming the file.
+    """
+    import anndata as ad
+
+    adata = ad.read_h5ad(h5ad_path)
+    if "spatial" not in adata.obsm:
+        raise KeyError(
+            f"{str(h5ad_path)!r} has no `obsm['spatial']` (keys: {sorted(adata.obsm)}); spot centres (x, y) in "
+            f"{where} are required there."
+        )
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2 or not np.all(np.isfinite(xy)):
+        raise ValueError(
+            f"`obsm['spatial']` of {str(h5ad_path)!r} must be finite (n_spots, 2) x, y; got shape {xy.shape}."
+        )
+    return adata, xy

@@ -19,7 +19,7 @@ from .._utils import (
     check_positive_int,
     check_seed,
 )
-from ._io import IMAGE_SUFFIXES, check_file, read_rgb
+from ._io import IMAGE_SUFFIXES, check_file, read_rgb, read_spots_table
 from ._patches import resize_patches
 
 SPOT_DIAMETER_UM = 55.0
@@ -67,17 +67,7 @@ def from_visium_crop(
     if spot_diameter_px is not None:
         spot_diameter_px = check_positive_float(spot_diameter_px, "spot_diameter_px")
 
-    adata = ad.read_h5ad(h5ad_path)
-    if "spatial" not in adata.obsm:
-        raise KeyError(
-            f"{str(h5ad_path)!r} has no `obsm['spatial']` (keys: {sorted(adata.obsm)}); "
-            "spot centres (x, y) in image pixels are required."
-        )
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2 or not np.all(np.isfinite(xy)):
-        raise ValueError(
-            f"`obsm['spatial']` of {str(h5ad_path)!r} must be finite (n_spots, 2) x, y; got shape {xy.shape}."
-        )
+    adata, xy = read_spots_table(h5ad_path, "image pixels")
     if spot_diameter_px is None:
         spot_diameter_px = _diameter_from_uns(adata, h5ad_path)
 
