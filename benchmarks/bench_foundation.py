@@ -23,11 +23,11 @@ import time
 
 import numpy as np
 import torch
+from _timing import step_times
 from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
 import c2lst
 from c2lst.models import CentralModel, LocalModel
-from c2lst.models.diffusion import denoising_loss
 from c2lst.models.transformer import transformer_config
 
 
@@ -70,34 +70,6 @@ def pixcell_shaped_share(n_genes: int, rank: int = 8, hidden: int = 64) -> dict[
     )
     encoder = n_genes * hidden + hidden + 2 * hidden + hidden * 1536 + 1536
     return {"parameters": base, "lora": lora, "encoder": encoder, "ratio": (lora + encoder) / base}
-
-
-def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes held by the optimizer state (AdamW: two moments per trainable parameter)."""
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-
-
-def step_times(models, x, n: int) -> list[tuple[float, int]]:
-    """Median seconds per optimisation step and optimizer-state bytes of each ``(module, params, condition)``.
-
-    The models take turns step by step, so a change of machine load hits all of them alike.
-    """
-    runs = []
-    for module, params, c in models:
-        sched = module.central.noise_scheduler if isinstance(module, LocalModel) else module.noise_scheduler
-        runs.append((module, torch.optim.AdamW(params, lr=1e-4), sched, c, []))
-    for i in range(n + 1):
-        for module, opt, sched, c, times in runs:
-            module.train()
-            g = torch.Generator().manual_seed(i)
-            t0 = time.perf_counter()
-            loss = denoising_loss(module, sched, x, g, condition=c)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i:  # the first step warms up allocations
-                times.append(time.perf_counter() - t0)
-    return [(float(np.median(t)), optimizer_state_bytes(opt)) for _, opt, _, _, t in runs]
 
 
 def raw_synthesis(central: CentralModel, n: int, steps: int, bs: int) -> float:

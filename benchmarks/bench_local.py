@@ -19,40 +19,11 @@ import time
 
 import numpy as np
 import torch
+from _timing import step_times
 from scipy import stats
 
 import c2lst
 from c2lst.models import CentralModel, LocalModel
-from c2lst.models.central import denoising_loss
-
-
-def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes held by the optimizer state (AdamW: two moments per trainable parameter)."""
-    return sum(
-        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
-    )
-
-
-def step_times(models, x, n: int = 12) -> list[tuple[float, int]]:
-    """Median seconds per optimisation step and optimizer-state bytes for each ``(module, params, cond)``.
-
-    The models take turns step by step, so a change of machine load hits all of them alike.
-    """
-    runs = []
-    for module, params, c in models:
-        sched = module.central.noise_scheduler if isinstance(module, LocalModel) else module.noise_scheduler
-        runs.append((module, torch.optim.AdamW(params, lr=1e-4), sched, c, []))
-    for i in range(n + 1):
-        for module, opt, sched, c, times in runs:
-            g = torch.Generator().manual_seed(i)
-            t0 = time.perf_counter()
-            loss = denoising_loss(module, sched, x, g, condition=c)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i:  # the first step warms up allocations
-                times.append(time.perf_counter() - t0)
-    return [(float(np.median(times)), optimizer_state_bytes(opt)) for _, opt, _, _, times in runs]
 
 
 def main() -> None:
