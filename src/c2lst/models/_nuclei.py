@@ -22,9 +22,14 @@ def _smooth(h: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _mosaic(stack: np.ndarray) -> np.ndarray:
-    """Stack ``(n, S, S)`` into ``(n * (S + 1), S)`` with a zero row after each patch."""
+    """Stack ``(n, S, S)`` into ``(n * (S + 2), S + 2)``, each patch framed by zeros on all four sides.
+
+    The frame makes every patch's border look the same to the distance transform and the watershed (background
+    beyond each edge), so a patch is segmented the same way wherever it sits in the mosaic: alone, first or
+    among others.
+    """
     n, s, w = stack.shape
-    return np.pad(stack, ((0, 0), (0, 1), (0, 0))).reshape(n * (s + 1), w)
+    return np.pad(stack, ((0, 0), (1, 1), (1, 1))).reshape(n * (s + 2), w + 2)
 
 
 def _segment(h: np.ndarray, threshold: float | None, sigma: float, min_area: int) -> dict[str, np.ndarray]:
@@ -46,7 +51,12 @@ def _label_nuclei(
     dist = ndimage.distance_transform_edt(mask)
     # one marker per regional maximum of the distance map deeper than 1 px (merges ridge plateaus)
     markers, n_markers = ndimage.label(morphology.h_maxima(dist, 1.0), structure=np.ones((3, 3), bool))
-    labels = segmentation.watershed(-dist, markers, mask=mask)
+    # ties on distance plateaus are broken by the pixel's place inside its own framed patch (not by the flooding
+    # order of the whole mosaic), so a patch splits its touching nuclei the same way alone or among others;
+    # the step (< half the smallest gap between two distinct distances) never reorders distinct depths
+    n_px = (h.shape[1] + 2) * (h.shape[2] + 2)
+    local = np.arange(mask.size, dtype=np.float64).reshape(mask.shape) % n_px
+    labels = segmentation.watershed(-dist + local * (0.2 / (max(h.shape[1:]) + 2) / n_px), markers, mask=mask)
     orphan = mask & (labels == 0)  # components without a marker keep their own label
     if orphan.any():
         extra, _ = ndimage.label(orphan, structure=np.ones((3, 3), bool))
@@ -60,6 +70,7 @@ def _region_stats(labels: np.ndarray, intensity: np.ndarray, s: int, thr: float)
     keep = lab > 0
     lab = lab[keep]
     rows, cols = np.divmod(np.flatnonzero(keep), labels.shape[1])
+    patch_of, rows = np.divmod(rows, s + 2)  # rows inside the framed patch: the same sums wherever it sits
     rows = rows.astype(np.float64)
     cols = cols.astype(np.float64)
     n_lab = int(labels.max()) + 1
@@ -70,14 +81,15 @@ def _region_stats(labels: np.ndarray, intensity: np.ndarray, s: int, thr: float)
     area = total()
     present = area > 0
     safe_area = np.maximum(area, 1.0)
-    # two passes (centroid, then central moments) avoid cancellation at large mosaic row numbers
+    # two passes (centroid, then central moments) avoid cancellation
     mr_all, mc_all = total(rows) / safe_area, total(cols) / safe_area
     dr = rows - mr_all[lab - 1]
     dc = cols - mc_all[lab - 1]
     vr = (total(dr**2) / safe_area)[present]
     vc = (total(dc**2) / safe_area)[present]
     cv = (total(dr * dc) / safe_area)[present]
-    mr = mr_all[present]
+    patch = np.zeros(n_lab, np.int64)
+    patch[lab] = patch_of  # a label never leaves its framed patch
     area = area[present]
 
     def mean(w):
@@ -88,7 +100,7 @@ def _region_stats(labels: np.ndarray, intensity: np.ndarray, s: int, thr: float)
     l2 = np.maximum((vr + vc) / 2.0 - half, 0.0)
     ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / np.where(l1 > 0, l1, 1.0), 0.0, 1.0)), 0.0)
     return {
-        "patch": (np.floor(mr).astype(np.int64) // (s + 1)),
+        "patch": patch[1:][present],
         "area": area,
         "eccentricity": ecc,
         "intensity_mean": mean(intensity.ravel()[keep].astype(np.float64)),

@@ -13,9 +13,10 @@ The morphometric feature space needs no download. For each RGB patch (uint8, ``(
   over 0° and 90°; identical to :func:`skimage.feature.graycoprops` on the symmetric normalised matrix) and
   the mean squared Sobel gradient magnitude of the grey image.
 
-All patches of a call are processed as one mosaic (patches stacked with a background row between them), so
+All patches of a call are processed as one mosaic (patches stacked, each framed by background), so
 labelling and watershed are single library calls and region statistics one vectorised pass
-(:mod:`c2lst.models._nuclei`): 1000 patches of 64 px take about two seconds on one CPU core.
+(:mod:`c2lst.models._nuclei`): 1000 patches of 64 px take about two seconds on one CPU core. A patch's
+features do not depend on the other patches of the call (nor on its place among them).
 
 Distances between feature sets (FID, KID) live in :mod:`c2lst.metrics`. This module is engine
 code: numpy, scipy, scikit-image and torch only.
@@ -131,8 +132,8 @@ def segment_nuclei(
     min_area
         Objects smaller than this many pixels are discarded.
     batch_size
-        Patches segmented per mosaic (bounds memory). Counts and the nuclear area of each patch do not depend
-        on it; where touching nuclei are split, the watershed's tie-breaking can move a boundary pixel.
+        Patches segmented per mosaic (bounds memory). The result does not depend on it: each patch is
+        segmented the same way alone or among others.
     progress
         Show a progress bar over patches (when there is more than one chunk of them).
 
