@@ -32,6 +32,7 @@ PUBLIC = dict(_public())
 TWO_POSITIONAL = {
     "tl.evaluate_fidelity",
     "tl.evaluate_composition",
+    "tl.evaluate_conditioning",
     "tl.export_adapter",
     "tl.export_hest",
     "tl.load_adapter",

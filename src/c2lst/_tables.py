@@ -66,13 +66,19 @@ def side_patches(
 
 def child_patches(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Return the synthetic rows' uint8 patches and each row's parent spot id (``obs[parent_key]``, as str)."""
+    patches, _, parents = child_rows(synthetic, patch_key, parent_key)
+    return patches, parents
+
+
+def child_rows(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[np.ndarray, AnnData, np.ndarray]:
+    """Return the synthetic rows' uint8 patches, the table of those rows and each row's parent id (as str)."""
     if parent_key not in synthetic.obs:
         raise KeyError(
             f"`parent_key={parent_key!r}` is not a column of `synthetic.obs` (columns: {list(synthetic.obs)}); "
             "pass the table written by `c2lst.tl.synthesize`."
         )
     patches, table = side_patches(synthetic, "synthetic", patch_key, synthetic=True)
-    return patches, table.obs[parent_key].astype(str).to_numpy()
+    return patches, table, table.obs[parent_key].astype(str).to_numpy()
 
 
 def table_region(table: Any, table_key: str, *, one_at_a_time: str) -> tuple[str, str, str]:

@@ -4,6 +4,7 @@ from ._adapt import adapt
 from ._adapters import export_adapter, load_adapter
 from ._augment import concat_augmented
 from ._budget import budget_curve
+from ._conditioning import evaluate_conditioning
 from ._embedding import image_features, mixing_score
 from ._evaluate_prediction import evaluate_prediction, prediction_metrics
 from ._export import export_hest
@@ -19,6 +20,7 @@ __all__: list[str] = [
     "budget_curve",
     "concat_augmented",
     "evaluate_composition",
+    "evaluate_conditioning",
     "evaluate_fidelity",
     "evaluate_prediction",
     "export_adapter",
