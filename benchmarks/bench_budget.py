@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -109,6 +110,7 @@ def main() -> None:
     suffix = "".join(
         f"_{v}" for v, default in ((args.conditions, "train"), (args.features, "default")) if v != default
     ) + ("_unlabelled" if args.unlabelled else "")
+    Path(args.cache).mkdir(parents=True, exist_ok=True)  # absent when --central skips the pretraining cache
     curve.to_csv(f"{args.cache}/budget_curve{suffix}.csv", index=False)
     t_curve = time.perf_counter() - t0
     pd.set_option("display.width", 160)
