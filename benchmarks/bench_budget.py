@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--cache", default="benchmarks/_cache")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 1.0])
     ap.add_argument("--arms", nargs="+", default=["real", "real+synthetic", "real+null", "real+copy"])
-    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 0.3])
+    ap.add_argument("--weights", type=lambda v: v if v == "auto" else float(v), nargs="+", default=[1.0, 0.3],
+                    help="loss weights of the added rows; 'auto' chooses one per fit by grouped validation on "
+                         "its own training spots (fit_predictor(synthetic_weight='auto'))")
     ap.add_argument("--adapt-steps", type=int, default=200)
     ap.add_argument("--encoder-lr", type=float, default=None)
     ap.add_argument("--synth-steps", type=int, default=15)
@@ -115,9 +117,14 @@ def main() -> None:
     t_curve = time.perf_counter() - t0
     pd.set_option("display.width", 160)
     kinds = [c for c in curve.columns if c.startswith("pearson_r_")]
-    means = curve.groupby(["condition", "synthetic_weight", "fraction"], dropna=False)[["pearson_r", *kinds]].mean()
+    by = curve.assign(synthetic_weight=curve["synthetic_weight"].astype(str))  # numbers and 'auto' in one key
+    means = by.groupby(["condition", "synthetic_weight", "fraction"], dropna=False)[["pearson_r", *kinds]].mean()
     print("\nmean Pearson r on held-out blocks (all genes and per gene kind):")
     print(means.round(3).to_string())
+    auto = curve[curve["synthetic_weight"].astype(str) == "auto"]
+    if len(auto):
+        print("\nweights chosen by validation ('auto'), runs per fraction:")
+        print(auto.groupby("fraction")["chosen_weight"].value_counts().unstack(fill_value=0).to_string())
     plans = {}
     for w in args.weights:
         plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w)

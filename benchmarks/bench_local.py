@@ -5,7 +5,13 @@ guidance doubles the batch; counted) — goal <= 1.05x;
 (b) adapter training (LoRA + gene encoder) vs full fine-tuning of the same UNet: optimizer-state memory and
 step time — goal <= 50% memory, <= 80% time;
 (c) conditioning works: on the simulated slide, after adapting the ``small`` preset on <= 300 spots, the nuclei
-density of synthesized patches correlates (Spearman) with the ground-truth density of their parent spots.
+density of synthesized patches correlates (Spearman) with the ground-truth density of their parent spots;
+(d) the genes come back out: a ridge predictor (``reader``) trained on real spots reads the synthetic patches
+(``tl.evaluate_conditioning``); its Pearson r with the conditioning profile is set between the same reader on
+the parents' real patches (ceiling) and shuffled conditions (null), over all genes and over the image-visible
+``marker`` genes. The reader never sees the parents it is scored on: the slide's spots are split in two halves,
+each half's synthetic rows are read by a ridge fitted on the other half (cross-fitting), and the two halves'
+figures are averaged. (Another simulated slide would not do: each slide draws its own gene programmes.)
 
 Run: ``python benchmarks/bench_local.py`` (``small`` preset, 240 spots, 500 + 500 training steps: about
 35 min on 2 CPU cores; ``--preset tiny`` for a few minutes). Prints figures and one JSON line.
@@ -35,10 +41,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="denoising steps")
     ap.add_argument("--guidance", type=float, nargs="+", default=[2.0, 5.0],
                     help="guidance scales; (a) uses the first, (c) is reported for each")
+    ap.add_argument("--central", default=None,
+                    help="a shipped central model (e.g. tiny-sim) instead of pretraining (sets the patch size)")
     ap.add_argument("--raw-batches", type=int, default=2,
                     help="time the raw UNet on this many batches only and scale per forward (0: all)")
     args = ap.parse_args()
-    size = c2lst.models.PRESETS[args.preset]["sample_size"]
+    shipped = c2lst.datasets.pretrained_central(args.central) if args.central else None
+    if shipped is not None:
+        args.preset = shipped.config.get("preset", args.preset)  # (b) times an untrained copy of its architecture
+    size = shipped.image_size if shipped is not None else c2lst.models.PRESETS[args.preset]["sample_size"]
     t_start = time.perf_counter()
 
     # data: a central corpus from two other "institutions" and the local slide
@@ -51,7 +62,7 @@ def main() -> None:
         c2lst.pp.extract_patches(sd, size=size, progress=False)
     table = local.tables["table"]
     c2lst.pp.prepare_expression(table, n_top_genes=30)
-    central = c2lst.tl.pretrain(
+    central = shipped if shipped is not None else c2lst.tl.pretrain(
         corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3, progress=False
     )
     c2lst.tl.adapt(table, central=central, n_steps=args.adapt_steps, batch_size=16, lr=1e-3, progress=False)
@@ -98,6 +109,26 @@ def main() -> None:
         xb,
     )
 
+    # (d) readers of the genes: a ridge per half of the spots, each scored on the other half's synthetic rows
+    genes_kind = table.var["c2lst_gene_kind"].reindex(genes).astype(str).to_numpy()
+    half = np.arange(table.n_obs) % 2 == 0
+    readers = [c2lst.tl.fit_predictor(table[h].copy(), mode="ridge", progress=False) for h in (~half, half)]
+
+    def read_back(syn):
+        """Cross-fitted reader figures, averaged over the two halves."""
+        parts = []
+        for h, reader in zip((half, ~half), readers, strict=True):
+            parents = table[h]
+            mine = syn[syn.obs["c2lst_parent"].astype(str).isin(parents.obs_names)]
+            parts.append(c2lst.tl.evaluate_conditioning(parents, mine, predictor=reader, progress=False))
+        marker = [p.loc[genes_kind == "marker"] for p in parts]
+        return {
+            **{k: float(np.mean([p.attrs[k] for p in parts]))
+               for k in ("mean_synthetic_r", "mean_real_r", "mean_shuffled_r")},
+            **{f"marker_{c}": float(np.mean([m[c].mean() for m in marker]))
+               for c in ("synthetic_r", "real_r", "shuffled_r")},
+        }
+
     # (c) conditioning: nuclei density of synthesized patches vs ground truth of their parents
     by_guidance = {}
     for i, w in enumerate(args.guidance):
@@ -117,12 +148,15 @@ def main() -> None:
             "mean_nuclei_synthetic": float(comp["synthetic_n_nuclei"].mean()),
             "mean_nuclei_real": float(comp["real_n_nuclei"].mean()),
         }
+        d = read_back(syn)
+        d["recovery"] = d["mean_synthetic_r"] / d["mean_real_r"] if d["mean_real_r"] > 0 else float("nan")
+        by_guidance[w]["reader"] = d
     truth = comp["true_n_cells"].to_numpy()
     rho_syn, rho_real, rho_shuffled = (by_guidance[args.guidance[0]][k] for k in ("synthetic", "real", "shuffled"))
 
     out = {
         "benchmark": "local",
-        "preset": args.preset,
+        "preset": args.central or args.preset,
         "spots": n,
         "torch_threads": torch.get_num_threads(),
         "synthesis_s": t_syn,
@@ -154,6 +188,13 @@ def main() -> None:
     for w, r in by_guidance.items():
         print(f"    guidance {w:g}: synthetic {r['synthetic']:.3f} (p={r['p_value']:.1e}), shuffled {r['shuffled']:.3f}, "
               f"mean nuclei synthetic {r['mean_nuclei_synthetic']:.1f} vs real {r['mean_nuclei_real']:.1f}")
+    print("(d) reader (ridge on the other half's real spots) on synthetic patches vs the conditioning profile, "
+          "Pearson r: synthetic / real parents (ceiling) / shuffled (null)")
+    for w, r in by_guidance.items():
+        d = r["reader"]
+        print(f"    guidance {w:g}: all genes {d['mean_synthetic_r']:.3f} / {d['mean_real_r']:.3f} / "
+              f"{d['mean_shuffled_r']:.3f} (recovery {d['recovery']:.2f}); marker genes "
+              f"{d['marker_synthetic_r']:.3f} / {d['marker_real_r']:.3f} / {d['marker_shuffled_r']:.3f}")
     print(json.dumps(out, default=float))
 
 

@@ -60,7 +60,7 @@ def budget_curve(
     synthetic_fractions: Sequence[float] | None = None,
     arms: Sequence[str] = CONDITIONS,
     n_per_condition: int = 2,
-    synthetic_weight: float | Sequence[float] = 0.3,
+    synthetic_weight: float | str | Sequence[float | str] = 0.3,
     n_repeats: int = 8,
     split: Literal["spatial", "random"] = "spatial",
     test_fraction: float = 0.25,
@@ -110,6 +110,9 @@ def budget_curve(
         Loss weight of added rows relative to real rows (see :func:`c2lst.tl.fit_predictor`). A sequence fits
         every added arm once per weight on the same synthetic rows (column ``synthetic_weight``); choose one in
         :func:`plan_budget`. Choosing the weight on the test blocks makes that arm's figures slightly optimistic.
+        ``"auto"`` (alone or in the sequence) lets each fit choose its weight by grouped cross-validation on its
+        own training spots (see :func:`c2lst.tl.fit_predictor`), never on the test blocks; such rows hold
+        ``"auto"`` in ``synthetic_weight`` and the weight chosen in ``chosen_weight``.
     n_repeats
         Repeats (different held-out blocks, subsets and seeds); :func:`plan_budget` needs at least 3.
     split
@@ -156,7 +159,8 @@ def budget_curve(
     -------
     One row per (repeat, fraction, arm, weight): ``fraction``, ``repeat``, ``condition`` (the arm),
     ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's feature space:
-    ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN for ``"real"``),
+    ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN for ``"real"``,
+    ``"auto"`` for a weight chosen per fit), ``chosen_weight`` (the weight the fit used; NaN for ``"real"``),
     ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
@@ -292,6 +296,7 @@ def budget_curve(
                 "conditions": cond_label,
                 "features": pred.feature_space,
                 "synthetic_weight": w,
+                "chosen_weight": math.nan if arm == "real" else float(pred.training["synthetic_weight"]),
                 "n_real": int(n_real),
                 "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),
                 "n_test": int(test.sum()),
@@ -303,16 +308,20 @@ def budget_curve(
     return pd.DataFrame(rows)
 
 
-def _check_weights(weight: float | Sequence[float]) -> list[float]:
+def _check_weights(weight: float | str | Sequence[float | str]) -> list[float | str]:
     values = list(weight) if isinstance(weight, Sequence) and not isinstance(weight, str) else [weight]
     ok = values and all(
-        not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) and v >= 0 for v in values
+        v == "auto"
+        if isinstance(v, str)
+        else not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) and v >= 0
+        for v in values
     )
     if not ok or len(set(values)) != len(values):
         raise ValueError(
-            f"`synthetic_weight={weight!r}` must be a number >= 0 or a sequence of distinct ones (e.g. (1.0, 0.3))."
+            f"`synthetic_weight={weight!r}` must be a number >= 0, 'auto' or a sequence of distinct ones "
+            "(e.g. (0.3, 'auto'))."
         )
-    return [float(v) for v in values]
+    return [v if isinstance(v, str) else float(v) for v in values]
 
 
 def _check_fractions(fractions: Sequence[float], name: str) -> list[float]:

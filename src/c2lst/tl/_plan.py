@@ -17,7 +17,7 @@ def plan_budget(
     margin: float = 0.02,
     ci: float = 0.95,
     arm: str = "real+synthetic",
-    synthetic_weight: float | None = None,
+    synthetic_weight: float | str | None = None,
     conditions: str | None = None,
 ) -> dict[str, Any]:
     """Name the smallest fraction of real spots that is non-inferior to all of them, with and without synthesis.
@@ -40,7 +40,7 @@ def plan_budget(
     arm
         The augmented arm to plan for.
     synthetic_weight
-        When ``curve`` holds several synthetic weights, the one to use (required then).
+        When ``curve`` holds several synthetic weights, the one to use (required then): a number or ``"auto"``.
     conditions
         When ``curve`` concatenates runs with several ``conditions`` (``"train"``, ``"mixup"``, ``"unpaired"``;
         see :func:`budget_curve`), the one to plan for (required then); its run's ``"real"`` rows are the
@@ -109,19 +109,31 @@ def plan_budget(
     }
 
 
-def _one_weight(curve: pd.DataFrame, weight: float | None) -> pd.DataFrame:
+def _weight_label(value: Any) -> float | str:
+    """Return a weight as compared in a curve: ``"auto"`` stays text, numbers become floats past float noise.
+
+    Numbers read back from a CSV as text (the column mixes numbers and ``"auto"``) become floats too.
+    """
+    try:
+        return round(float(value), 9)
+    except ValueError:
+        return str(value)
+
+
+def _one_weight(curve: pd.DataFrame, weight: float | str | None) -> pd.DataFrame:
     """Keep the real rows and the added rows of one synthetic weight."""
     if "synthetic_weight" not in curve.columns:
         return curve
-    present = sorted(set(curve["synthetic_weight"].dropna().astype(float)))
+    labels = curve["synthetic_weight"].map(lambda v: None if pd.isna(v) else _weight_label(v))
+    present = sorted(set(labels.dropna()), key=lambda v: (1, 0.0, v) if isinstance(v, str) else (0, v, ""))
     if weight is None:
         if len(present) > 1:
             raise ValueError(f"`curve` holds synthetic weights {present}; pass `synthetic_weight=` (one of them).")
         return curve
-    if not any(np.isclose(weight, present)):
-        raise ValueError(f"`synthetic_weight={weight}` is not in `curve` (weights: {present}).")
-    keep = curve["synthetic_weight"].isna() | np.isclose(curve["synthetic_weight"].fillna(-1.0), weight)
-    return curve[keep]
+    if isinstance(weight, bool) or not isinstance(weight, int | float | str) or _weight_label(weight) not in present:
+        raise ValueError(f"`synthetic_weight={weight!r}` is not in `curve` (weights: {present}).")
+    keep = labels.isna() | (labels == _weight_label(weight))
+    return curve[keep.to_numpy()]
 
 
 def _one_conditions(curve: pd.DataFrame, conditions: str | None) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from .._records import EXPR_HINT, gene_names, synthetic_mask
 from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
+from ._weights import _cv_weights, _fit_weighted, _weight_grid
 
 __all__ = ["fit_predictor", "predict_expression"]
 
@@ -36,7 +37,8 @@ def fit_predictor(
     alpha: float | None = None,
     n_epochs: int = 30,
     n_steps: int | None = None,
-    synthetic_weight: float = 0.3,
+    synthetic_weight: float | Sequence[float] | Literal["auto"] = 0.3,
+    cv_folds: int = 3,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -86,6 +88,17 @@ def fit_predictor(
         the less harmful of 1.0 and 0.3 in ``benchmarks/bench_budget.py`` at every fraction (docs: benchmarks). In ridge mode the
         penalty is then chosen by grouped cross-validation on the real rows, holding out each real spot with
         its synthetic children (``obs["c2lst_parent"]``), so siblings never leak into their own validation.
+
+        ``"auto"`` (the grid ``(0.0, 0.1, 0.3, 1.0)``) or a sequence of weights chooses the weight on the data:
+        grouped ``cv_folds``-fold cross-validation over the real spots, each fold holding out real spots together
+        with every synthetic row conditioned on them (``obs["c2lst_parent"]`` and, for mixtures,
+        ``obs["c2lst_parent_b"]``); the weight whose out-of-fold predictions of the held-out real spots have the
+        best mean Pearson r over genes is refitted on all rows (ties go to the smaller weight). A grid with 0
+        can fall back to ignoring synthetic rows that do not help on these spots. It costs
+        ``cv_folds * len(grid)`` extra fits.
+    cv_folds
+        Folds of the weight choice (``synthetic_weight="auto"`` or a sequence); at least 2, and at most the
+        number of real spots.
     seed
         Seed of initialisation, shuffling and augmentation.
     device
@@ -96,7 +109,9 @@ def fit_predictor(
     Returns
     -------
     The fitted :class:`~c2lst.models.predictor.ExpressionPredictor`; ``predictor.training`` records
-    ``n_real`` and ``n_synthetic``. The tables are not modified.
+    ``n_real``, ``n_synthetic`` and ``synthetic_weight`` (the weight used); a chosen weight also
+    ``synthetic_weight_cv`` (mean out-of-fold Pearson r per candidate weight) and ``cv_folds``. The tables are not
+    modified.
 
     Examples
     --------
@@ -129,15 +144,14 @@ def fit_predictor(
     if n_steps is not None:
         n_steps = check_positive_int(n_steps, "n_steps")
     backbone = _feature_backbone(features, mode, central, central_timestep, feature_extractor, items[0])
-    if isinstance(synthetic_weight, bool) or not isinstance(synthetic_weight, int | float) or not (
-        np.isfinite(synthetic_weight) and synthetic_weight >= 0
-    ):
-        raise ValueError(
-            f"`synthetic_weight` must be a finite number >= 0 (1 = as much as a real row), got {synthetic_weight!r}."
-        )
+    grid = _weight_grid(synthetic_weight)
+    if grid is not None:
+        cv_folds = check_positive_int(cv_folds, "cv_folds")
+        if cv_folds < 2:
+            raise ValueError(f"`cv_folds={cv_folds}` must be at least 2 to choose `synthetic_weight` by validation.")
 
     ref_genes = None
-    xs, ys, synth, groups = [], [], [], []
+    xs, ys, synth, groups, groups_b = [], [], [], [], []
     n_real = n_syn = 0
     for i, t in enumerate(items):
         patches = _patches(t, patch_key)
@@ -163,6 +177,8 @@ def fit_predictor(
         parent = t.obs["c2lst_parent"].astype(str).to_numpy() if "c2lst_parent" in t.obs else None
         names = np.asarray(t.obs_names, dtype=str)
         groups.append(np.where(syn, parent, names)[keep] if parent is not None else names[keep])
+        second = t.obs["c2lst_parent_b"].astype(str).to_numpy() if "c2lst_parent_b" in t.obs else None
+        groups_b.append(np.where(syn, second, groups[-1])[keep] if second is not None else groups[-1])
     sizes = sorted({x.shape[1] for x in xs})
     if len(sizes) > 1:
         raise ValueError(f"`tables` mix patch sizes {sizes}; extract all tables with the same `size=`.")
@@ -175,25 +191,36 @@ def fit_predictor(
     if not np.all(np.isfinite(y)):
         raise ValueError(f"`obsm[{expr_key!r}]` contains NaN or inf; {EXPR_HINT}")
     is_syn = np.concatenate(synth)
+    fit_kw = {
+        "n_epochs": n_epochs, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+    }
+    cv_scores = None
+    if grid is not None and n_syn:
+        if n_real < cv_folds:
+            raise ValueError(
+                f"choosing `synthetic_weight` by {cv_folds}-fold validation needs at least {cv_folds} real spots, "
+                f"got {n_real}; pass a fixed `synthetic_weight=` (e.g. 0.3) or fewer `cv_folds`."
+            )
+        model_args = (list(ref_genes), mode, backbone, alpha)
+        cv_scores = _cv_weights(x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), grid, cv_folds,
+                                model_args, fit_kw, progress)
+        best = max(cv_scores.values())
+        synthetic_weight = min(w for w, score in cv_scores.items() if score >= best - 1e-12)
+        logger.info(
+            "synthetic_weight chosen by %d-fold validation: %g (mean r %s)",
+            cv_folds, synthetic_weight, ", ".join(f"{w:g}: {r:.3f}" for w, r in cv_scores.items()),
+        )
+    elif grid is not None:
+        synthetic_weight = 1.0  # no synthetic rows: the weight changes nothing
     if n_syn and n_real == 0 and synthetic_weight == 0:
         raise ValueError("`synthetic_weight=0` leaves no row to learn from: the tables hold only synthetic rows.")
-    weight = np.where(is_syn, float(synthetic_weight), 1.0) if n_syn and synthetic_weight != 1 else None
-    grouped = n_syn > 0 and n_real > 1
-    model = ExpressionPredictor(list(ref_genes), mode=mode, backbone=backbone, alpha=alpha)
-    model.fit(
-        x,
-        y,
-        n_epochs=n_epochs,
-        n_steps=n_steps,
-        sample_weight=weight,
-        groups=np.concatenate(groups) if grouped else None,
-        eval_mask=~is_syn if grouped else None,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        progress=progress,
+    model = _fit_weighted(
+        x, y, is_syn, np.concatenate(groups), float(synthetic_weight), (list(ref_genes), mode, backbone, alpha),
+        fit_kw, progress,
     )
+    if cv_scores is not None:
+        model.training["synthetic_weight_cv"] = {f"{w:g}": float(r) for w, r in cv_scores.items()}
+        model.training["cv_folds"] = int(cv_folds)
     model.training.update(
         {
             "n_real": n_real,
@@ -208,8 +235,6 @@ def fit_predictor(
 
 
 FEATURES = ("morphometric", "central")
-
-
 def _feature_backbone(features, mode, central, timestep, backbone, table: AnnData):
     """Validate ``features=`` and return the backbone it implies (``backbone`` unchanged when ``None``)."""
     if features is None:

@@ -1,0 +1,79 @@
+"""The loss weight of synthetic rows, fixed or chosen by grouped validation on the real spots (``fit_predictor``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._logging import progress as _progress
+from ..metrics import pearson
+from ..models import ExpressionPredictor
+
+#: Candidate weights of ``synthetic_weight="auto"``.
+AUTO_WEIGHTS = (0.0, 0.1, 0.3, 1.0)
+
+
+def _weight_grid(weight: Any) -> list[float] | None:
+    """Validate ``synthetic_weight``; return the candidate weights to choose from, or ``None`` for a fixed one."""
+    if isinstance(weight, str):
+        if weight != "auto":
+            raise ValueError(f"`synthetic_weight={weight!r}` is unknown; pass a number >= 0, a sequence of them or 'auto'.")
+        return list(AUTO_WEIGHTS)
+    values = list(weight) if isinstance(weight, Sequence) else [weight]
+    ok = bool(values) and all(
+        not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating) and np.isfinite(v) and v >= 0
+        for v in values
+    )
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(
+            f"`synthetic_weight` must be a finite number >= 0 (1 = as much as a real row), a sequence of distinct "
+            f"ones to choose from by validation, or 'auto'; got {weight!r}."
+        )
+    return sorted(float(v) for v in values) if isinstance(weight, Sequence) else None
+
+
+def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) -> ExpressionPredictor:
+    """Fit one predictor with synthetic rows weighted ``weight`` (grouped ridge penalty as in fit_predictor)."""
+    genes, mode, backbone, alpha = model_args
+    n_syn, n_real = int(is_syn.sum()), int((~is_syn).sum())
+    sample_weight = np.where(is_syn, weight, 1.0) if n_syn and weight != 1 else None
+    grouped = n_syn > 0 and n_real > 1
+    model = ExpressionPredictor(genes, mode=mode, backbone=backbone, alpha=alpha)
+    return model.fit(
+        x, y, sample_weight=sample_weight, groups=groups if grouped else None, eval_mask=~is_syn if grouped else None,
+        progress=progress, **fit_kw,
+    )
+
+
+def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress) -> dict[float, float]:
+    """Mean out-of-fold Pearson r over genes of the real spots, per candidate synthetic weight.
+
+    Folds split the real spots (seeded by ``fit_kw["seed"]``); a fold's training rows leave out its real spots
+    and every synthetic row conditioned on one of them (first or second parent), so no profile of a held-out
+    spot reaches its own validation.
+    """
+    real_idx = np.flatnonzero(~is_syn)
+    spots = np.unique(groups[real_idx])
+    order = np.random.default_rng([int(fit_kw["seed"]), 7]).permutation(len(spots))
+    fold_of = dict(zip(spots[order], np.arange(len(spots)) % folds, strict=True))
+    real_fold = np.array([fold_of[g] for g in groups[real_idx]])
+    oof = {w: np.full((len(real_idx), y.shape[1]), np.nan) for w in grid}
+    runs = [(k, w) for k in range(folds) for w in grid]
+    for k, w in _progress(runs, enabled=progress, desc="synthetic_weight", unit="fit"):
+        held = set(spots[[fold_of[g] == k for g in spots]])
+        out = np.isin(groups, list(held)) | np.isin(groups_b, list(held))
+        train = ~out
+        if not (train & ~is_syn).any() and w == 0:
+            continue  # nothing to learn from: this weight scores NaN on the fold
+        model = _fit_weighted(x[train], y[train], is_syn[train], groups[train], w, model_args, fit_kw, False)
+        rows = real_fold == k
+        oof[w][rows] = model.predict(x[real_idx[rows]], device=fit_kw["device"])
+    scores = {}
+    for w in grid:
+        done = np.isfinite(oof[w]).all(axis=1)
+        with np.errstate(all="ignore"):
+            r = np.asarray(pearson(oof[w][done], y[real_idx[done]]), dtype=np.float64) if done.sum() > 2 else np.nan
+        scores[w] = float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf
+    return scores
