@@ -235,6 +235,8 @@ def fit_predictor(
 
 
 FEATURES = ("morphometric", "central")
+
+
 def _feature_backbone(features, mode, central, timestep, backbone, table: AnnData):
     """Validate ``features=`` and return the backbone it implies (``backbone`` unchanged when ``None``)."""
     if features is None:
