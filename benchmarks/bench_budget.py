@@ -7,7 +7,9 @@ number of optimiser steps; arms of one (repeat, fraction) share split, subset an
 paired. Arms: ``real``, ``real+synthetic`` (synthesized from the training spots' own profiles), and two
 controls: ``real+null`` (patches from the null condition: images that ignore the expression) and
 ``real+copy`` (each parent's own patch again: a perfect but redundant generator). Every added arm is fitted for
-each ``--weights`` loss weight of its added rows.
+each ``--weights`` loss weight of its added rows; ``auto`` lets each fit choose its weight (0, 0.1, 0.3 or 1) by
+grouped 3-fold validation on its own training spots, so synthesis that does not help can be switched off
+without looking at the test blocks.
 
 Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
 synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
