@@ -7,6 +7,7 @@ share one implementation of each.
 from ._correlation import pearson, spearman
 from ._distances import frechet_distance, kernel_distance
 from ._intervals import ConfidenceInterval, mean_ci, paired_ci
+from ._pooling import pooled_ci
 from ._spatial import morans_i
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "morans_i",
     "paired_ci",
     "pearson",
+    "pooled_ci",
     "spearman",
 ]
