@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from ._records import PATCH_HINT, gene_names, synthetic_mask
@@ -79,6 +80,22 @@ def child_rows(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[np.
         )
     patches, table = side_patches(synthetic, "synthetic", patch_key, synthetic=True)
     return patches, table, table.obs[parent_key].astype(str).to_numpy()
+
+
+def parent_positions(real: AnnData, parents: np.ndarray, parent_key: str) -> np.ndarray:
+    """Return each synthetic row's parent as a row of ``real`` (-1: not there, logged); raise when none is."""
+    from ._logging import logger
+
+    index = pd.Index(real.obs_names.astype(str))
+    pos = index.get_indexer(parents)
+    if (pos < 0).all():
+        raise ValueError(
+            f"no `synthetic.obs[{parent_key!r}]` value is a spot of `real` (e.g. {list(parents[:3])} vs "
+            f"{list(index[:3])}); pass the real table the synthetic spots were generated from."
+        )
+    if (pos < 0).any():
+        logger.warning(f"{int((pos < 0).sum())} synthetic rows have parents not in `real`; they are ignored.")
+    return pos
 
 
 def table_region(table: Any, table_key: str, *, one_at_a_time: str) -> tuple[str, str, str]:

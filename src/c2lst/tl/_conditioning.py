@@ -11,10 +11,11 @@ from anndata import AnnData
 
 from .._logging import logger
 from .._records import EXPR_HINT
-from .._tables import child_rows, expression_genes, side_patches
+from .._tables import child_rows, expression_genes, parent_positions, side_patches
 from .._utils import check_positive_int, check_seed
 from ..metrics import pearson
 from ..models import ExpressionPredictor
+from ._predict import resolve_predictor
 
 
 def evaluate_conditioning(
@@ -90,16 +91,7 @@ def evaluate_conditioning(
     for name, t in (("real", real), ("synthetic", synthetic)):
         if not isinstance(t, AnnData):
             raise TypeError(f"`{name}` must be an AnnData table, got {type(t).__name__}.")
-    if isinstance(predictor, str | Path):
-        predictor = ExpressionPredictor.from_pretrained(predictor)
-    if not isinstance(predictor, ExpressionPredictor):
-        raise TypeError(
-            f"`predictor` must be an ExpressionPredictor or a saved predictor directory, got {type(predictor).__name__}."
-        )
-    if not predictor.is_fitted:
-        raise ValueError(
-            "`predictor` is not fitted; fit it with `c2lst.tl.fit_predictor` on real spots first."
-        )
+    predictor = resolve_predictor(predictor, "on real spots first")
     n_shuffles = check_positive_int(n_shuffles, "n_shuffles")
     seed = check_seed(seed)
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -115,15 +107,7 @@ def evaluate_conditioning(
                 f"`{name}.obsm[{patch_key!r}]` holds {p.shape[1]} px patches but the predictor was fitted on "
                 f"{predictor.patch_size} px; use patches of the predictor's size."
             )
-    real_index = pd.Index(real_t.obs_names.astype(str))
-    pos = real_index.get_indexer(parents)
-    if (pos < 0).all():
-        raise ValueError(
-            f"no `synthetic.obs[{parent_key!r}]` value is a spot of `real` (e.g. {list(parents[:3])} vs "
-            f"{list(real_index[:3])}); pass the real table the synthetic spots were generated from."
-        )
-    if (pos < 0).any():
-        logger.warning(f"{int((pos < 0).sum())} synthetic rows have parents not in `real`; they are ignored.")
+    pos = parent_positions(real_t, parents, parent_key)
     keep = pos >= 0
     parent_rows = np.unique(pos[keep])
     if parent_rows.size < 3:

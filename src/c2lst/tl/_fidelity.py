@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from .. import metrics
 from .._logging import logger
-from .._tables import child_patches, side_patches
+from .._tables import child_patches, parent_positions, side_patches
 from .._utils import check_positive_int, check_seed
 from ..models import features as _features
 
@@ -180,14 +180,7 @@ def evaluate_composition(
     real_p, real_t = side_patches(real, "real", patch_key, synthetic=False)
     syn_p, parents = child_patches(synthetic, patch_key, parent_key)
     real_index = pd.Index(real_t.obs_names.astype(str))
-    pos = real_index.get_indexer(parents)
-    if (pos < 0).all():
-        raise ValueError(
-            f"no `synthetic.obs[{parent_key!r}]` value is a spot of `real` (e.g. {list(parents[:3])} vs "
-            f"{list(real_index[:3])}); pass the real table the synthetic spots were generated from."
-        )
-    if (pos < 0).any():
-        logger.warning(f"{int((pos < 0).sum())} synthetic rows have parents not in `real`; they are ignored.")
+    pos = parent_positions(real_t, parents, parent_key)
 
     thr = _features.hematoxylin_threshold(real_p)
     real_stats = _patch_nuclei(real_p, thr, progress)

@@ -237,6 +237,19 @@ def fit_predictor(
 FEATURES = ("morphometric", "central")
 
 
+def resolve_predictor(predictor: Any, fit_hint: str = "first") -> ExpressionPredictor:
+    """Return a fitted predictor from an object or a saved directory (verified on load), or raise."""
+    if isinstance(predictor, str | Path):
+        predictor = ExpressionPredictor.from_pretrained(predictor)
+    if not isinstance(predictor, ExpressionPredictor):
+        raise TypeError(
+            f"`predictor` must be an ExpressionPredictor or a saved predictor directory, got {type(predictor).__name__}."
+        )
+    if not predictor.is_fitted:
+        raise ValueError(f"`predictor` is not fitted; fit it with `c2lst.tl.fit_predictor` {fit_hint}.")
+    return predictor
+
+
 def _feature_backbone(features, mode, central, timestep, backbone, table: AnnData):
     """Validate ``features=`` and return the backbone it implies (``backbone`` unchanged when ``None``)."""
     if features is None:
@@ -332,14 +345,7 @@ def predict_expression(
     >>> c2lst.tl.predict_expression(table, predictor=path, key_added="c2lst_pred_saved")
     """
     adata = as_table(adata, table_key, arg="adata")
-    if isinstance(predictor, str | Path):
-        predictor = ExpressionPredictor.from_pretrained(predictor)
-    if not isinstance(predictor, ExpressionPredictor):
-        raise TypeError(
-            f"`predictor` must be an ExpressionPredictor or a saved predictor directory, got {type(predictor).__name__}."
-        )
-    if not predictor.is_fitted:
-        raise ValueError("`predictor` is not fitted; fit it with `c2lst.tl.fit_predictor` first.")
+    predictor = resolve_predictor(predictor)
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
     batch_size = check_positive_int(batch_size, "batch_size")
