@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--weights", type=lambda v: v if v == "auto" else float(v), nargs="+", default=[1.0, 0.3],
                     help="loss weights of the added rows; 'auto' chooses one per fit by grouped validation on "
                          "its own training spots (fit_predictor(synthetic_weight='auto'))")
-    ap.add_argument("--adapt-steps", type=int, default=200)
+    ap.add_argument("--adapt-steps", type=int, default=800,
+                    help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
     ap.add_argument("--synth-steps", type=int, default=15)
     ap.add_argument("--synthetic-per-spot", type=int, default=3)

@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     b.add_argument("--n-repeats", type=int, default=8)
     b.add_argument("--n-per-condition", type=int, default=2)
-    b.add_argument("--adapt-steps", type=int, default=200)
+    b.add_argument("--adapt-steps", type=int, default=800)
     b.add_argument("--n-steps", type=int, default=20, help="denoising steps of the synthesis")
     b.add_argument("--mode", default="cnn", choices=["cnn", "ridge"], help="predictor (default: cnn)")
     b.add_argument("--seed", type=int, default=0)

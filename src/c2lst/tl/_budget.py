@@ -50,6 +50,10 @@ def spatial_split(
     return test
 
 
+#: Default adaptation steps per training subset (see the ``adapt_kwargs`` parameter).
+ADAPT_STEPS = 800
+
+
 @renamed_arguments(synthetic_per_spot="n_per_condition")
 def budget_curve(
     sdata: Any,
@@ -146,6 +150,9 @@ def budget_curve(
         Prepared expression and patches.
     adapt_kwargs, synthesize_kwargs, predictor_kwargs
         Extra options for :func:`c2lst.tl.adapt`, :func:`c2lst.tl.synthesize` and :func:`c2lst.tl.fit_predictor`.
+        Adaptation runs 800 steps unless ``adapt_kwargs`` says otherwise: on 22 spots, 120 steps put about a third
+        of the expression a reader finds in a real patch into the synthetic ones and 800 steps about four fifths
+        (:func:`c2lst.tl.evaluate_conditioning`, ``benchmarks/bench_local.py --adapt-spots 22``; docs: benchmarks).
         The predictor's ``n_steps`` (default 200) is the same for every arm; an ``n_epochs`` without
         ``n_steps`` is turned into the steps that many epochs take on the largest real training set.
         ``predictor_kwargs={"mode": "ridge", "features": "central"}`` fits ridge on the frozen central
@@ -234,7 +241,7 @@ def budget_curve(
     if p_kw.get("features") == "central" and p_kw.get("central") is None:
         p_kw["central"] = model
     kinds = table.var["c2lst_gene_kind"].astype(str) if "c2lst_gene_kind" in table.var else None
-    a_kw = {"n_steps": 200, "batch_size": 16, **dict(adapt_kwargs or {})}
+    a_kw = {"n_steps": ADAPT_STEPS, "batch_size": 16, **dict(adapt_kwargs or {})}
     s_kw = dict(synthesize_kwargs or {})
     s_kw.setdefault("n_steps", s_kw.pop("steps", 20))  # `steps` is the old spelling
     rows: list[dict[str, Any]] = []
