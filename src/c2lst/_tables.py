@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._logging import logger
 from ._records import PATCH_HINT, gene_names, synthetic_mask
 from ._records import expression_genes as _expression_genes
 from ._utils import check_patches, require_obsm
@@ -84,8 +85,6 @@ def child_rows(synthetic: AnnData, patch_key: str, parent_key: str) -> tuple[np.
 
 def parent_positions(real: AnnData, parents: np.ndarray, parent_key: str) -> np.ndarray:
     """Return each synthetic row's parent as a row of ``real`` (-1: not there, logged); raise when none is."""
-    from ._logging import logger
-
     index = pd.Index(real.obs_names.astype(str))
     pos = index.get_indexer(parents)
     if (pos < 0).all():

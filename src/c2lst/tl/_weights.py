@@ -58,13 +58,13 @@ def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw,
     spots = np.unique(groups[real_idx])
     order = np.random.default_rng([int(fit_kw["seed"]), 7]).permutation(len(spots))
     fold_of = dict(zip(spots[order], np.arange(len(spots)) % folds, strict=True))
-    real_fold = np.array([fold_of[g] for g in groups[real_idx]])
+    # each row's fold through its (first and second) parent; -1: a parent that is no real spot here, never held out
+    fold, fold_b = (np.array([fold_of.get(g, -1) for g in gs]) for gs in (groups, groups_b))
+    real_fold = fold[real_idx]
     oof = {w: np.full((len(real_idx), y.shape[1]), np.nan) for w in grid}
     runs = [(k, w) for k in range(folds) for w in grid]
     for k, w in _progress(runs, enabled=progress, desc="synthetic_weight", unit="fit"):
-        held = set(spots[[fold_of[g] == k for g in spots]])
-        out = np.isin(groups, list(held)) | np.isin(groups_b, list(held))
-        train = ~out
+        train = (fold != k) & (fold_b != k)
         if not (train & ~is_syn).any() and w == 0:
             continue  # nothing to learn from: this weight scores NaN on the fold
         model = _fit_weighted(x[train], y[train], is_syn[train], groups[train], w, model_args, fit_kw, False)
