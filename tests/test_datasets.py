@@ -157,6 +157,35 @@ def test_same_seed_same_bytes_other_seed_differs():
     assert not np.array_equal(a.tables["table"].X.toarray(), c.tables["table"].X.toarray())
 
 
+def test_panel_seed_shares_the_biology_not_the_tissue():
+    own = datasets.simulated_visium(n_spots=10, seed=5, n_genes=20)
+    same = datasets.simulated_visium(n_spots=10, seed=5, n_genes=20, panel_seed=5)
+    other_section = datasets.simulated_visium(n_spots=10, seed=6, n_genes=20, panel_seed=5)
+    other_slide = datasets.simulated_visium(n_spots=10, seed=6, n_genes=20)
+    t_own, t_section, t_slide = own.tables["table"], other_section.tables["table"], other_slide.tables["table"]
+    # panel_seed=seed is the default, byte for byte
+    assert _rgb(own).tobytes() == _rgb(same).tobytes()
+    assert t_own.X.toarray().tobytes() == same.tables["table"].X.toarray().tobytes()
+    # the same panel: every gene has the same kind and marks the same cell type
+    pd.testing.assert_frame_equal(t_own.var, t_section.var)
+    assert not t_own.var.equals(t_slide.var)  # by default each slide draws its own panel
+    # ... on other tissue: only the panel is shared, the image and counts follow `seed`
+    assert _rgb(other_section).tobytes() == _rgb(other_slide).tobytes()
+    assert not np.array_equal(t_own.X.toarray(), t_section.X.toarray())
+    assert t_section.uns["c2lst"]["simulation"]["panel_seed"] == 5
+    assert t_slide.uns["c2lst"]["simulation"]["panel_seed"] == 6
+
+
+def test_panel_seed_markers_follow_their_cell_type_on_the_other_section():
+    # the marker genes of the shared panel track the other section's own composition
+    table = datasets.simulated_visium(n_spots=60, seed=8, n_genes=40, panel_seed=3).tables["table"]
+    x, comp = table.X.toarray(), table.obsm["c2lst_true_composition"]
+    for k, cell_type in enumerate(CELL_TYPES):
+        markers = (table.var["c2lst_marker_of"] == cell_type).to_numpy()
+        share = np.log1p(x[:, markers].sum(1) / x.sum(1) * 1e4)
+        assert np.corrcoef(comp[:, k], share)[0, 1] > 0.5, cell_type
+
+
 # ------------------------------------------------------------------ biology / ground truth
 def test_composition_correlates_with_marker_counts(sdata):
     table = sdata.tables["table"]
@@ -276,6 +305,8 @@ def test_stain_mapping_override():
         ({"n_spots": 2.5}, TypeError, "n_spots"),
         ({"n_spots": True}, TypeError, "n_spots"),
         ({"seed": -1}, TypeError, "seed"),
+        ({"panel_seed": -2}, TypeError, "panel_seed"),
+        ({"panel_seed": 1.5}, TypeError, "panel_seed"),
         ({"mpp": 0}, ValueError, "mpp"),
         ({"mpp": -1.0}, ValueError, "mpp"),
         ({"mpp": 50.0}, ValueError, "mpp"),

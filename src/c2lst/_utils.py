@@ -37,10 +37,10 @@ def check_positive_float(value: Any, name: str) -> float:
     return value
 
 
-def check_seed(seed: Any) -> int:
-    """Return ``seed`` as a non-negative int."""
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Return ``seed`` as a non-negative int (``name``: the argument named in the error)."""
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise TypeError(f"`seed` must be a non-negative integer, got {seed!r}.")
+        raise TypeError(f"`{name}` must be a non-negative integer, got {seed!r}.")
     return int(seed)
 
 

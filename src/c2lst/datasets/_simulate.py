@@ -49,6 +49,7 @@ def simulated_visium(
     stain: str | Mapping[str, Any] = "local",
     mpp: float = 1.0,
     n_genes: int = 200,
+    panel_seed: int | None = None,
 ) -> SpatialData:
     """Simulate a Visium H&E sample with known cell-type composition under every spot.
 
@@ -84,6 +85,13 @@ def simulated_visium(
     n_genes
         Number of genes (at least 8). About 40 % are markers, 25 % smooth, 15 % housekeeping and the
         rest pure noise.
+    panel_seed
+        Seed of the gene panel alone: which genes are markers of which cell type, housekeeping, smooth or
+        noise, and their rates. Slides simulated with the same ``panel_seed`` (and ``n_genes``) share their
+        biology, like sections of one tissue type, while the tissue, image and counts follow ``seed``. Use it for
+        expression from "another slide of the same tissue" (e.g. unpaired conditioning profiles). By default
+        (``None``) the panel is drawn from ``seed``, so every slide has its own panel and genes of the same name
+        mean different things on slides with different seeds; ``panel_seed=seed`` gives the same bytes.
 
     Returns
     -------
@@ -110,8 +118,14 @@ def simulated_visium(
     (50, 5)
     >>> table.uns["c2lst"]["simulation"]["mpp"]
     1.0
+
+    Two sections of one tissue type: different tissue, the same genes marking the same cell types.
+
+    >>> other = c2lst.datasets.simulated_visium(n_spots=50, seed=2, panel_seed=1).tables["table"]
+    >>> bool((other.var["c2lst_marker_of"] == table.var["c2lst_marker_of"]).all())
+    True
     """
-    sdata, _ = _simulate(n_spots=n_spots, seed=seed, stain=stain, mpp=mpp, n_genes=n_genes)
+    sdata, _ = _simulate(n_spots=n_spots, seed=seed, stain=stain, mpp=mpp, n_genes=n_genes, panel_seed=panel_seed)
     return sdata
 
 
@@ -122,10 +136,12 @@ def _simulate(
     stain: str | Mapping[str, Any],
     mpp: float,
     n_genes: int,
+    panel_seed: int | None = None,
     return_labels: bool = False,
 ) -> tuple[SpatialData, _Truth]:
     n_spots = check_positive_int(n_spots, "n_spots")
     seed = check_seed(seed)
+    panel_seed = seed if panel_seed is None else check_seed(panel_seed, "panel_seed")
     mpp = check_positive_float(mpp, "mpp")
     if mpp > MAX_MPP:
         raise ValueError(f"`mpp={mpp}` is too coarse to draw nuclei; pass a value <= {MAX_MPP} µm per pixel.")
@@ -158,6 +174,9 @@ def _simulate(
     cell_counts = spot_cell_counts(layout)
     sx, sy = layout.spots_xy[:, 0], layout.spots_xy[:, 1]
     panel = make_panel(n_genes, CELL_TYPES, layout.smooth_fields.shape[0], rng_counts)
+    if panel_seed != seed:  # draw the default panel anyway, so the counts keep their random stream
+        rng_panel = np.random.default_rng(np.random.SeedSequence(panel_seed).spawn(4)[3])
+        panel = make_panel(n_genes, CELL_TYPES, layout.smooth_fields.shape[0], rng_panel)
     counts = draw_counts(panel, cell_counts, sample_coarse(layout.smooth_fields, sx, sy), rng_counts)
 
     n_cells = cell_counts.sum(1)
@@ -184,6 +203,7 @@ def _simulate(
         "simulation": {
             "mpp": float(mpp),
             "seed": int(seed),
+            "panel_seed": int(panel_seed),
             "n_spots": int(n_spots),
             "n_genes": int(n_genes),
             "cell_types": np.array(CELL_TYPES, dtype=str),
