@@ -13,7 +13,10 @@ without looking at the test blocks.
 
 Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
 synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
-of another simulated slide (``--unpaired-spots`` spots, seed ``--seed + 100``; its images are never used);
+of another section of the same tissue type (``--unpaired-spots`` spots, seed ``--seed + 100``, the local
+slide's gene panel; its images are used only by the ``real+copy`` control, which adds the other slide's real
+patches of the profiles the synthetic arm draws: a perfect generator; ``--unpaired-panel own`` draws that
+slide's own panel instead, so its genes mean something else: a wrong-biology control);
 ``--unlabelled`` lets adaptation see the images of the non-labelled training-pool spots; ``--features central``
 (with ``--mode ridge``) fits ridge on the frozen central denoiser's pooled activations instead of morphometric
 features. Each run writes its curve to ``budget_curve[_<conditions>][_<features>][_unlabelled].csv``.
@@ -70,6 +73,9 @@ def main() -> None:
     ap.add_argument("--conditions", default="train", choices=["train", "mixup", "unpaired"],
                     help="profiles the synthetic arms are conditioned on")
     ap.add_argument("--unpaired-spots", type=int, default=300, help="spots of the other slide (--conditions unpaired)")
+    ap.add_argument("--unpaired-panel", default="same", choices=["same", "own"],
+                    help="--conditions unpaired: the other slide shares the local gene panel (same tissue type) "
+                         "or draws its own (genes of the same name mean other things)")
     ap.add_argument("--unlabelled", action="store_true", help="adaptation also sees the unlabelled pool's images")
     ap.add_argument("--genes", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=8)
@@ -90,7 +96,10 @@ def main() -> None:
     c2lst.pp.prepare_expression(local.tables["table"], n_top_genes=args.genes)
     conditions = None if args.conditions == "train" else args.conditions
     if args.conditions == "unpaired":  # another slide's counts; its spots renamed so they never collide
-        conditions = c2lst.datasets.simulated_visium(n_spots=args.unpaired_spots, seed=args.seed + 100).tables["table"]
+        panel = args.seed if args.unpaired_panel == "same" else None
+        other = c2lst.datasets.simulated_visium(n_spots=args.unpaired_spots, seed=args.seed + 100, panel_seed=panel)
+        c2lst.pp.extract_patches(other, size=size, progress=False)  # read only by the real+copy control
+        conditions = other.tables["table"]
         conditions.obs_names = [f"other_{name}" for name in conditions.obs_names]
     p_kw = {"mode": args.mode, "n_steps": args.predictor_steps}
     if args.features != "default":
@@ -114,7 +123,9 @@ def main() -> None:
     )
     suffix = "".join(
         f"_{v}" for v, default in ((args.conditions, "train"), (args.features, "default")) if v != default
-    ) + ("_unlabelled" if args.unlabelled else "")
+    ) + ("_ownpanel" if args.conditions == "unpaired" and args.unpaired_panel == "own" else "") + (
+        "_unlabelled" if args.unlabelled else ""
+    )
     Path(args.cache).mkdir(parents=True, exist_ok=True)  # absent when --central skips the pretraining cache
     curve.to_csv(f"{args.cache}/budget_curve{suffix}.csv", index=False)
     t_curve = time.perf_counter() - t0
@@ -154,6 +165,7 @@ def main() -> None:
         "benchmark": "budget",
         "args": vars(args),
         "conditions": args.conditions,
+        "unpaired_panel": args.unpaired_panel if args.conditions == "unpaired" else None,
         "features": str(curve["features"].iloc[0]),
         "unlabelled": args.unlabelled,
         "real_curve": real_curve.round(4).to_dict(),

@@ -260,3 +260,59 @@ def test_budget_curve_mixup_refuses_too_few_spots(sim_sdata, tiny_central):
     with pytest.raises(ValueError, match="at least 2 training spots"):
         c2lst.tl.budget_curve(sim_sdata, central=central, conditions="mixup", fractions=(0.01, 1.0),
                               progress=False)
+
+
+def _other_section(n_spots: int = 40, size: int = 32) -> AnnData:
+    """Another section of the local slide's tissue type (same gene panel), with patches, spots renamed."""
+    sdata = c2lst.datasets.simulated_visium(n_spots=n_spots, seed=1, panel_seed=0)
+    c2lst.pp.extract_patches(sdata, size=size, progress=False)
+    other = sdata.tables["table"].copy()
+    other.obs_names = [f"other_{name}" for name in other.obs_names]
+    return other
+
+
+def test_unpaired_copy_arm_is_the_perfect_generator_for_the_drawn_profiles(sim_sdata):
+    from c2lst.tl._budget_arms import conditions_kwargs, unpaired_copy_arm, unpaired_rows
+
+    table = sim_sdata.tables["table"]
+    record = dict(table.uns["c2lst"]["expr"]["c2lst_expr"])
+    other = _other_section()
+    real = table[:10].copy()
+    idx = unpaired_rows(other, 30, seed=7)
+    copy = unpaired_copy_arm(other, idx, real, "c2lst_patch", "c2lst_expr", apply_expression)
+    # the very profiles the synthetic arm of the same run is conditioned on
+    cond = conditions_kwargs("unpaired", other, record, n_real=10, per_spot=3, seed=7)["conditions"]
+    np.testing.assert_array_equal(copy.obs["c2lst_parent"], cond.obs_names)
+    np.testing.assert_array_equal(copy.obsm["c2lst_patch"], other.obsm["c2lst_patch"][idx])
+    genes = [str(g) for g in record["genes"]]
+    expected = apply_expression(other[idx], genes=genes, params=record)
+    np.testing.assert_allclose(copy.obsm["c2lst_expr"], expected, rtol=1e-6)
+    assert copy.obs["c2lst_synthetic"].all()
+
+
+def test_budget_curve_unpaired_copy_arm(sim_sdata, tiny_central):
+    central, _ = tiny_central
+    other = _other_section()
+    curve = c2lst.tl.budget_curve(
+        sim_sdata, central=central, conditions=other, fractions=(0.5,), arms=("real", "real+copy"),
+        n_repeats=1, n_per_condition=2, predictor_kwargs={"mode": "ridge"}, progress=False,
+    )
+    copy = curve[curve["condition"] == "real+copy"]
+    assert (copy["n_synthetic"] == 2 * copy["n_real"]).all() and set(copy["conditions"]) == {"unpaired"}
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        (lambda: _other_slide(), KeyError, "extract_patches"),
+        (lambda: _other_section(size=16), ValueError, "same `size`"),
+    ],
+)
+def test_budget_curve_unpaired_copy_needs_matching_patches(sim_sdata, tiny_central, make, exc, match):
+    central, _ = tiny_central
+    table = sim_sdata.tables["table"]
+    before = table.copy()
+    with pytest.raises(exc, match=match):
+        c2lst.tl.budget_curve(sim_sdata, central=central, conditions=make(), arms=("real", "real+copy"),
+                              progress=False)
+    assert set(table.obsm) == set(before.obsm) and set(table.uns) == set(before.uns)

@@ -13,12 +13,21 @@ from anndata import AnnData
 from .._logging import logger
 from .._logging import progress as _progress
 from .._utils import as_table, check_kwargs, check_positive_int, check_seed, renamed_arguments, require_obsm
-from ._budget_arms import check_conditions, conditions_kwargs, copy_arm, repeat_table, score_run
+from ._budget_arms import (
+    check_conditions,
+    conditions_kwargs,
+    copy_arm,
+    repeat_table,
+    score_run,
+    unpaired_copy_arm,
+    unpaired_rows,
+)
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
 #: from the null condition (images that ignore the expression: a control no generator should fall below);
-#: ``"real+copy"`` adds copies of each parent's own patch (a perfect but redundant generator).
+#: ``"real+copy"`` adds copies of each parent's own patch (a perfect but redundant generator), or with unpaired
+#: ``conditions`` the other slide's own patches of the profiles the synthetic arm draws (a perfect generator).
 ARMS = ("real", "real+synthetic", "real+null", "real+copy")
 CONDITIONS = ARMS[:2]  # the default arms
 GENE_SELECTION = ("train", "given")
@@ -107,7 +116,10 @@ def budget_curve(
     arms
         Training sets to compare (see :data:`ARMS`): ``"real"``, ``"real+synthetic"``, and the controls
         ``"real+null"`` (patches from the null condition, which ignore expression) and ``"real+copy"`` (the
-        parent's own patch, repeated ``n_per_condition`` times).
+        parent's own patch, repeated ``n_per_condition`` times; with unpaired ``conditions``, the rows the
+        synthetic arm is conditioned on, each with its own real patch from ``conditions.obsm[patch_key]`` and its
+        expression prepared like the repeat's: what a perfect generator would add. With ``"mixup"`` it stays the
+        parents' copies, since a mixture has no real patch).
     n_per_condition
         Added rows per real training spot.
     synthetic_weight
@@ -234,7 +246,7 @@ def budget_curve(
         raise ValueError("pass `synthetic_weight=` to `budget_curve` itself, not in `predictor_kwargs`.")
     weights = _check_weights(synthetic_weight)
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
-                                         arms)
+                                         arms, patch_key)
     from ._central import resolve_central
 
     model = resolve_central(central, table)
@@ -289,7 +301,10 @@ def budget_curve(
                 kw = {**s_kw, **cond_kw} if guidance is None else {**s_kw, **cond_kw, "guidance_scale": guidance}
                 extra[arm] = synthesize(real, central=model, seed=rseed, patch_key=patch_key,
                                         key_added=arm.replace("+", "_"), progress=False, **kw)
-        if "real+copy" in todo:
+        if "real+copy" in todo and cond_label == "unpaired":  # the same profiles as the synthetic arm
+            idx = unpaired_rows(other, n_real * n_per_condition, rseed)
+            extra["real+copy"] = unpaired_copy_arm(other, idx, real, patch_key, expr_key, apply_expression)
+        elif "real+copy" in todo:
             extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
         fits = [(a, w) for a in todo for w in ([math.nan] if a == "real" else weights)]
         for arm, w in fits:

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 
-def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms):
+def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms, patch_key):
     """Validate ``conditions=`` of :func:`budget_curve`; return its result label and the unpaired table."""
     layer = str(record.get("layer", "X"))
     if conditions is None:
@@ -64,7 +64,25 @@ def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_
             f"`conditions` lacks layer {layer!r}, where the table's raw counts are; store the other slide's raw "
             f"counts there (`conditions.layers[{layer!r}] = ...`)."
         )
+    if "real+copy" in arms:  # the perfect generator for unpaired profiles: their own real patches
+        if patch_key not in conditions.obsm:
+            raise KeyError(
+                f"`arms` has 'real+copy', whose rows for unpaired `conditions` are the other slide's own patches "
+                f"(a perfect generator for those profiles), but `conditions.obsm` lacks {patch_key!r}; run "
+                "`c2lst.pp.extract_patches` on the other slide (same `size`) or drop 'real+copy'."
+            )
+        theirs, ours = np.shape(conditions.obsm[patch_key])[1:], np.shape(table.obsm[patch_key])[1:]
+        if theirs != ours:
+            raise ValueError(
+                f"`conditions.obsm[{patch_key!r}]` holds patches of shape {theirs}, the table {ours}; extract the "
+                "other slide's patches at the same `size`."
+            )
     return "unpaired", conditions
+
+
+def unpaired_rows(other: AnnData, n: int, seed: int) -> np.ndarray:
+    """Rows of the unpaired table one run conditions on: ``n`` drawn without replacement while they last."""
+    return np.sort(np.random.default_rng([seed, 11]).choice(other.n_obs, n, replace=n > other.n_obs))
 
 
 def conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str, Any]:
@@ -75,7 +93,7 @@ def conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str,
     if label == "mixup":
         return {"conditions": "mixup", "n_conditions": n, "n_per_condition": 1}
     layer = str(record.get("layer", "X"))
-    idx = np.sort(np.random.default_rng([seed, 11]).choice(other.n_obs, n, replace=n > other.n_obs))
+    idx = unpaired_rows(other, n, seed)
     mat = other.X if layer == "X" else other.layers[layer]
     cond = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
     cond.obs_names = np.asarray(other.obs_names, dtype=str)[idx]
@@ -122,6 +140,29 @@ def copy_arm(real: AnnData, k: int, patch_key: str, expr_key: str) -> AnnData:
     out.obsm[patch_key] = np.asarray(real.obsm[patch_key])[idx]
     out.obsm[expr_key] = np.asarray(real.obsm[expr_key])[idx]
     out.uns["c2lst"] = {"expr": {expr_key: dict(real.uns["c2lst"]["expr"][expr_key])}}
+    return out
+
+
+def unpaired_copy_arm(other: AnnData, idx: np.ndarray, real: AnnData, patch_key: str, expr_key: str,
+                      apply) -> AnnData:
+    """The perfect generator for unpaired profiles: rows ``idx`` of the other slide, its own patch and expression.
+
+    The expression is the other slide's counts preprocessed like the repeat's (same genes, same parameters),
+    so these rows are what a generator that got every unpaired profile's image exactly right would add.
+    """
+    rec = dict(real.uns["c2lst"]["expr"][expr_key])
+    layer = str(rec.get("layer", "X"))
+    mat = other.X if layer == "X" else other.layers[layer]
+    counts = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
+    expr = apply(counts, genes=[str(g) for g in np.asarray(rec["genes"]).tolist()], params={**rec, "layer": "X"})
+    obs = pd.DataFrame(
+        {"c2lst_synthetic": True, "c2lst_parent": np.asarray(other.obs_names, dtype=str)[idx]},
+        index=[f"copy_{i}" for i in range(len(idx))],
+    )
+    out = AnnData(obs=obs)
+    out.obsm[patch_key] = np.asarray(other.obsm[patch_key])[idx]
+    out.obsm[expr_key] = np.asarray(expr, dtype=np.float32)
+    out.uns["c2lst"] = {"expr": {expr_key: rec}}
     return out
 
 
