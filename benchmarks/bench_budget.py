@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--central", default=None, help="a shipped central model (e.g. tiny-sim) instead of pretraining")
     ap.add_argument("--cache", default="benchmarks/_cache")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 1.0])
+    ap.add_argument("--synthetic-fractions", type=float, nargs="+", default=None,
+                    help="fractions at which the added arms run (default: every fraction below 1); the real arm "
+                         "runs at every --fractions")
     ap.add_argument("--arms", nargs="+", default=["real", "real+synthetic", "real+null", "real+copy"])
     ap.add_argument("--weights", type=lambda v: v if v == "auto" else float(v), nargs="+", default=[1.0, 0.3],
                     help="loss weights of the added rows; 'auto' chooses one per fit by grouped validation on "
@@ -84,6 +87,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.features != "default" and args.mode != "ridge":
         ap.error(f"--features {args.features} is a frozen feature space: pass --mode ridge.")
+    if "real" not in args.arms or len(set(args.arms)) < 2:
+        ap.error("--arms needs 'real' (the reference) and at least one added arm, e.g. --arms real real+synthetic.")
     t0 = time.perf_counter()
     size = c2lst.models.PRESETS[args.preset]["sample_size"]
     if args.central:
@@ -108,7 +113,7 @@ def main() -> None:
         local,
         central=model,
         fractions=args.fractions,
-        synthetic_fractions=[f for f in args.fractions if f < 1],
+        synthetic_fractions=args.synthetic_fractions or [f for f in args.fractions if f < 1],
         arms=args.arms,
         n_per_condition=args.synthetic_per_spot,
         synthetic_weight=args.weights,
@@ -140,14 +145,16 @@ def main() -> None:
         print("\nweights chosen by validation ('auto'), runs per fraction:")
         print(auto.groupby("fraction")["chosen_weight"].value_counts().unstack(fill_value=0).to_string())
     plans = {}
+    added = [a for a in args.arms if a != "real"]
+    arm = "real+synthetic" if "real+synthetic" in added else added[0]  # planned for; a control when alone
     for w in args.weights:
-        plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w)
+        plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w, arm=arm)
         plans[w] = plan
         print(f"\n== synthetic weight {w}: paired difference to 100% real (margin {args.margin}) ==")
         print(plan["differences"].round(4).to_string(index=False))
-        print("gain of real+synthetic over real at the same fraction (paired):")
+        print(f"gain of {arm} over real at the same fraction (paired):")
         print(plan["gain"].round(4).to_string(index=False))
-        print(f"smallest non-inferior fraction: real+synthetic {plan['fraction']}, real {plan['fraction_real']}"
+        print(f"smallest non-inferior fraction: {arm} {plan['fraction']}, real {plan['fraction_real']}"
               f", saving {plan['saving']}")
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
     best_w = max(args.weights, key=lambda w: float(np.nanmean(plans[w]["gain"]["gain"])))
@@ -170,6 +177,7 @@ def main() -> None:
         "unlabelled": args.unlabelled,
         "real_curve": real_curve.round(4).to_dict(),
         "means": {"|".join(map(str, k)): v for k, v in means["pearson_r"].round(4).to_dict().items()},
+        "planned_arm": arm,
         "chosen_weight": best_w,
         "plans": {
             str(w): {
