@@ -74,7 +74,9 @@ def synthesize(
         adapter's recorded preprocessing), a DataFrame with one column per adapter gene, or an array
         ``(n_profiles, n_genes)``; DataFrame and array values are preprocessed (log-normalised) profiles.
         An AnnData may come from another slide (unpaired expression): genes are matched by name, all adapter
-        genes must be present, and its raw counts must sit in the layer the adapter was prepared from.
+        genes must be present, and its raw counts must sit in the layer the adapter was prepared from. Such
+        profiles should describe the same tissue type: a table whose genes share names but mark other cell
+        types pairs the patches with wrong labels (docs: benchmarks, unpaired profiles).
         ``"mixup"``: new profiles as count-space convex mixtures of pairs of the table's spots: two distinct
         spots ``a``, ``b`` and ``u ~ Beta(mixup_alpha, mixup_alpha)`` are drawn from ``seed``; the first parent's
         weight is ``w = max(u, 1 - u)`` (it always dominates); raw counts and library sizes are mixed as
