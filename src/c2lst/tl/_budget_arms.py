@@ -85,6 +85,16 @@ def unpaired_rows(other: AnnData, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 11]).choice(other.n_obs, n, replace=n > other.n_obs))
 
 
+def unpaired_counts(other: AnnData, idx: np.ndarray, layer: str) -> AnnData:
+    """Rows ``idx`` of the unpaired table: its raw counts (in ``X``, and in ``layer`` when that is not X)."""
+    mat = other.X if layer == "X" else other.layers[layer]
+    counts = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
+    counts.obs_names = np.asarray(other.obs_names, dtype=str)[idx]
+    if layer != "X":
+        counts.layers[layer] = counts.X
+    return counts
+
+
 def conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str, Any]:
     """``synthesize`` options of one run: ``per_spot`` rows per training spot from the chosen conditions."""
     if label == "train":
@@ -92,13 +102,7 @@ def conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str,
     n = n_real * per_spot
     if label == "mixup":
         return {"conditions": "mixup", "n_conditions": n, "n_per_condition": 1}
-    layer = str(record.get("layer", "X"))
-    idx = unpaired_rows(other, n, seed)
-    mat = other.X if layer == "X" else other.layers[layer]
-    cond = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
-    cond.obs_names = np.asarray(other.obs_names, dtype=str)[idx]
-    if layer != "X":
-        cond.layers[layer] = cond.X
+    cond = unpaired_counts(other, unpaired_rows(other, n, seed), str(record.get("layer", "X")))
     if n > other.n_obs:
         cond.obs_names_make_unique()
     return {"conditions": cond, "n_per_condition": 1}
@@ -151,12 +155,10 @@ def unpaired_copy_arm(other: AnnData, idx: np.ndarray, real: AnnData, patch_key:
     so these rows are what a generator that got every unpaired profile's image exactly right would add.
     """
     rec = dict(real.uns["c2lst"]["expr"][expr_key])
-    layer = str(rec.get("layer", "X"))
-    mat = other.X if layer == "X" else other.layers[layer]
-    counts = AnnData(X=mat[idx], var=pd.DataFrame(index=other.var_names.copy()))
+    counts = unpaired_counts(other, idx, str(rec.get("layer", "X")))
     expr = apply(counts, genes=[str(g) for g in np.asarray(rec["genes"]).tolist()], params={**rec, "layer": "X"})
     obs = pd.DataFrame(
-        {"c2lst_synthetic": True, "c2lst_parent": np.asarray(other.obs_names, dtype=str)[idx]},
+        {"c2lst_synthetic": True, "c2lst_parent": np.asarray(counts.obs_names, dtype=str)},
         index=[f"copy_{i}" for i in range(len(idx))],
     )
     out = AnnData(obs=obs)
