@@ -9,7 +9,8 @@ controls: ``real+null`` (patches from the null condition: images that ignore the
 ``real+copy`` (each parent's own patch again: a perfect but redundant generator). Every added arm is fitted for
 each ``--weights`` loss weight of its added rows; ``auto`` lets each fit choose its weight (0, 0.1, 0.3 or 1) by
 grouped 3-fold validation on its own training spots, so synthesis that does not help can be switched off
-without looking at the test blocks.
+without looking at the test blocks; ``auto-gene`` makes that choice per gene (synthetic rows teach only the
+genes they help predict), and the run prints each weight's paired difference to the first one.
 
 Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
 synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
@@ -60,9 +61,11 @@ def main() -> None:
                     help="fractions at which the added arms run (default: every fraction below 1); the real arm "
                          "runs at every --fractions")
     ap.add_argument("--arms", nargs="+", default=["real", "real+synthetic", "real+null", "real+copy"])
-    ap.add_argument("--weights", type=lambda v: v if v == "auto" else float(v), nargs="+", default=[1.0, 0.3],
+    ap.add_argument("--weights", type=lambda v: v if v in ("auto", "auto-gene") else float(v), nargs="+",
+                    default=[1.0, 0.3],
                     help="loss weights of the added rows; 'auto' chooses one per fit by grouped validation on "
-                         "its own training spots (fit_predictor(synthetic_weight='auto'))")
+                         "its own training spots (fit_predictor(synthetic_weight='auto')), 'auto-gene' one per "
+                         "gene the same way")
     ap.add_argument("--adapt-steps", type=int, default=800,
                     help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
@@ -144,6 +147,11 @@ def main() -> None:
     if len(auto):
         print("\nweights chosen by validation ('auto'), runs per fraction:")
         print(auto.groupby("fraction")["chosen_weight"].value_counts().unstack(fill_value=0).to_string())
+    per_gene = curve[curve["synthetic_weight"].astype(str) == "auto-gene"]
+    if len(per_gene):
+        cols = ["chosen_weight", *(c for c in curve.columns if c.startswith("chosen_weight_"))]
+        print("\nmean weight chosen per gene ('auto-gene'), all genes and per gene kind:")
+        print(per_gene.groupby(["condition", "fraction"])[cols].mean().round(3).to_string())
     plans = {}
     added = [a for a in args.arms if a != "real"]
     arm = "real+synthetic" if "real+synthetic" in added else added[0]  # planned for; a control when alone
@@ -156,6 +164,10 @@ def main() -> None:
         print(plan["gain"].round(4).to_string(index=False))
         print(f"smallest non-inferior fraction: {arm} {plan['fraction']}, real {plan['fraction_real']}"
               f", saving {plan['saving']}")
+    between = weight_differences(curve, args.weights, arm)
+    if len(between):
+        print(f"\n{arm}: paired difference of each weight to weight {args.weights[0]} (same rows, seeds):")
+        print(between.round(4).to_string(index=False))
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
     best_w = max(args.weights, key=lambda w: float(np.nanmean(plans[w]["gain"]["gain"])))
     plan = plans[best_w]
@@ -189,12 +201,35 @@ def main() -> None:
             }
             for w, p in plans.items()
         },
+        "weight_differences": between.round(4).to_dict(orient="records"),
         "worst_gain": worst,
         "seconds": time.perf_counter() - t0,
         "seconds_curve": t_curve,
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(out, default=float))
+
+
+def weight_differences(curve: pd.DataFrame, weights: list, arm: str) -> pd.DataFrame:
+    """Paired r difference (mean, 95% CI over repeats) of each weight to the first, per fraction and gene kind."""
+    rows = []
+    added = curve[curve["condition"] == arm].assign(w=curve["synthetic_weight"].astype(str))
+    scores = [c for c in curve.columns if c.startswith("pearson_r")]
+    for w in weights[1:]:
+        for f, at in added.groupby("fraction"):
+            a = at[at["w"] == str(w)].set_index("repeat")
+            b = at[at["w"] == str(weights[0])].set_index("repeat")
+            common = a.index.intersection(b.index)
+            if not len(common):
+                continue
+            row = {"weight": str(w), "fraction": f}
+            for c in scores:
+                mean, low, high, _ = c2lst.metrics.paired_ci(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy())
+                row[c.replace("pearson_r", "diff")] = mean
+                if c == "pearson_r":
+                    row["ci_low"], row["ci_high"] = low, high
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":

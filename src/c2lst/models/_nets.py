@@ -123,6 +123,9 @@ def fit_network(
 ) -> dict[str, Any]:
     """Train ``net`` in place on the weighted MSE to ``targets`` through :func:`~c2lst.models.train.train`.
 
+    ``weights`` are per row ``(n,)`` or per row and target ``(n, G)`` (each target's loss is then its weighted
+    mean over the batch's rows; a target no row of the batch teaches adds 0).
+
     Each epoch visits every row once (``rows=``); the learning rate warms up over 5 % of the steps, then follows a
     cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
     backbone may hold BatchNorm layers) or weighs 0 are skipped. Returns the training summary of the predictor.
@@ -143,8 +146,10 @@ def fit_network(
         x = to_input(x_all[idx])
         if augment:
             x = dihedral(x, gen)
-        per_row = ((model(x.to(dev)) - y_all[idx].to(dev)) ** 2).mean(dim=1)
-        return (per_row * wb).sum() / wb.sum()
+        err = (model(x.to(dev)) - y_all[idx].to(dev)) ** 2
+        if wb.dim() == 2:  # per gene: each gene's weighted mean over the rows that teach it, then the mean over genes
+            return ((err * wb).sum(dim=0) / wb.sum(dim=0).clamp_min(1e-12)).mean()
+        return (err.mean(dim=1) * wb).sum() / wb.sum()
 
     settings = TrainSettings(
         n_steps=n_steps,

@@ -21,7 +21,9 @@ Modes
     leave-one-out error over a grid (closed form from one SVD) unless ``alpha`` is given; with ``groups`` (a
     real spot and its synthetic children) by grouped K-fold error on the real rows.
 
-Row weights (``sample_weight``) let synthetic rows count less than real ones in both modes. ``n_steps`` fixes
+Row weights (``sample_weight``) let synthetic rows count less than real ones in both modes; a weight per row and
+gene ``(n, n_genes)`` lets them teach only the genes they carry (each gene's loss is its own weighted mean over
+rows, so a gene that ignores the synthetic rows learns from the real ones at full strength). ``n_steps`` fixes
 the CNN's optimiser steps whatever the number of rows, so arms of a comparison get equal compute.
 
 Weights are stored with safetensors next to a JSON config, atomically and with a sha256 fingerprint (no pickle);
@@ -189,7 +191,9 @@ class ExpressionPredictor(PredictorPersistence):
             Optimiser steps of ``mode="cnn"``; overrides ``n_epochs``. Fix it to compare training sets of
             different sizes on equal compute (epochs give more steps to more rows).
         sample_weight
-            Loss weight per row ``(n,)`` (``None``: all 1), e.g. below 1 for synthetic rows.
+            Loss weight per row ``(n,)`` (``None``: all 1), e.g. below 1 for synthetic rows, or per row and gene
+            ``(n, n_genes)``, e.g. 0 for the genes a synthetic row does not carry; every gene needs a positive
+            weight on some row.
         groups
             Group label per row for the ridge penalty's grouped cross-validation (``mode="ridge"``, ``alpha``
             not given): rows of one group (a real spot and its synthetic children) are held out together.
@@ -223,13 +227,14 @@ class ExpressionPredictor(PredictorPersistence):
             raise ValueError("`expression` contains NaN or inf; clean or re-prepare the expression first.")
         if n_steps is not None:
             n_steps = check_positive_int(n_steps, "n_steps")
-        w = check_weights(sample_weight, len(patches), "sample_weight")
+        w = check_weights(sample_weight, len(patches), "sample_weight", n_columns=len(self.genes))
         for name, value in (("groups", groups), ("eval_mask", eval_mask)):
             if value is not None and np.shape(value) != (len(patches),):
                 raise ValueError(f"`{name}` must hold one value per patch ({len(patches)}), got {np.shape(value)}.")
         self.patch_size = int(patches.shape[1])
-        mean = (w @ y / w.sum()).astype(np.float32)
-        std = np.sqrt(w @ (y - mean) ** 2 / w.sum())
+        wy = w if w.ndim == 2 else w[:, None]  # per-gene means and spreads under each gene's weights
+        mean = ((wy * y).sum(axis=0) / wy.sum(axis=0)).astype(np.float32)
+        std = np.sqrt((wy * (y - mean) ** 2).sum(axis=0) / wy.sum(axis=0))
         std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         self._tensors = {"target_mean": torch.from_numpy(mean), "target_std": torch.from_numpy(std)}
         z = (y - mean) / std
@@ -294,7 +299,7 @@ class ExpressionPredictor(PredictorPersistence):
 
     def _fit_ridge(self, patches: np.ndarray, z: np.ndarray, device, w, groups, eval_mask, progress=False) -> None:
         if self.backbone is None:  # zero-weight rows shape nothing, the nuclei threshold included
-            self.threshold = _features.hematoxylin_threshold(patches[w > 0])
+            self.threshold = _features.hematoxylin_threshold(patches[(w > 0) if w.ndim == 1 else (w > 0).any(axis=1)])
         else:
             self.backbone_sha256 = module_sha256(self.backbone)
         arrays, self.training = fit_ridge_head(

@@ -8,18 +8,26 @@ the ``eval_mask`` rows only, so siblings of a held-out row never vote on their o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 
-def check_weights(weights: np.ndarray | None, n: int, name: str = "weights") -> np.ndarray:
-    """Return validated row weights ``(n,)`` (all 1 for ``None``); raise a :class:`ValueError` naming ``name``."""
+def check_weights(weights: np.ndarray | None, n: int, name: str = "weights", n_columns: int | None = None) -> np.ndarray:
+    """Return validated row weights ``(n,)`` (all 1 for ``None``); raise a :class:`ValueError` naming ``name``.
+
+    With ``n_columns``, weights per row and target column ``(n, n_columns)`` are accepted too; each column needs
+    a positive weight on some row.
+    """
     if weights is None:
         return np.ones(n)
     w = np.asarray(weights, dtype=float)
-    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+    shapes = [(n,)] if n_columns is None else [(n,), (n, n_columns)]
+    ok = w.shape in shapes and bool(np.all(np.isfinite(w))) and not np.any(w < 0)
+    if not ok or np.any(w.reshape(n, -1).sum(axis=0) <= 0):
         raise ValueError(
-            f"`{name}` must hold {n} finite, non-negative values that are not all zero, got shape {w.shape}."
+            f"`{name}` must hold finite, non-negative values of shape {' or '.join(map(str, shapes))}, not all "
+            f"zero{' in any column' if n_columns is not None else ''}; got shape {w.shape}."
         )
     return w
 
@@ -186,7 +194,7 @@ def fit_ridge_head(
     alpha: float | None = None,
     groups: np.ndarray | None = None,
     eval_mask: np.ndarray | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, float | int]]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Standardise ``features`` (weighted), choose the penalty unless ``alpha`` is given and fit ``z ~ features``.
 
     Parameters
@@ -196,7 +204,9 @@ def fit_ridge_head(
     z
         Targets ``(n, G)``.
     weights
-        Row weights ``(n,)`` (all 1: the plain, unweighted fit and leave-one-out penalty).
+        Row weights ``(n,)`` (all 1: the plain, unweighted fit and leave-one-out penalty), or weights per row and
+        target ``(n, G)``: the targets that share a weight column are fitted together, each group with its own
+        penalty (features are standardised with the mean weight of each row).
     alpha
         Ridge penalty on the standardised features; ``None`` chooses it with :func:`ridge_alpha`.
     groups, eval_mask
@@ -205,13 +215,40 @@ def fit_ridge_head(
     Returns
     -------
     ``coef`` ``(D, G)`` and ``intercept`` ``(G,)`` (float32), ``feature_mean`` and ``feature_std`` ``(D,)``
-    (float64), and the summary ``{"alpha", "loo_mse", "n_features"}``.
+    (float64), and the summary ``{"alpha", "loo_mse", "n_features"}`` (with per-target weights, ``alpha`` and
+    ``loo_mse`` are the means over targets and ``alpha_per_target`` lists each target's penalty).
     """
     w = np.asarray(weights, dtype=float)
-    f_mean = w @ features / w.sum()
-    f_std = np.sqrt(w @ (features - f_mean) ** 2 / w.sum())
+    row_w = w if w.ndim == 1 else w.mean(axis=1)
+    f_mean = row_w @ features / row_w.sum()
+    f_std = np.sqrt(row_w @ (features - f_mean) ** 2 / row_w.sum())
     f_std = np.where(f_std > 1e-12, f_std, 1.0)
     xs = (features - f_mean) / f_std
+    if w.ndim == 1:
+        coef, intercept, alpha, loo = _ridge_head(xs, z, w, alpha, groups, eval_mask)
+        summary: dict[str, Any] = {"alpha": float(alpha), "loo_mse": float(loo)}
+    else:
+        coef, intercept = np.zeros((xs.shape[1], z.shape[1])), np.zeros(z.shape[1])
+        alphas, loos = np.zeros(z.shape[1]), np.zeros(z.shape[1])
+        columns, which = np.unique(w.T, axis=0, return_inverse=True)
+        for k, col in enumerate(columns):
+            cols = np.flatnonzero(which.ravel() == k)
+            coef[:, cols], intercept[cols], alphas[cols], loos[cols] = _ridge_head(
+                xs, z[:, cols], col, alpha, groups, eval_mask
+            )
+        summary = {"alpha": float(alphas.mean()), "loo_mse": float(loos.mean()),
+                   "alpha_per_target": [float(a) for a in alphas]}
+    arrays = {
+        "coef": coef.astype(np.float32),
+        "intercept": intercept.astype(np.float32),
+        "feature_mean": f_mean.astype(np.float64),
+        "feature_std": f_std.astype(np.float64),
+    }
+    return arrays, {**summary, "n_features": int(xs.shape[1])}
+
+
+def _ridge_head(xs, z, w, alpha, groups, eval_mask):
+    """Penalty (given or chosen) and ridge fit of ``z ~ xs`` under row weights ``w``."""
     plain = groups is None and eval_mask is None and np.all(w == 1)
     if alpha is not None:
         alpha, loo = float(alpha), float("nan")
@@ -220,10 +257,4 @@ def fit_ridge_head(
     else:
         alpha, loo = ridge_alpha(xs, z, weights=w, groups=groups, eval_mask=eval_mask)
     coef, intercept = ridge_fit(xs, z, alpha, weights=None if plain else w)
-    arrays = {
-        "coef": coef.astype(np.float32),
-        "intercept": intercept.astype(np.float32),
-        "feature_mean": f_mean.astype(np.float64),
-        "feature_std": f_std.astype(np.float64),
-    }
-    return arrays, {"alpha": float(alpha), "loo_mse": float(loo), "n_features": int(xs.shape[1])}
+    return coef, intercept, alpha, loo

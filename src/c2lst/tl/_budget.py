@@ -22,6 +22,7 @@ from ._budget_arms import (
     unpaired_copy_arm,
     unpaired_rows,
 )
+from ._weights import CHOICES
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -128,7 +129,8 @@ def budget_curve(
         :func:`plan_budget`. Choosing the weight on the test blocks makes that arm's figures slightly optimistic.
         ``"auto"`` (alone or in the sequence) lets each fit choose its weight by grouped cross-validation on its
         own training spots (see :func:`c2lst.tl.fit_predictor`), never on the test blocks; such rows hold
-        ``"auto"`` in ``synthetic_weight`` and the weight chosen in ``chosen_weight``.
+        ``"auto"`` in ``synthetic_weight`` and the weight chosen in ``chosen_weight``. ``"auto-gene"`` chooses
+        one weight per gene the same way (``chosen_weight`` is then their mean over genes).
     n_repeats
         Repeats (different held-out blocks, subsets and seeds); :func:`plan_budget` needs at least 3.
     split
@@ -181,12 +183,14 @@ def budget_curve(
     One row per (repeat, fraction, arm, weight): ``fraction``, ``repeat``, ``condition`` (the arm),
     ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's feature space:
     ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN for ``"real"``,
-    ``"auto"`` for a weight chosen per fit), ``chosen_weight`` (the weight the fit used; NaN for ``"real"``),
+    ``"auto"`` or ``"auto-gene"`` for weights chosen per fit), ``chosen_weight`` (the weight the fit used, the
+    mean over genes for ``"auto-gene"``; NaN for ``"real"``),
     ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
-    visible in the image, ``smooth`` genes follow spatial fields only).
+    visible in the image, ``smooth`` genes follow spatial fields only), with ``"auto-gene"`` also
+    ``chosen_weight_<kind>`` (the mean chosen weight of each kind's genes).
 
     Examples
     --------
@@ -326,24 +330,34 @@ def budget_curve(
                 "n_test": int(test.sum()),
                 "n_steps": int(pred.training.get("n_steps", 0)),
                 **score_run(pred, held, expr_key, patch_key, gene_kind),
+                **_kind_weights(pred, gene_kind),
             })
         logger.info("budget: fraction %.2f repeat %d: %s", f, r,
                     ", ".join(f"{row['condition']} r={row['pearson_r']:.3f}" for row in rows[-len(fits):]))
     return pd.DataFrame(rows)
 
 
+def _kind_weights(pred, gene_kind) -> dict[str, float]:
+    """Mean chosen weight per gene kind (``chosen_weight_<kind>``) of a fit with weights per gene."""
+    per_gene = pred.training.get("synthetic_weight_genes")
+    if per_gene is None or gene_kind is None:
+        return {}
+    w = np.array([per_gene[g] for g in pred.genes])
+    return {f"chosen_weight_{k}": float(w[gene_kind == k].mean()) for k in sorted(set(gene_kind))}
+
+
 def _check_weights(weight: float | str | Sequence[float | str]) -> list[float | str]:
     values = list(weight) if isinstance(weight, Sequence) and not isinstance(weight, str) else [weight]
     ok = values and all(
-        v == "auto"
+        v in CHOICES
         if isinstance(v, str)
         else not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) and v >= 0
         for v in values
     )
     if not ok or len(set(values)) != len(values):
         raise ValueError(
-            f"`synthetic_weight={weight!r}` must be a number >= 0, 'auto' or a sequence of distinct ones "
-            "(e.g. (0.3, 'auto'))."
+            f"`synthetic_weight={weight!r}` must be a number >= 0, one of {list(CHOICES)} or a sequence of distinct "
+            "ones (e.g. (0.3, 'auto-gene'))."
         )
     return [v if isinstance(v, str) else float(v) for v in values]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ from .._records import EXPR_HINT, gene_names, synthetic_mask
 from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
-from ._weights import _cv_weights, _fit_weighted, _weight_grid
+from ._weights import _choose, _cv_weights, _fit_weighted, _gene_weights, _weight_grid
 
 __all__ = ["fit_predictor", "predict_expression"]
 
@@ -37,7 +37,7 @@ def fit_predictor(
     alpha: float | None = None,
     n_epochs: int = 30,
     n_steps: int | None = None,
-    synthetic_weight: float | Sequence[float] | Literal["auto"] = 0.3,
+    synthetic_weight: float | Sequence[float] | Mapping[str, float] | Literal["auto", "auto-gene"] = 0.3,
     cv_folds: int = 3,
     batch_size: int = 64,
     lr: float = 3e-3,
@@ -96,6 +96,12 @@ def fit_predictor(
         best mean Pearson r over genes is refitted on all rows (ties go to the smaller weight). A grid with 0
         can fall back to ignoring synthetic rows that do not help on these spots. It costs
         ``cv_folds * len(grid)`` extra fits.
+
+        ``"auto-gene"`` makes the same choice (same grid, folds and fits) for each gene on its own out-of-fold
+        r: synthetic rows then teach only the genes they help predict on these spots, e.g. the marker genes a
+        generator carries and not the spatial genes no image shows. A mapping gene -> weight (e.g. a fitted
+        predictor's ``training["synthetic_weight_genes"]``) fixes one weight per gene. Per gene, each gene's
+        loss is its weighted mean over rows, so a gene at weight 0 learns from the real rows at full strength.
     cv_folds
         Folds of the weight choice (``synthetic_weight="auto"`` or a sequence); at least 2, and at most the
         number of real spots.
@@ -109,9 +115,9 @@ def fit_predictor(
     Returns
     -------
     The fitted :class:`~c2lst.models.predictor.ExpressionPredictor`; ``predictor.training`` records
-    ``n_real``, ``n_synthetic`` and ``synthetic_weight`` (the weight used); a chosen weight also
-    ``synthetic_weight_cv`` (mean out-of-fold Pearson r per candidate weight) and ``cv_folds``. The tables are not
-    modified.
+    ``n_real``, ``n_synthetic`` and ``synthetic_weight`` (the weight used; the mean over genes for weights per
+    gene, which are in ``synthetic_weight_genes``); a chosen weight also ``synthetic_weight_cv`` (mean
+    out-of-fold Pearson r per candidate weight) and ``cv_folds``. The tables are not modified.
 
     Examples
     --------
@@ -194,6 +200,8 @@ def fit_predictor(
     fit_kw = {
         "n_epochs": n_epochs, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
     }
+    if isinstance(synthetic_weight, Mapping | pd.Series):
+        synthetic_weight = _gene_weights(synthetic_weight, list(ref_genes))
     cv_scores = None
     if grid is not None and n_syn:
         if n_real < cv_folds:
@@ -204,28 +212,37 @@ def fit_predictor(
         model_args = (list(ref_genes), mode, backbone, alpha)
         cv_scores = _cv_weights(x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), grid, cv_folds,
                                 model_args, fit_kw, progress)
-        best = max(cv_scores.values())
-        synthetic_weight = min(w for w, score in cv_scores.items() if score >= best - 1e-12)
+        per_gene = synthetic_weight == "auto-gene"
+        cv_mean = {w: float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf for w, r in cv_scores.items()}
+        synthetic_weight = _choose(cv_scores, per_gene)
+        chosen = (
+            f"per gene ({', '.join(f'{w:g}: {int(np.sum(synthetic_weight == w))}' for w in grid)} genes)"
+            if per_gene else f"{synthetic_weight:g}"
+        )
         logger.info(
-            "synthetic_weight chosen by %d-fold validation: %g (mean r %s)",
-            cv_folds, synthetic_weight, ", ".join(f"{w:g}: {r:.3f}" for w, r in cv_scores.items()),
+            "synthetic_weight chosen by %d-fold validation: %s (mean r %s)",
+            cv_folds, chosen, ", ".join(f"{w:g}: {r:.3f}" for w, r in cv_mean.items()),
         )
     elif grid is not None:
         synthetic_weight = 1.0  # no synthetic rows: the weight changes nothing
-    if n_syn and n_real == 0 and synthetic_weight == 0:
-        raise ValueError("`synthetic_weight=0` leaves no row to learn from: the tables hold only synthetic rows.")
+    weight = np.asarray(synthetic_weight, dtype=float)
+    if n_syn and n_real == 0 and np.any(weight == 0):
+        raise ValueError(
+            "`synthetic_weight=0` (for some genes) leaves no row to learn from: the tables hold only synthetic rows."
+        )
     model = _fit_weighted(
-        x, y, is_syn, np.concatenate(groups), float(synthetic_weight), (list(ref_genes), mode, backbone, alpha),
-        fit_kw, progress,
+        x, y, is_syn, np.concatenate(groups), weight, (list(ref_genes), mode, backbone, alpha), fit_kw, progress,
     )
     if cv_scores is not None:
-        model.training["synthetic_weight_cv"] = {f"{w:g}": float(r) for w, r in cv_scores.items()}
+        model.training["synthetic_weight_cv"] = {f"{w:g}": r for w, r in cv_mean.items()}
         model.training["cv_folds"] = int(cv_folds)
+    if weight.ndim:
+        model.training["synthetic_weight_genes"] = {str(g): float(v) for g, v in zip(ref_genes, weight, strict=True)}
     model.training.update(
         {
             "n_real": n_real,
             "n_synthetic": n_syn,
-            "synthetic_weight": float(synthetic_weight),
+            "synthetic_weight": float(weight.mean()),
             "expr_key": expr_key,
             "patch_key": patch_key,
         }

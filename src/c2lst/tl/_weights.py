@@ -2,43 +2,87 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .._logging import progress as _progress
 from ..metrics import pearson
 from ..models import ExpressionPredictor
 
-#: Candidate weights of ``synthetic_weight="auto"``.
+#: Candidate weights of ``synthetic_weight="auto"`` and ``"auto-gene"``.
 AUTO_WEIGHTS = (0.0, 0.1, 0.3, 1.0)
+
+#: The string values of ``synthetic_weight``: one weight chosen for all genes, or one per gene.
+CHOICES = ("auto", "auto-gene")
 
 
 def _weight_grid(weight: Any) -> list[float] | None:
-    """Validate ``synthetic_weight``; return the candidate weights to choose from, or ``None`` for a fixed one."""
+    """Validate ``synthetic_weight``; return the candidate weights to choose from, or ``None`` for a fixed one.
+
+    A mapping (gene -> weight) is fixed per gene and checked against the genes by :func:`_gene_weights`.
+    """
     if isinstance(weight, str):
-        if weight != "auto":
-            raise ValueError(f"`synthetic_weight={weight!r}` is unknown; pass a number >= 0, a sequence of them or 'auto'.")
+        if weight not in CHOICES:
+            raise ValueError(
+                f"`synthetic_weight={weight!r}` is unknown; pass a number >= 0, a sequence of them, a mapping "
+                f"gene -> weight or one of {list(CHOICES)}."
+            )
         return list(AUTO_WEIGHTS)
+    if isinstance(weight, Mapping | pd.Series):
+        return None
     values = list(weight) if isinstance(weight, Sequence) else [weight]
-    ok = bool(values) and all(
-        not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating) and np.isfinite(v) and v >= 0
-        for v in values
-    )
+    ok = bool(values) and all(_is_weight(v) for v in values)
     if not ok or len(set(values)) != len(values):
         raise ValueError(
             f"`synthetic_weight` must be a finite number >= 0 (1 = as much as a real row), a sequence of distinct "
-            f"ones to choose from by validation, or 'auto'; got {weight!r}."
+            f"ones to choose from by validation, a mapping gene -> weight, or one of {list(CHOICES)}; got {weight!r}."
         )
     return sorted(float(v) for v in values) if isinstance(weight, Sequence) else None
 
 
+def _is_weight(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating) and bool(np.isfinite(v)) \
+        and v >= 0
+
+
+def _gene_weights(weight: Mapping | pd.Series, genes: Sequence[str]) -> np.ndarray:
+    """Return a per-gene weight mapping as an array in the order of ``genes``; raise on missing or extra genes."""
+    given = {str(k): v for k, v in dict(weight).items()}
+    missing = [g for g in genes if g not in given]
+    if missing:
+        raise KeyError(
+            f"`synthetic_weight` gives no weight for {len(missing)} gene(s) of the tables, e.g. {missing[:3]}; "
+            "map every prepared gene to a weight (e.g. `predictor.training['synthetic_weight_genes']`)."
+        )
+    extra = sorted(set(given) - set(genes))
+    if extra:
+        raise ValueError(
+            f"`synthetic_weight` maps {len(extra)} gene(s) the tables do not predict, e.g. {extra[:3]}; "
+            "drop them or prepare the tables with those genes."
+        )
+    bad = {g: given[g] for g in genes if not _is_weight(given[g])}
+    if bad:
+        raise ValueError(f"`synthetic_weight` per gene must be finite numbers >= 0, got {dict(list(bad.items())[:3])}.")
+    return np.array([float(given[g]) for g in genes])
+
+
 def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) -> ExpressionPredictor:
-    """Fit one predictor with synthetic rows weighted ``weight`` (grouped ridge penalty as in fit_predictor)."""
+    """Fit one predictor with synthetic rows weighted ``weight`` (grouped ridge penalty as in fit_predictor).
+
+    ``weight`` is a number or one number per gene ``(n_genes,)``; equal per-gene weights fit as the number.
+    """
     genes, mode, backbone, alpha = model_args
     n_syn, n_real = int(is_syn.sum()), int((~is_syn).sum())
-    sample_weight = np.where(is_syn, weight, 1.0) if n_syn and weight != 1 else None
+    weight = np.asarray(weight, dtype=float)
+    if weight.ndim and np.all(weight == weight[0]):
+        weight = weight[:1].reshape(())
+    if weight.ndim:
+        sample_weight = np.where(is_syn[:, None], weight[None, :], 1.0) if n_syn else None
+    else:
+        sample_weight = np.where(is_syn, float(weight), 1.0) if n_syn and weight != 1 else None
     grouped = n_syn > 0 and n_real > 1
     model = ExpressionPredictor(genes, mode=mode, backbone=backbone, alpha=alpha)
     return model.fit(
@@ -47,8 +91,21 @@ def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) ->
     )
 
 
-def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress) -> dict[float, float]:
-    """Mean out-of-fold Pearson r over genes of the real spots, per candidate synthetic weight.
+def _choose(scores: dict[float, np.ndarray], per_gene: bool) -> float | np.ndarray:
+    """The best candidate weight by mean r over genes, or per gene (ties and NaN go to the smaller weight)."""
+    grid = sorted(scores)
+    if not per_gene:
+        means = {w: float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf for w, r in scores.items()}
+        best = max(means.values())
+        return min(w for w in grid if means[w] >= best - 1e-12)
+    table = np.stack([np.where(np.isfinite(scores[w]), scores[w], -np.inf) for w in grid])  # (weights, genes)
+    best = table.max(axis=0)
+    first = np.argmax(table >= best - 1e-12, axis=0)  # the smallest weight within float noise of the best
+    return np.asarray(grid)[first]
+
+
+def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress) -> dict[float, np.ndarray]:
+    """Out-of-fold Pearson r per gene ``(n_genes,)`` of the real spots, per candidate synthetic weight.
 
     Folds split the real spots (seeded by ``fit_kw["seed"]``); a fold's training rows leave out its real spots
     and every synthetic row conditioned on one of them (first or second parent), so no profile of a held-out
@@ -74,6 +131,6 @@ def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw,
     for w in grid:
         done = np.isfinite(oof[w]).all(axis=1)
         with np.errstate(all="ignore"):
-            r = np.asarray(pearson(oof[w][done], y[real_idx[done]]), dtype=np.float64) if done.sum() > 2 else np.nan
-        scores[w] = float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf
+            r = np.asarray(pearson(oof[w][done], y[real_idx[done]]), dtype=np.float64) if done.sum() > 2 else None
+        scores[w] = np.full(y.shape[1], np.nan) if r is None else r
     return scores
