@@ -62,3 +62,22 @@ def make_table(n=64, *, size=32, seed=0, genes=("g_nuclei", "g_colour", "g_noise
     return adata
 
 
+def tiny_budget(sdata, central, **kwargs):
+    """A budget curve small enough for a test: fractions 0.5 and 1, the added arms at 0.5, 3 repeats, 2-step fits.
+
+    ``kwargs`` override these settings (e.g. ``arms=``, ``synthetic_weight=``, ``predictor_kwargs=``).
+    """
+    import c2lst
+
+    settings = {
+        "fractions": (0.5, 1.0),
+        "synthetic_fractions": (0.5,),
+        "arms": ("real", "real+synthetic"),
+        "n_repeats": 3,
+        "n_per_condition": 1,
+        "adapt_kwargs": {"n_steps": 2, "batch_size": 8},
+        "synthesize_kwargs": {"n_steps": 2},
+        "predictor_kwargs": {"n_steps": 2},
+        "progress": False,
+    }
+    return c2lst.tl.budget_curve(sdata, central=central, **{**settings, **kwargs})

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from _eval_helpers import tiny_budget
 
 import c2lst
 from c2lst.tl._budget import spatial_split
@@ -29,19 +30,8 @@ def test_spatial_split_holds_out_whole_blocks():
 
 def test_budget_curve_runs_and_plans(sim_sdata, tiny_central):
     central, _ = tiny_central
-    curve = c2lst.tl.budget_curve(
-        sim_sdata,
-        central=central,
-        fractions=(0.5, 1.0),
-        synthetic_fractions=(0.5,),
-        arms=("real", "real+synthetic", "real+null", "real+copy"),
-        n_repeats=3,
-        n_per_condition=1,
-        adapt_kwargs={"n_steps": 2, "batch_size": 8},
-        synthesize_kwargs={"n_steps": 2},
-        predictor_kwargs={"n_steps": 3},
-        progress=False,
-    )
+    curve = tiny_budget(sim_sdata, central, arms=("real", "real+synthetic", "real+null", "real+copy"),
+                        predictor_kwargs={"n_steps": 3})
     # every arm at 0.5, only the real reference at 1.0
     assert len(curve) == 3 * (4 + 1)
     assert set(curve[curve["fraction"] == 1.0]["condition"]) == {"real"}

@@ -159,32 +159,3 @@ def test_zero_gene_weight_without_real_rows(real):
     with pytest.raises(ValueError, match="no row to learn from"):
         c2lst.tl.fit_predictor(syn, mode="ridge", synthetic_weight={**dict.fromkeys(GENES, 1.0), "g_noise": 0.0},
                                progress=False)
-
-
-# --------------------------------------------------------------------------- budget_curve
-def test_budget_curve_with_auto_gene(sim_sdata, tiny_central):
-    central, _ = tiny_central
-    curve = c2lst.tl.budget_curve(
-        sim_sdata,
-        central=central,
-        fractions=(0.5, 1.0),
-        synthetic_fractions=(0.5,),
-        arms=("real", "real+synthetic"),
-        synthetic_weight=(0.3, "auto-gene"),
-        n_repeats=3,
-        n_per_condition=1,
-        adapt_kwargs={"n_steps": 2, "batch_size": 8},
-        synthesize_kwargs={"n_steps": 2},
-        predictor_kwargs={"n_steps": 2},
-        progress=False,
-    )
-    per_gene = curve[curve["synthetic_weight"].astype(str) == "auto-gene"]
-    assert len(per_gene) == 3
-    assert per_gene["chosen_weight"].between(0, 1).all()
-    kinds = [c for c in curve.columns if c.startswith("chosen_weight_")]
-    assert kinds and per_gene[kinds].notna().all().all()
-    assert curve.loc[curve["synthetic_weight"].astype(str) == "0.3", kinds].isna().all().all()
-    plan = c2lst.tl.plan_budget(curve, synthetic_weight="auto-gene")
-    assert list(plan["gain"]["fraction"]) == [0.5]
-    with pytest.raises(ValueError, match="auto-gene"):
-        c2lst.tl.budget_curve(sim_sdata, central=central, synthetic_weight="per-gene", progress=False)

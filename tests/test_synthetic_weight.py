@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _eval_helpers import make_table
+from _eval_helpers import make_table, tiny_budget
 from _reliability_helpers import state as snapshot
 
 import c2lst
@@ -141,35 +141,31 @@ def test_too_few_real_spots_for_the_folds(real):
 
 def test_budget_curve_and_plan_with_auto(sim_sdata, tiny_central):
     central, _ = tiny_central
-    curve = c2lst.tl.budget_curve(
-        sim_sdata,
-        central=central,
-        fractions=(0.5, 1.0),
-        synthetic_fractions=(0.5,),
-        arms=("real", "real+synthetic"),
-        synthetic_weight=(0.3, "auto"),
-        n_repeats=3,
-        n_per_condition=1,
-        adapt_kwargs={"n_steps": 2, "batch_size": 8},
-        synthesize_kwargs={"n_steps": 2},
-        predictor_kwargs={"n_steps": 2},
-        progress=False,
-    )
+    curve = tiny_budget(sim_sdata, central, synthetic_weight=(0.3, "auto", "auto-gene"))
     aug = curve[curve["condition"] == "real+synthetic"]
-    assert sorted(aug["synthetic_weight"].astype(str).unique()) == ["0.3", "auto"]
-    auto = aug[aug["synthetic_weight"].astype(str) == "auto"]
+    labels = aug["synthetic_weight"].astype(str)
+    assert sorted(labels.unique()) == ["0.3", "auto", "auto-gene"]
+    auto = aug[labels == "auto"]
     assert set(auto["chosen_weight"]) <= set(_weights.AUTO_WEIGHTS)
-    np.testing.assert_array_equal(aug.loc[aug["synthetic_weight"].astype(str) == "0.3", "chosen_weight"], 0.3)
+    np.testing.assert_array_equal(aug.loc[labels == "0.3", "chosen_weight"], 0.3)
     assert curve.loc[curve["condition"] == "real", "chosen_weight"].isna().all()
-    plan = c2lst.tl.plan_budget(curve, synthetic_weight="auto")
-    assert list(plan["gain"]["fraction"]) == [0.5]
+    # one weight per gene: the mean in chosen_weight, and the mean per gene kind of the simulated slide
+    per_gene = aug[labels == "auto-gene"]
+    assert len(per_gene) == 3 and per_gene["chosen_weight"].between(0, 1).all()
+    kinds = [c for c in curve.columns if c.startswith("chosen_weight_")]
+    assert kinds and per_gene[kinds].notna().all().all()
+    assert aug.loc[labels != "auto-gene", kinds].isna().all().all()
+    for w in ("auto", "auto-gene"):
+        plan = c2lst.tl.plan_budget(curve, synthetic_weight=w)
+        assert list(plan["gain"]["fraction"]) == [0.5]
     assert c2lst.tl.plan_budget(curve, synthetic_weight=0.3)["n_repeats"] == 3
     with pytest.raises(ValueError, match="synthetic weights"):
         c2lst.tl.plan_budget(curve)
     with pytest.raises(ValueError, match="not in `curve`"):
         c2lst.tl.plan_budget(curve, synthetic_weight=0.7)
-    with pytest.raises(ValueError, match="synthetic_weight"):
-        c2lst.tl.budget_curve(sim_sdata, central=central, synthetic_weight=("auto", "auto"), progress=False)
+    for bad in (("auto", "auto"), "per-gene"):
+        with pytest.raises(ValueError, match=r"synthetic_weight.*auto-gene"):
+            c2lst.tl.budget_curve(sim_sdata, central=central, synthetic_weight=bad, progress=False)
 
 
 def test_plan_budget_reads_a_saved_curve_with_auto():
