@@ -51,9 +51,14 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
 
     budget = ["budget", store, "--central", central, "--fractions", "1.0", "--n-repeats", "1"]
     budget += ["--adapt-steps", "1", "--n-steps", "1", "--n-per-condition", "1", "--mode", "ridge"]
-    assert main([*budget, "--out", str(tmp_path / "curve.csv")]) == 0
+    assert main([*budget, "--synthetic-weight", "auto-gene", "--out", str(tmp_path / "curve.csv")]) == 0
     curve = pd.read_csv(tmp_path / "curve.csv")
     assert set(curve["condition"]) == {"real", "real+synthetic"} and curve["pearson_r"].notna().all()
+    assert set(curve["synthetic_weight"].dropna()) == {"auto-gene"}
+    for bad in ("high", "-1", "inf"):
+        with pytest.raises(SystemExit):
+            main([*budget, "--synthetic-weight", bad, "--out", str(tmp_path / "bad.csv")])
+    assert not (tmp_path / "bad.csv").exists()
     assert json.loads(capsys.readouterr().out)["plan"] is None  # a paired plan needs >= 3 repeats
 
 

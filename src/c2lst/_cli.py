@@ -127,9 +127,25 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--adapt-steps", type=int, default=800)
     b.add_argument("--n-steps", type=int, default=20, help="denoising steps of the synthesis")
     b.add_argument("--mode", default="cnn", choices=["cnn", "ridge"], help="predictor (default: cnn)")
+    b.add_argument("--synthetic-weight", type=_weight, default=0.3,
+                   help="loss weight of synthetic rows: a number >= 0, 'auto' (one weight chosen by grouped "
+                        "validation on each fit's training spots) or 'auto-gene' (one per gene); default 0.3")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="CSV file for the curve (the plan is printed as JSON)")
     return p
+
+
+def _weight(value: str) -> float | str:
+    """``--synthetic-weight``: a number >= 0, ``auto`` or ``auto-gene``."""
+    if value in ("auto", "auto-gene"):
+        return value
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = -1.0
+    if not (weight >= 0 and weight != float("inf")):
+        raise argparse.ArgumentTypeError(f"{value!r} is no weight; pass a number >= 0 (e.g. 0.3), auto or auto-gene")
+    return weight
 
 
 def _read(args: argparse.Namespace):
@@ -266,7 +282,8 @@ def _budget(args: argparse.Namespace) -> int:
     curve = tl.budget_curve(
         sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
         n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
-        synthesize_kwargs={"n_steps": args.n_steps}, predictor_kwargs={"mode": args.mode}, seed=args.seed,
+        synthesize_kwargs={"n_steps": args.n_steps}, predictor_kwargs={"mode": args.mode},
+        synthetic_weight=args.synthetic_weight, seed=args.seed,
     )  # fmt: skip
     curve.to_csv(args.out, index=False)
     if args.n_repeats >= 3:  # a paired interval needs repeats
