@@ -16,7 +16,7 @@ from .._records import EXPR_HINT, gene_names, synthetic_mask
 from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
-from ._weights import _choose, _cv_weights, _fit_weighted, _gene_weights, _weight_grid
+from ._weights import _choose, _cv_weights, _fit_weighted, _gene_weights, _weight_grid, mean_scores
 
 __all__ = ["fit_predictor", "predict_expression"]
 
@@ -213,7 +213,7 @@ def fit_predictor(
         cv_scores = _cv_weights(x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), grid, cv_folds,
                                 model_args, fit_kw, progress)
         per_gene = synthetic_weight == "auto-gene"
-        cv_mean = {w: float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf for w, r in cv_scores.items()}
+        cv_mean = mean_scores(cv_scores)
         synthetic_weight = _choose(cv_scores, per_gene)
         chosen = (
             f"per gene ({', '.join(f'{w:g}: {int(np.sum(synthetic_weight == w))}' for w in grid)} genes)"

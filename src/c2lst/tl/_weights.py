@@ -1,4 +1,7 @@
-"""The loss weight of synthetic rows, fixed or chosen by grouped validation on the real spots (``fit_predictor``)."""
+"""The loss weight of synthetic rows for ``fit_predictor``: fixed, or chosen by grouped validation on the real spots.
+
+One weight for all genes (``"auto"``, a sequence, a number) or one per gene (``"auto-gene"``, a mapping).
+"""
 
 from __future__ import annotations
 
@@ -91,11 +94,16 @@ def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) ->
     )
 
 
+def mean_scores(scores: dict[float, np.ndarray]) -> dict[float, float]:
+    """Mean out-of-fold r over genes per candidate weight (``-inf`` where no gene could be scored)."""
+    return {w: float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf for w, r in scores.items()}
+
+
 def _choose(scores: dict[float, np.ndarray], per_gene: bool) -> float | np.ndarray:
     """The best candidate weight by mean r over genes, or per gene (ties and NaN go to the smaller weight)."""
     grid = sorted(scores)
     if not per_gene:
-        means = {w: float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf for w, r in scores.items()}
+        means = mean_scores(scores)
         best = max(means.values())
         return min(w for w in grid if means[w] >= best - 1e-12)
     table = np.stack([np.where(np.isfinite(scores[w]), scores[w], -np.inf) for w in grid])  # (weights, genes)
