@@ -66,6 +66,8 @@ def main() -> None:
                     help="loss weights of the added rows; 'auto' chooses one per fit by grouped validation on "
                          "its own training spots (fit_predictor(synthetic_weight='auto')), 'auto-gene' one per "
                          "gene the same way")
+    ap.add_argument("--cv-split", default=None, choices=["spatial", "random"],
+                    help="folds of the weight choice ('auto', 'auto-gene'); default: spatial blocks")
     ap.add_argument("--adapt-steps", type=int, default=800,
                     help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
@@ -110,6 +112,8 @@ def main() -> None:
         conditions = other.tables["table"]
         conditions.obs_names = [f"other_{name}" for name in conditions.obs_names]
     p_kw = {"mode": args.mode, "n_steps": args.predictor_steps}
+    if args.cv_split:
+        p_kw["cv_split"] = args.cv_split
     if args.features != "default":
         p_kw["features"] = args.features
     curve = c2lst.tl.budget_curve(

@@ -37,9 +37,10 @@ def test_auto_ignores_synthetic_rows_that_mislead(real):
     wrong = make_table(2 * real.n_obs, seed=9).obsm["c2lst_patch"]
     syn = _children(real, wrong)
     before = snapshot(real), snapshot(syn)
-    m = c2lst.tl.fit_predictor([real, syn], mode="ridge", synthetic_weight="auto", progress=False)
+    m = c2lst.tl.fit_predictor([real, syn], mode="ridge", synthetic_weight="auto", cv_split="random", progress=False)
     assert (snapshot(real), snapshot(syn)) == before
     assert m.training["synthetic_weight"] == 0.0
+    assert m.training["cv_split"] == "random"
     scores = m.training["synthetic_weight_cv"]
     assert set(scores) == {"0", "0.1", "0.3", "1"}
     assert scores["0"] > scores["1"]
@@ -107,6 +108,56 @@ def test_validation_folds_never_train_on_a_held_out_spot(monkeypatch):
         assert sorted(rows) == kept
     folds = set(held_per_fold)
     assert len(folds) == 3 and set().union(*folds) == set(spots)  # every real spot is validated once
+
+
+def test_spatial_folds_hold_out_whole_blocks(monkeypatch):
+    """With blocks, a fold holds out every real spot of its blocks (and their synthetic rows), never part of one."""
+    n_real, n_syn = 16, 16
+    spots = np.array([f"spot_{i}" for i in range(n_real)])
+    groups = np.r_[spots, spots]
+    is_syn = np.r_[np.zeros(n_real, bool), np.ones(n_syn, bool)]
+    xy = np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2) * 100.0
+    blocks = np.r_[_weights.spatial_blocks(xy, 2), np.full(n_syn, -1)]  # 2 x 2 tiles of 4 spots
+    x = np.zeros((n_real + n_syn, 2, 2, 3), np.uint8)
+    x[:, 0, 0, 0] = np.arange(n_real + n_syn)
+    y = np.random.default_rng(0).normal(size=(n_real + n_syn, 2))
+    trained = []
+
+    class Zero:
+        def predict(self, patches, device=None):
+            return np.random.default_rng(len(patches)).normal(size=(len(patches), 2))
+
+    def spy(x_fit, *args):
+        trained.append(set(x_fit[:, 0, 0, 0].astype(int)))
+        return Zero()
+
+    monkeypatch.setattr(_weights, "_fit_weighted", spy)
+    _weights._cv_weights(x, y, is_syn, groups, groups, [0.0], 2, None, {"seed": 0, "device": None}, False,
+                         blocks=blocks)
+    for rows in trained:
+        held = set(range(n_real)) - rows
+        tiles = {int(blocks[i]) for i in held}
+        assert held == {i for i in range(n_real) if blocks[i] in tiles}  # whole tiles only
+        assert not any(i + n_real in rows for i in held)  # and their children
+    assert set().union(*(set(range(n_real)) - r for r in trained)) == set(range(n_real))
+
+
+def test_cv_split_default_and_errors(real):
+    syn = _children(real, make_table(2 * real.n_obs, seed=9).obsm["c2lst_patch"])
+    kw = {"mode": "ridge", "synthetic_weight": "auto", "progress": False}
+    assert c2lst.tl.fit_predictor([real, syn], **kw).training["cv_split"] == "spatial"  # coordinates: blocks
+    flat = real.copy()
+    del flat.obsm["spatial"]
+    assert c2lst.tl.fit_predictor([flat, syn], **kw).training["cv_split"] == "random"
+    with pytest.raises(KeyError, match="obsm\\['spatial'\\]"):
+        c2lst.tl.fit_predictor([flat, syn], cv_split="spatial", **kw)
+    with pytest.raises(ValueError, match="cv_split='blocks'"):
+        c2lst.tl.fit_predictor([real, syn], cv_split="blocks", **kw)
+    one_place = real.copy()
+    one_place.obsm["spatial"] = np.zeros((real.n_obs, 2))
+    with pytest.raises(ValueError, match="fewer occupied blocks"):
+        c2lst.tl.fit_predictor([one_place, syn], cv_split="spatial", **kw)
+    assert c2lst.tl.fit_predictor([one_place, syn], **kw).training["cv_split"] == "random"
 
 
 def test_no_synthetic_rows_needs_no_choice(real):

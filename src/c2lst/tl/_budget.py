@@ -22,7 +22,7 @@ from ._budget_arms import (
     unpaired_copy_arm,
     unpaired_rows,
 )
-from ._weights import CHOICES
+from ._weights import CHOICES, spatial_blocks
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -43,14 +43,10 @@ def spatial_split(
     order until at least ``test_fraction`` of the spots are held out, so neighbouring spots never straddle
     train and test except along block borders.
     """
-    coords = np.asarray(coords, dtype=float)[:, :2]
-    lo, hi = coords.min(0), coords.max(0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    cell = np.minimum((coords - lo) / span * n_blocks, n_blocks - 1).astype(int)
-    block = cell[:, 0] * n_blocks + cell[:, 1]
+    block = spatial_blocks(coords, n_blocks)
     order = np.random.default_rng(seed).permutation(np.unique(block))
-    test = np.zeros(len(coords), dtype=bool)
-    target = test_fraction * len(coords)
+    test = np.zeros(len(block), dtype=bool)
+    target = test_fraction * len(block)
     for b in order:
         if test.sum() >= target:
             break

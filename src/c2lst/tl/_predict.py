@@ -16,7 +16,7 @@ from .._records import EXPR_HINT, gene_names, synthetic_mask
 from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
-from ._weights import _choose, _cv_weights, _fit_weighted, _gene_weights, _weight_grid, mean_scores
+from ._weights import _fit_weighted, _weight_grid, resolve_weight, table_blocks
 
 __all__ = ["fit_predictor", "predict_expression"]
 
@@ -39,6 +39,7 @@ def fit_predictor(
     n_steps: int | None = None,
     synthetic_weight: float | Sequence[float] | Mapping[str, float] | Literal["auto", "auto-gene"] = 0.3,
     cv_folds: int = 3,
+    cv_split: Literal["spatial", "random"] | None = None,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -103,8 +104,14 @@ def fit_predictor(
         predictor's ``training["synthetic_weight_genes"]``) fixes one weight per gene. Per gene, each gene's
         loss is its weighted mean over rows, so a gene at weight 0 learns from the real rows at full strength.
     cv_folds
-        Folds of the weight choice (``synthetic_weight="auto"`` or a sequence); at least 2, and at most the
-        number of real spots.
+        Folds of the weight choice (``synthetic_weight="auto"``, ``"auto-gene"`` or a sequence); at least 2, and
+        at most the number of real spots.
+    cv_split
+        How the weight choice splits the real spots into folds: ``"spatial"`` holds out whole blocks of the
+        slide (its bounding box cut into 4 x 4 tiles, per table, from ``obsm["spatial"]`` of the real rows), as
+        the budget curve's test blocks do, so a held-out spot has no neighbour in training; ``"random"`` draws
+        spots, which rewards genes that follow the tissue's layout more than they would be rewarded on a new
+        region. ``None``: ``"spatial"`` when every table's real rows have coordinates, else ``"random"``.
     seed
         Seed of initialisation, shuffling and augmentation.
     device
@@ -155,9 +162,11 @@ def fit_predictor(
         cv_folds = check_positive_int(cv_folds, "cv_folds")
         if cv_folds < 2:
             raise ValueError(f"`cv_folds={cv_folds}` must be at least 2 to choose `synthetic_weight` by validation.")
+    if cv_split not in (None, "spatial", "random"):
+        raise ValueError(f"`cv_split={cv_split!r}` is unknown; pass 'spatial', 'random' or None.")
 
     ref_genes = None
-    xs, ys, synth, groups, groups_b = [], [], [], [], []
+    xs, ys, synth, groups, groups_b, blocks = [], [], [], [], [], []
     n_real = n_syn = 0
     for i, t in enumerate(items):
         patches = _patches(t, patch_key)
@@ -185,6 +194,7 @@ def fit_predictor(
         groups.append(np.where(syn, parent, names)[keep] if parent is not None else names[keep])
         second = t.obs["c2lst_parent_b"].astype(str).to_numpy() if "c2lst_parent_b" in t.obs else None
         groups_b.append(np.where(syn, second, groups[-1])[keep] if second is not None else groups[-1])
+        blocks.append(table_blocks(t, i, syn, keep))
     sizes = sorted({x.shape[1] for x in xs})
     if len(sizes) > 1:
         raise ValueError(f"`tables` mix patch sizes {sizes}; extract all tables with the same `size=`.")
@@ -200,44 +210,12 @@ def fit_predictor(
     fit_kw = {
         "n_epochs": n_epochs, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
     }
-    if isinstance(synthetic_weight, Mapping | pd.Series):
-        synthetic_weight = _gene_weights(synthetic_weight, list(ref_genes))
-    cv_scores = None
-    if grid is not None and n_syn:
-        if n_real < cv_folds:
-            raise ValueError(
-                f"choosing `synthetic_weight` by {cv_folds}-fold validation needs at least {cv_folds} real spots, "
-                f"got {n_real}; pass a fixed `synthetic_weight=` (e.g. 0.3) or fewer `cv_folds`."
-            )
-        model_args = (list(ref_genes), mode, backbone, alpha)
-        cv_scores = _cv_weights(x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), grid, cv_folds,
-                                model_args, fit_kw, progress)
-        per_gene = synthetic_weight == "auto-gene"
-        cv_mean = mean_scores(cv_scores)
-        synthetic_weight = _choose(cv_scores, per_gene)
-        chosen = (
-            f"per gene ({', '.join(f'{w:g}: {int(np.sum(synthetic_weight == w))}' for w in grid)} genes)"
-            if per_gene else f"{synthetic_weight:g}"
-        )
-        logger.info(
-            "synthetic_weight chosen by %d-fold validation: %s (mean r %s)",
-            cv_folds, chosen, ", ".join(f"{w:g}: {r:.3f}" for w, r in cv_mean.items()),
-        )
-    elif grid is not None:
-        synthetic_weight = 1.0  # no synthetic rows: the weight changes nothing
-    weight = np.asarray(synthetic_weight, dtype=float)
-    if n_syn and n_real == 0 and np.any(weight == 0):
-        raise ValueError(
-            "`synthetic_weight=0` (for some genes) leaves no row to learn from: the tables hold only synthetic rows."
-        )
-    model = _fit_weighted(
-        x, y, is_syn, np.concatenate(groups), weight, (list(ref_genes), mode, backbone, alpha), fit_kw, progress,
-    )
-    if cv_scores is not None:
-        model.training["synthetic_weight_cv"] = {f"{w:g}": r for w, r in cv_mean.items()}
-        model.training["cv_folds"] = int(cv_folds)
-    if weight.ndim:
-        model.training["synthetic_weight_genes"] = {str(g): float(v) for g, v in zip(ref_genes, weight, strict=True)}
+    rows = (x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), blocks)
+    model_args = (list(ref_genes), mode, backbone, alpha)
+    weight, record = resolve_weight(synthetic_weight, grid, rows, n_real, cv_folds, cv_split, model_args, fit_kw,
+                                    progress)
+    model = _fit_weighted(x, y, is_syn, np.concatenate(groups), weight, model_args, fit_kw, progress)
+    model.training.update(record)
     model.training.update(
         {
             "n_real": n_real,

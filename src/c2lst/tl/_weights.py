@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 
+from .._logging import logger
 from .._logging import progress as _progress
 from ..metrics import pearson
 from ..models import ExpressionPredictor
@@ -112,17 +114,40 @@ def _choose(scores: dict[float, np.ndarray], per_gene: bool) -> float | np.ndarr
     return np.asarray(grid)[first]
 
 
-def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress) -> dict[float, np.ndarray]:
+#: Tiles per side of the spatial validation blocks (as the budget curve's test blocks).
+CV_BLOCKS = 4
+
+
+def spatial_blocks(coords: np.ndarray, n_blocks: int = CV_BLOCKS) -> np.ndarray:
+    """Return the tile index of each spot when the bounding box of ``coords`` is cut into ``n_blocks²`` tiles."""
+    coords = np.asarray(coords, dtype=float)[:, :2]
+    lo, hi = coords.min(0), coords.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    cell = np.minimum((coords - lo) / span * n_blocks, n_blocks - 1).astype(int)
+    return cell[:, 0] * n_blocks + cell[:, 1]
+
+
+def _cv_weights(
+    x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress, blocks=None
+) -> dict[float, np.ndarray]:
     """Out-of-fold Pearson r per gene ``(n_genes,)`` of the real spots, per candidate synthetic weight.
 
-    Folds split the real spots (seeded by ``fit_kw["seed"]``); a fold's training rows leave out its real spots
-    and every synthetic row conditioned on one of them (first or second parent), so no profile of a held-out
-    spot reaches its own validation.
+    Folds split the real spots (seeded by ``fit_kw["seed"]``), or with ``blocks`` (a label per row, read on
+    the real rows) whole spatial blocks, so that a held-out spot has no neighbour in its fold's training rows.
+    A fold's training rows leave out its real spots and every synthetic row conditioned on one of them (first
+    or second parent), so no profile of a held-out spot reaches its own validation.
     """
     real_idx = np.flatnonzero(~is_syn)
     spots = np.unique(groups[real_idx])
-    order = np.random.default_rng([int(fit_kw["seed"]), 7]).permutation(len(spots))
-    fold_of = dict(zip(spots[order], np.arange(len(spots)) % folds, strict=True))
+    rng = np.random.default_rng([int(fit_kw["seed"]), 7])
+    if blocks is None:
+        order = rng.permutation(len(spots))
+        fold_of = dict(zip(spots[order], np.arange(len(spots)) % folds, strict=True))
+    else:
+        block_of = dict(zip(groups[real_idx], np.asarray(blocks)[real_idx], strict=True))
+        labels = np.unique(list(block_of.values()))
+        fold_of_block = dict(zip(labels[rng.permutation(len(labels))], np.arange(len(labels)) % folds, strict=True))
+        fold_of = {spot: fold_of_block[block_of[spot]] for spot in spots}
     # each row's fold through its (first and second) parent; -1: a parent that is no real spot here, never held out
     fold, fold_b = (np.array([fold_of.get(g, -1) for g in gs]) for gs in (groups, groups_b))
     real_fold = fold[real_idx]
@@ -142,3 +167,83 @@ def _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw,
             r = np.asarray(pearson(oof[w][done], y[real_idx[done]]), dtype=np.float64) if done.sum() > 2 else None
         scores[w] = np.full(y.shape[1], np.nan) if r is None else r
     return scores
+
+
+def table_blocks(table: AnnData, index: int, syn: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
+    """Spatial block label (``"<table>:<tile>"``) of each kept row from its real rows' coordinates, else ``None``."""
+    coords = table.obsm.get("spatial")
+    real = ~syn
+    if coords is None or not real.any():
+        return None if real.any() else np.full(int(keep.sum()), "", dtype=object)
+    xy = np.asarray(coords, dtype=float)
+    if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[real, :2]).all():
+        return None
+    labels = np.full(table.n_obs, "", dtype=object)  # synthetic rows: never read (they follow their parent)
+    labels[real] = [f"{index}:{b}" for b in spatial_blocks(xy[real])]
+    return labels[keep]
+
+
+def _cv_blocks(cv_split: str | None, blocks: list, folds: int) -> tuple[str, np.ndarray | None]:
+    """Resolve ``cv_split`` to ``"spatial"`` (with block labels per row) or ``"random"``."""
+    have = all(b is not None for b in blocks)
+    if cv_split == "random" or (cv_split is None and not have):
+        return "random", None
+    if not have:
+        raise KeyError(
+            "`cv_split='spatial'` needs the coordinates of the real spots in `obsm['spatial']` of every table; "
+            "add them or pass `cv_split='random'`."
+        )
+    labels = np.concatenate(blocks)
+    if len(set(labels[labels != ""])) < folds:
+        if cv_split == "spatial":
+            raise ValueError(
+                f"`cv_split='spatial'` found fewer occupied blocks than `cv_folds={folds}`; pass fewer "
+                "`cv_folds` or `cv_split='random'`."
+            )
+        return "random", None
+    return "spatial", labels
+
+
+def resolve_weight(weight, grid, rows, n_real, folds, cv_split, model_args, fit_kw, progress):
+    """Return the synthetic weight to fit with (a number, or one per gene) and what to record in ``training``.
+
+    ``rows`` is ``(x, y, is_syn, groups, groups_b, blocks)`` of :func:`~c2lst.tl.fit_predictor`; a weight to
+    choose (``grid`` not ``None``) is chosen by :func:`_cv_weights`, one for all genes or per gene.
+    """
+    x, y, is_syn, groups, groups_b, blocks = rows
+    genes = model_args[0]
+    n_syn = int(is_syn.sum())
+    record: dict[str, Any] = {}
+    if isinstance(weight, Mapping | pd.Series):
+        weight = _gene_weights(weight, genes)
+    if grid is not None and n_syn:
+        if n_real < folds:
+            raise ValueError(
+                f"choosing `synthetic_weight` by {folds}-fold validation needs at least {folds} real spots, "
+                f"got {n_real}; pass a fixed `synthetic_weight=` (e.g. 0.3) or fewer `cv_folds`."
+            )
+        cv_split, cv_blocks = _cv_blocks(cv_split, blocks, folds)
+        scores = _cv_weights(x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress, blocks=cv_blocks)
+        per_gene = weight == "auto-gene"
+        means = mean_scores(scores)
+        weight = _choose(scores, per_gene)
+        chosen = (
+            f"per gene ({', '.join(f'{w:g}: {int(np.sum(weight == w))}' for w in grid)} genes)"
+            if per_gene else f"{weight:g}"
+        )
+        logger.info(
+            "synthetic_weight chosen by %d-fold %s validation: %s (mean r %s)",
+            folds, cv_split, chosen, ", ".join(f"{w:g}: {r:.3f}" for w, r in means.items()),
+        )
+        record.update({"synthetic_weight_cv": {f"{w:g}": r for w, r in means.items()}, "cv_folds": int(folds),
+                       "cv_split": cv_split})
+    elif grid is not None:
+        weight = 1.0  # no synthetic rows: the weight changes nothing
+    weight = np.asarray(weight, dtype=float)
+    if n_syn and n_real == 0 and np.any(weight == 0):
+        raise ValueError(
+            "`synthetic_weight=0` (for some genes) leaves no row to learn from: the tables hold only synthetic rows."
+        )
+    if weight.ndim:
+        record["synthetic_weight_genes"] = {str(g): float(v) for g, v in zip(genes, weight, strict=True)}
+    return weight, record
