@@ -124,7 +124,8 @@ def budget_curve(
         every added arm once per weight on the same synthetic rows (column ``synthetic_weight``); choose one in
         :func:`plan_budget`. Choosing the weight on the test blocks makes that arm's figures slightly optimistic.
         ``"auto"`` (alone or in the sequence) lets each fit choose its weight by grouped cross-validation on its
-        own training spots (see :func:`c2lst.tl.fit_predictor`), never on the test blocks; such rows hold
+        own training spots (spatial blocks of them unless ``predictor_kwargs={"cv_split": "random"}``; see
+        :func:`c2lst.tl.fit_predictor`), never on the test blocks; such rows hold
         ``"auto"`` in ``synthetic_weight`` and the weight chosen in ``chosen_weight``. ``"auto-gene"`` chooses
         one weight per gene the same way (``chosen_weight`` is then their mean over genes).
     n_repeats
