@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _eval_helpers import tiny_budget
 from anndata import AnnData
 
 import c2lst
@@ -197,19 +198,9 @@ def test_fit_predictor_features_bad_input(sim_sdata_base, kwargs, match):
 # --------------------------------------------------------------------------- budget curve
 def test_budget_curve_mixup_with_central_features_plans(sim_sdata, tiny_central):
     central, _ = tiny_central
-    kw = {
-        "central": central,
-        "fractions": (0.5, 1.0),
-        "synthetic_fractions": (0.5,),
-        "arms": ("real", "real+synthetic"),
-        "n_repeats": 3,
-        "n_per_condition": 2,
-        "adapt_kwargs": {"n_steps": 1, "batch_size": 8},
-        "synthesize_kwargs": {"n_steps": 1},
-        "predictor_kwargs": {"mode": "ridge", "features": "central"},
-        "progress": False,
-    }
-    curve = c2lst.tl.budget_curve(sim_sdata, conditions="mixup", **kw)
+    curve = tiny_budget(sim_sdata, central, conditions="mixup", n_per_condition=2,
+                        adapt_kwargs={"n_steps": 1, "batch_size": 8}, synthesize_kwargs={"n_steps": 1},
+                        predictor_kwargs={"mode": "ridge", "features": "central"})
     assert set(curve["conditions"]) == {"mixup"} and set(curve["features"]) == {"central"}
     aug = curve[curve["condition"] == "real+synthetic"]
     np.testing.assert_array_equal(aug["n_synthetic"], 2 * aug["n_real"])
