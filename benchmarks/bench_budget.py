@@ -46,6 +46,7 @@ import torch
 from _central_cache import central, corpus
 
 import c2lst
+from c2lst.tl._weights import CHOICES
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
                     help="fractions at which the added arms run (default: every fraction below 1); the real arm "
                          "runs at every --fractions")
     ap.add_argument("--arms", nargs="+", default=["real", "real+synthetic", "real+null", "real+copy"])
-    ap.add_argument("--weights", type=lambda v: v if v in ("auto", "auto-gene") else float(v), nargs="+",
+    ap.add_argument("--weights", type=lambda v: v if v in CHOICES else float(v), nargs="+",
                     default=[1.0, 0.3],
                     help="loss weights of the added rows; 'auto' chooses one per fit by grouped validation on "
                          "its own training spots (fit_predictor(synthetic_weight='auto')), 'auto-gene' one per "
