@@ -194,7 +194,7 @@ def fit_predictor(
         groups.append(np.where(syn, parent, names)[keep] if parent is not None else names[keep])
         second = t.obs["c2lst_parent_b"].astype(str).to_numpy() if "c2lst_parent_b" in t.obs else None
         groups_b.append(np.where(syn, second, groups[-1])[keep] if second is not None else groups[-1])
-        blocks.append(table_blocks(t, i, syn, keep))
+        blocks.append(table_blocks(t, i, syn, keep) if grid is not None else None)  # only a weight choice reads them
     sizes = sorted({x.shape[1] for x in xs})
     if len(sizes) > 1:
         raise ValueError(f"`tables` mix patch sizes {sizes}; extract all tables with the same `size=`.")
@@ -214,7 +214,7 @@ def fit_predictor(
     model_args = (list(ref_genes), mode, backbone, alpha)
     weight, record = resolve_weight(synthetic_weight, grid, rows, n_real, cv_folds, cv_split, model_args, fit_kw,
                                     progress)
-    model = _fit_weighted(x, y, is_syn, np.concatenate(groups), weight, model_args, fit_kw, progress)
+    model = _fit_weighted(x, y, is_syn, rows[3], weight, model_args, fit_kw, progress)
     model.training.update(record)
     model.training.update(
         {
