@@ -11,6 +11,9 @@ each ``--weights`` loss weight of its added rows; ``auto`` lets each fit choose 
 grouped 3-fold validation on its own training spots, so synthesis that does not help can be switched off
 without looking at the test blocks; ``auto-gene`` makes that choice per gene (synthetic rows teach only the
 genes they help predict), and the run prints each weight's paired difference to the first one.
+``--real-finetune`` shares (e.g. ``0 0.5``) fit every added arm once per share with staged training: the last
+share of the predictor's steps on the real rows alone (``fit_predictor(real_finetune=)``); each (weight,
+share) is compared with the first, paired.
 
 Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
 synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
@@ -69,6 +72,9 @@ def main() -> None:
                          "gene the same way")
     ap.add_argument("--cv-split", default=None, choices=["spatial", "random"],
                     help="folds of the weight choice ('auto', 'auto-gene'); default: spatial blocks")
+    ap.add_argument("--real-finetune", type=float, nargs="+", default=[0.0],
+                    help="staged training: share of the predictor's steps, at the end, on the real rows alone "
+                         "(fit_predictor(real_finetune=)); several values give one fit each")
     ap.add_argument("--adapt-steps", type=int, default=800,
                     help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
@@ -125,6 +131,7 @@ def main() -> None:
         arms=args.arms,
         n_per_condition=args.synthetic_per_spot,
         synthetic_weight=args.weights,
+        real_finetune=args.real_finetune,
         n_repeats=args.repeats,
         conditions=conditions,
         unlabelled=args.unlabelled,
@@ -145,7 +152,8 @@ def main() -> None:
     pd.set_option("display.width", 160)
     kinds = [c for c in curve.columns if c.startswith("pearson_r_")]
     by = curve.assign(synthetic_weight=curve["synthetic_weight"].astype(str))  # numbers and 'auto' in one key
-    means = by.groupby(["condition", "synthetic_weight", "fraction"], dropna=False)[["pearson_r", *kinds]].mean()
+    keys = ["condition", "synthetic_weight", "real_finetune", "fraction"]
+    means = by.groupby(keys, dropna=False)[["pearson_r", *kinds]].mean()
     print("\nmean Pearson r on held-out blocks (all genes and per gene kind):")
     print(means.round(3).to_string())
     auto = curve[curve["synthetic_weight"].astype(str) == "auto"]
@@ -160,21 +168,23 @@ def main() -> None:
     plans = {}
     added = [a for a in args.arms if a != "real"]
     arm = "real+synthetic" if "real+synthetic" in added else added[0]  # planned for; a control when alone
-    for w in args.weights:
-        plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w, arm=arm)
-        plans[w] = plan
-        print(f"\n== synthetic weight {w}: paired difference to 100% real (margin {args.margin}) ==")
+    variants = [(w, ft) for w in args.weights for ft in args.real_finetune]
+    for w, ft in variants:
+        plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w, arm=arm, real_finetune=ft)
+        plans[variant_label(w, ft)] = plan
+        print(f"\n== synthetic weight {w}, real_finetune {ft}: paired difference to 100% real (margin {args.margin}) ==")
         print(plan["differences"].round(4).to_string(index=False))
         print(f"gain of {arm} over real at the same fraction (paired):")
         print(plan["gain"].round(4).to_string(index=False))
         print(f"smallest non-inferior fraction: {arm} {plan['fraction']}, real {plan['fraction_real']}"
               f", saving {plan['saving']}")
-    between = weight_differences(curve, args.weights, arm)
+    between = weight_differences(curve, variants, arm)
     if len(between):
-        print(f"\n{arm}: paired difference of each weight to weight {args.weights[0]} (same rows, seeds):")
+        print(f"\n{arm}: paired difference of each weight / real_finetune to {variant_label(*variants[0])} "
+              "(same rows, seeds):")
         print(between.round(4).to_string(index=False))
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
-    best_w = max(args.weights, key=lambda w: float(np.nanmean(plans[w]["gain"]["gain"])))
+    best_w = max(plans, key=lambda w: float(np.nanmean(plans[w]["gain"]["gain"])))
     plan = plans[best_w]
     gain = plan["gain"].set_index("fraction")
     worst = float(gain["gain"].min()) if len(gain) else float("nan")
@@ -215,19 +225,27 @@ def main() -> None:
     print(json.dumps(out, default=float))
 
 
-def weight_differences(curve: pd.DataFrame, weights: list, arm: str) -> pd.DataFrame:
-    """Paired r difference (mean, 95% CI over repeats) of each weight to the first, per fraction and gene kind."""
+def variant_label(weight, share: float) -> str:
+    """One fit setting of the added arms: its weight, and its staged-training share when there is one."""
+    return str(weight) if not share else f"{weight}, real_finetune {share:g}"
+
+
+def weight_differences(curve: pd.DataFrame, variants: list, arm: str) -> pd.DataFrame:
+    """Paired r difference (mean, 95% CI over repeats) of each (weight, share) to the first, per fraction and kind."""
     rows = []
-    added = curve[curve["condition"] == arm].assign(w=curve["synthetic_weight"].astype(str))
+    added = curve[curve["condition"] == arm]
+    label = [variant_label(w, ft) for w, ft in zip(added["synthetic_weight"], added["real_finetune"], strict=True)]
+    added = added.assign(w=label)
     scores = [c for c in curve.columns if c.startswith("pearson_r")]
-    for w in weights[1:]:
+    first = variant_label(*variants[0])
+    for w, ft in variants[1:]:
         for f, at in added.groupby("fraction"):
-            a = at[at["w"] == str(w)].set_index("repeat")
-            b = at[at["w"] == str(weights[0])].set_index("repeat")
+            a = at[at["w"] == variant_label(w, ft)].set_index("repeat")
+            b = at[at["w"] == first].set_index("repeat")
             common = a.index.intersection(b.index)
             if not len(common):
                 continue
-            row = {"weight": str(w), "fraction": f}
+            row = {"weight": variant_label(w, ft), "fraction": f}
             for c in scores:
                 mean, low, high, _ = c2lst.metrics.paired_ci(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy())
                 row[c.replace("pearson_r", "diff")] = mean

@@ -58,6 +58,11 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
     for bad in ("high", "-1", "inf"):
         with pytest.raises(SystemExit):
             main([*budget, "--synthetic-weight", bad, "--out", str(tmp_path / "bad.csv")])
+    for bad in ("1", "-0.1", "half"):
+        with pytest.raises(SystemExit):
+            main([*budget, "--real-finetune", bad, "--out", str(tmp_path / "bad.csv")])
+    with pytest.raises(ValueError, match="real_finetune"):  # staged training is the cnn's; ridge refuses it early
+        main([*budget, "--real-finetune", "0.3", "--out", str(tmp_path / "bad.csv")])
     assert not (tmp_path / "bad.csv").exists()
     assert json.loads(capsys.readouterr().out)["plan"] is None  # a paired plan needs >= 3 repeats
 

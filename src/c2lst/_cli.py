@@ -130,9 +130,23 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--synthetic-weight", type=_weight, default=0.3,
                    help="loss weight of synthetic rows: a number >= 0, 'auto' (one weight chosen by grouped "
                         "validation on each fit's training spots) or 'auto-gene' (one per gene); default 0.3")
+    b.add_argument("--real-finetune", type=_share, default=0.0,
+                   help="staged training of the cnn predictor: share of its steps, at the end, on the real spots "
+                        "alone (in [0, 1); default 0)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="CSV file for the curve (the plan is printed as JSON)")
     return p
+
+
+def _share(value: str) -> float:
+    """``--real-finetune``: a number in [0, 1)."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is no share; pass a number in [0, 1) (e.g. 0.33), or 0 for none")
+    return share
 
 
 def _weight(value: str) -> float | str:
@@ -283,7 +297,7 @@ def _budget(args: argparse.Namespace) -> int:
         sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
         n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
         synthesize_kwargs={"n_steps": args.n_steps}, predictor_kwargs={"mode": args.mode},
-        synthetic_weight=args.synthetic_weight, seed=args.seed,
+        synthetic_weight=args.synthetic_weight, real_finetune=args.real_finetune, seed=args.seed,
     )  # fmt: skip
     curve.to_csv(args.out, index=False)
     if args.n_repeats >= 3:  # a paired interval needs repeats

@@ -16,7 +16,7 @@ from torch import nn
 
 from .._logging import logger
 from .store import sha256_tensors
-from .train import TrainSettings, dihedral, train
+from .train import TrainSettings, dihedral, epoch_rows, train
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -120,11 +120,17 @@ def fit_network(
     seed: int,
     device: str | torch.device | None,
     progress: bool,
+    finetune_rows: np.ndarray | None = None,
+    finetune_steps: int = 0,
 ) -> dict[str, Any]:
     """Train ``net`` in place on the weighted MSE to ``targets`` through :func:`~c2lst.models.train.train`.
 
     ``weights`` are per row ``(n,)`` or per row and target ``(n, G)`` (each target's loss is then its weighted
     mean over the batch's rows; a target no row of the batch teaches adds 0).
+
+    Staged training: the last ``finetune_steps`` of the ``n_steps`` visit only ``finetune_rows`` (indices, e.g.
+    the real rows after a start on real and synthetic ones), epoch-wise, in batches of at most ``batch_size``,
+    with a learning-rate schedule of their own (warm-up, then cosine to 0); the optimiser state carries on.
 
     Each epoch visits every row once (``rows=``); the learning rate warms up over 5 % of the steps, then follows a
     cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
@@ -136,6 +142,17 @@ def fit_network(
     x_all = torch.from_numpy(patches)
     y_all = torch.from_numpy(np.asarray(targets, dtype=np.float32))
     w_all = torch.from_numpy(np.asarray(weights, dtype=np.float32))
+    rows: int | Callable[[int], torch.Tensor] = n
+    start = n_steps - int(finetune_steps)
+    if finetune_rows is not None and finetune_steps > 0:
+        sub = torch.as_tensor(np.asarray(finetune_rows, dtype=np.int64))
+
+        def staged(step: int) -> torch.Tensor:  # all rows, then only the fine-tuning rows
+            if step < start:
+                return epoch_rows(n, bs, seed, step)
+            return sub[epoch_rows(len(sub), bs, seed + 1, step - start)]
+
+        rows = staged
 
     def loss_fn(model: nn.Module, idx: torch.Tensor, gen: torch.Generator, dev: torch.device):
         if len(idx) < 2 < n:
@@ -164,11 +181,12 @@ def fit_network(
         device=None if device is None else str(device),
         lr_schedule="cosine",
         warmup_steps=max(1, n_steps // 20),
+        lr_restart=start if rows is not n else None,
     )
     dev = torch.device(device) if device is not None else None
     # accelerate places a single process on the *current* CUDA device: make it the one asked for
     with torch.cuda.device(dev) if dev is not None and dev.type == "cuda" else contextlib.nullcontext():
-        losses = train(net, loss_fn, settings, rows=n).losses
+        losses = train(net, loss_fn, settings, rows=rows).losses
     net.eval()
     per_epoch = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, len(losses), steps_per_epoch)]
     summary = {
@@ -181,5 +199,31 @@ def fit_network(
         "final_loss": per_epoch[-1] if per_epoch else float("nan"),
         "loss_history": per_epoch,
     }
+    if rows is not n:
+        summary["finetune_steps"] = int(finetune_steps)
     logger.info(f"predictor trained: {n_steps} steps, final standardised MSE {summary['final_loss']:.3f}")
     return summary
+
+
+def check_finetune(mask: np.ndarray | None, fraction: float, n: int, mode: str) -> np.ndarray | None:
+    """Validate staged training (``finetune_mask``, ``finetune_fraction``); return the fine-tuning row indices."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise ValueError(f"`finetune_fraction={fraction!r}` must be a number in [0, 1); 0 trains on all rows throughout.")
+    if fraction == 0:
+        return None
+    if mode != "cnn":
+        raise ValueError(
+            f"`finetune_fraction={fraction}` is staged training of `mode='cnn'`; the ridge head of `mode={mode!r}` "
+            "is solved in one step. Pass `finetune_fraction=0` or use `mode='cnn'`."
+        )
+    if mask is None:
+        raise ValueError(f"`finetune_fraction={fraction}` needs `finetune_mask`, the rows to fine-tune on.")
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise ValueError(
+            f"`finetune_mask` must be a boolean array with one value per patch ({n}), got dtype {mask.dtype} and "
+            f"shape {mask.shape}."
+        )
+    if mask.sum() < 2:
+        raise ValueError(f"`finetune_mask` selects {int(mask.sum())} row(s); staged training needs at least 2.")
+    return np.flatnonzero(mask)

@@ -43,7 +43,15 @@ from torch import nn
 from .._logging import progress as _progress
 from .._utils import check_device, check_nonneg_float, check_positive_float, check_positive_int, check_seed
 from . import features as _features
-from ._nets import PatchCNN, _BackboneHead, _init_weights, default_device, fit_network, module_sha256
+from ._nets import (
+    PatchCNN,
+    _BackboneHead,
+    _init_weights,
+    check_finetune,
+    default_device,
+    fit_network,
+    module_sha256,
+)
 from ._predictor_io import CONFIG_NAME, WEIGHTS_NAME, PredictorPersistence
 from .denoiser_features import CentralFeatureExtractor
 from .ridge import check_weights, fit_ridge_head
@@ -173,6 +181,8 @@ class ExpressionPredictor(PredictorPersistence):
         sample_weight: np.ndarray | None = None,
         groups: np.ndarray | None = None,
         eval_mask: np.ndarray | None = None,
+        finetune_mask: np.ndarray | None = None,
+        finetune_fraction: float = 0.0,
         seed: int = 0,
         device: str | torch.device | None = None,
         progress: bool = True,
@@ -199,6 +209,11 @@ class ExpressionPredictor(PredictorPersistence):
             not given): rows of one group (a real spot and its synthetic children) are held out together.
         eval_mask
             Rows whose held-out error chooses the ridge penalty (e.g. the real rows); default all.
+        finetune_mask, finetune_fraction
+            Staged training (``mode="cnn"``): the last ``finetune_fraction`` of the optimiser steps (in [0, 1))
+            train on the rows of the boolean ``finetune_mask`` alone (e.g. the real rows, after a start on real
+            and synthetic ones), with a learning-rate schedule of their own (warm-up, cosine to 0). Needs at
+            least 2 such rows; ``finetune_fraction=0`` (the default) trains on all rows throughout.
         seed
             Seed of initialisation, shuffling and augmentation.
         device
@@ -231,6 +246,7 @@ class ExpressionPredictor(PredictorPersistence):
         for name, value in (("groups", groups), ("eval_mask", eval_mask)):
             if value is not None and np.shape(value) != (len(patches),):
                 raise ValueError(f"`{name}` must hold one value per patch ({len(patches)}), got {np.shape(value)}.")
+        tune = check_finetune(finetune_mask, finetune_fraction, len(patches), self.mode)
         self.patch_size = int(patches.shape[1])
         wy = w if w.ndim == 2 else w[:, None]  # per-gene means and spreads under each gene's weights
         mean = ((wy * y).sum(axis=0) / wy.sum(axis=0)).astype(np.float32)
@@ -242,7 +258,8 @@ class ExpressionPredictor(PredictorPersistence):
             self._fit_ridge(patches, z, device, w, groups, eval_mask, progress)
         else:
             total = n_steps if n_steps is not None else n_epochs * math.ceil(len(patches) / min(batch_size, len(patches)))
-            self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress)
+            self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress,
+                          tune, min(round(finetune_fraction * total), total - 1))
         self.training["n_train"] = len(patches)
         self.training["weighted"] = bool(sample_weight is not None)
         self.training["seed"] = int(seed)
@@ -267,7 +284,9 @@ class ExpressionPredictor(PredictorPersistence):
             return x.div_(127.5).sub_(1.0)
         return x.div_(255.0)
 
-    def _fit_cnn(self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar) -> None:
+    def _fit_cnn(
+        self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar, tune=None, n_tune=0
+    ) -> None:
         net = self._build_network(patches.shape[1])
         gen = torch.Generator().manual_seed(int(seed))
         _init_weights(net if self.backbone is None else net.head, gen)
@@ -285,6 +304,8 @@ class ExpressionPredictor(PredictorPersistence):
             seed=seed,
             device=device,
             progress=bar,
+            finetune_rows=tune,
+            finetune_steps=n_tune,
         )
         self.network = net
         if self.backbone is not None:

@@ -69,6 +69,9 @@ class TrainSettings:
     #: :func:`lr_factor`)
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    #: step at which the schedule starts again (warm-up, then the schedule over the remaining steps), e.g. a
+    #: fine-tuning stage; ``None``: one schedule over all steps
+    lr_restart: int | None = None
 
 
 @dataclass
@@ -215,7 +218,7 @@ def train(
     loss_fn: Callable[..., torch.Tensor | None],
     settings: TrainSettings,
     *,
-    rows: int | None = None,
+    rows: int | Callable[[int], torch.Tensor] | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
 ) -> TrainResult:
     """Optimise the trainable parameters of ``model`` with AdamW for ``settings.n_steps`` steps.
@@ -239,7 +242,9 @@ def train(
         The options; see :class:`TrainSettings`.
     rows
         Number of training rows: each step takes the next ``settings.batch_size`` rows of an epoch-wise shuffle
-        (:func:`epoch_rows`), so every row is seen once per epoch. ``None``: ``loss_fn`` draws its own batch.
+        (:func:`epoch_rows`), so every row is seen once per epoch. A callable ``rows(step)`` returns the step's
+        row indices itself (e.g. a schedule that changes the rows mid-run). ``None``: ``loss_fn`` draws its own
+        batch.
     callback
         Called as ``callback(steps_done, loss)`` after every step (and its checkpoint); returning ``True`` ends
         the run there, as if it were interrupted (early stopping). ``loss`` is NaN for a skipped step.
@@ -302,14 +307,16 @@ def train(
     model.train()
     for step in bar:
         gen = step_generator(settings.seed, step, rank)
-        factor = lr_factor(step, settings.n_steps, settings.warmup_steps, settings.lr_schedule)
+        restart = settings.lr_restart if settings.lr_restart is not None and step >= settings.lr_restart else 0
+        factor = lr_factor(step - restart, settings.n_steps - restart, settings.warmup_steps, settings.lr_schedule)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
         with accelerator.autocast():
             if rows is None:
                 loss = loss_fn(model, gen, device)
             else:
-                loss = loss_fn(model, epoch_rows(rows, settings.batch_size, settings.seed, step), gen, device)
+                idx = rows(step) if callable(rows) else epoch_rows(rows, settings.batch_size, settings.seed, step)
+                loss = loss_fn(model, idx, gen, device)
         value = float("nan")
         if loss is not None:
             value = _optimise(accelerator, optimizer, params, loss, step, settings.grad_clip)

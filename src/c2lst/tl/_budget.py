@@ -15,6 +15,7 @@ from .._logging import progress as _progress
 from .._utils import as_table, check_kwargs, check_positive_int, check_seed, renamed_arguments, require_obsm
 from ._budget_arms import (
     check_conditions,
+    check_finetunes,
     conditions_kwargs,
     copy_arm,
     repeat_table,
@@ -71,6 +72,7 @@ def budget_curve(
     arms: Sequence[str] = CONDITIONS,
     n_per_condition: int = 2,
     synthetic_weight: float | str | Sequence[float | str] = 0.3,
+    real_finetune: float | Sequence[float] = 0.0,
     n_repeats: int = 8,
     split: Literal["spatial", "random"] = "spatial",
     test_fraction: float = 0.25,
@@ -128,6 +130,11 @@ def budget_curve(
         :func:`c2lst.tl.fit_predictor`), never on the test blocks; such rows hold
         ``"auto"`` in ``synthetic_weight`` and the weight chosen in ``chosen_weight``. ``"auto-gene"`` chooses
         one weight per gene the same way (``chosen_weight`` is then their mean over genes).
+    real_finetune
+        Staged training of the CNN predictor (:func:`c2lst.tl.fit_predictor`): the share of its steps, at the
+        end, on the real rows alone. A sequence fits every added arm once per (weight, share) on the same rows
+        (column ``real_finetune``; NaN for ``"real"``, which has no added rows); choose one in
+        :func:`plan_budget`.
     n_repeats
         Repeats (different held-out blocks, subsets and seeds); :func:`plan_budget` needs at least 3.
     split
@@ -177,12 +184,12 @@ def budget_curve(
 
     Returns
     -------
-    One row per (repeat, fraction, arm, weight): ``fraction``, ``repeat``, ``condition`` (the arm),
-    ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's feature space:
-    ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN for ``"real"``,
-    ``"auto"`` or ``"auto-gene"`` for weights chosen per fit), ``chosen_weight`` (the weight the fit used, the
-    mean over genes for ``"auto-gene"``; NaN for ``"real"``),
-    ``n_real``,
+    One row per (repeat, fraction, arm, weight, fine-tuning share): ``fraction``, ``repeat``, ``condition``
+    (the arm), ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's
+    feature space: ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN
+    for ``"real"``, ``"auto"`` or ``"auto-gene"`` for weights chosen per fit), ``real_finetune`` (NaN for
+    ``"real"``), ``chosen_weight`` (the weight the fit used, the mean over genes for ``"auto-gene"``; NaN for
+    ``"real"``), ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
@@ -245,9 +252,11 @@ def budget_curve(
         pool_max = round((1 - test_fraction) * table.n_obs)
         bs = int(p_kw.get("batch_size", 64))
         p_kw["n_steps"] = 200 if epochs is None else int(epochs) * math.ceil(pool_max / min(bs, pool_max))
-    if "synthetic_weight" in p_kw:
-        raise ValueError("pass `synthetic_weight=` to `budget_curve` itself, not in `predictor_kwargs`.")
+    for key in ("synthetic_weight", "real_finetune"):
+        if key in p_kw:
+            raise ValueError(f"pass `{key}=` to `budget_curve` itself, not in `predictor_kwargs`.")
     weights = _check_weights(synthetic_weight)
+    tunes = check_finetunes(real_finetune, p_kw.get("mode", "cnn"))
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
                                          arms, patch_key)
     from ._central import resolve_central
@@ -309,11 +318,13 @@ def budget_curve(
             extra["real+copy"] = unpaired_copy_arm(other, idx, real, patch_key, expr_key, apply_expression)
         elif "real+copy" in todo:
             extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
-        fits = [(a, w) for a in todo for w in ([math.nan] if a == "real" else weights)]
-        for arm, w in fits:
+        fits = [(a, w, ft) for a in todo for w in ([math.nan] if a == "real" else weights)
+                for ft in ([math.nan] if a == "real" else tunes)]
+        for arm, w, ft in fits:
             tables = [real] if arm == "real" else [real, extra[arm]]
             pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
-                                 synthetic_weight=1.0 if arm == "real" else w, **p_kw)
+                                 synthetic_weight=1.0 if arm == "real" else w,
+                                 real_finetune=0.0 if arm == "real" else ft, **p_kw)
             rows.append({
                 "fraction": f,
                 "repeat": r,
@@ -321,6 +332,7 @@ def budget_curve(
                 "conditions": cond_label,
                 "features": pred.feature_space,
                 "synthetic_weight": w,
+                "real_finetune": ft,
                 "chosen_weight": math.nan if arm == "real" else float(pred.training["synthetic_weight"]),
                 "n_real": int(n_real),
                 "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,21 @@ def score_run(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> 
             vals = r[gene_kind == kind]
             out[f"pearson_r_{kind}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
     return out
+
+
+def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
+    """Validate ``real_finetune=`` of :func:`budget_curve`; return the shares as floats."""
+    values = list(share) if isinstance(share, Sequence) and not isinstance(share, str) else [share]
+    ok = values and all(
+        not isinstance(v, bool) and isinstance(v, int | float) and 0 <= v < 1 for v in values
+    )
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(
+            f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, 0.33))."
+        )
+    if mode != "cnn" and any(values):
+        raise ValueError(
+            f"`real_finetune={share!r}` is staged training of the CNN predictor, but `predictor_kwargs` sets "
+            f"`mode={mode!r}`; pass `real_finetune=0`."
+        )
+    return [float(v) for v in values]

@@ -19,6 +19,7 @@ def plan_budget(
     arm: str = "real+synthetic",
     synthetic_weight: float | str | None = None,
     conditions: str | None = None,
+    real_finetune: float | None = None,
 ) -> dict[str, Any]:
     """Name the smallest fraction of real spots that is non-inferior to all of them, with and without synthesis.
 
@@ -45,6 +46,9 @@ def plan_budget(
         When ``curve`` concatenates runs with several ``conditions`` (``"train"``, ``"mixup"``, ``"unpaired"``;
         see :func:`budget_curve`), the one to plan for (required then); its run's ``"real"`` rows are the
         reference. A curve mixing predictor ``features`` must be split by the caller.
+    real_finetune
+        When ``curve`` holds several staged-training shares (``budget_curve(real_finetune=(0, 0.33))``), the one
+        to use (required then).
 
     Returns
     -------
@@ -59,7 +63,7 @@ def plan_budget(
         raise ValueError(f"`curve` must be the DataFrame of `budget_curve` with columns {sorted(needed)}.")
     if not (0 < ci < 1):
         raise ValueError(f"`ci={ci}` must be in (0, 1).")
-    curve = _one_conditions(_one_weight(curve, synthetic_weight), conditions)
+    curve = _one_conditions(_one_finetune(_one_weight(curve, synthetic_weight), real_finetune), conditions)
     if isinstance(margin, bool) or not isinstance(margin, int | float) or not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"`margin={margin!r}` must be a finite number >= 0 (e.g. 0.02 for Pearson r).")
     ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)].set_index("repeat")[metric]
@@ -134,6 +138,23 @@ def _one_weight(curve: pd.DataFrame, weight: float | str | None) -> pd.DataFrame
         raise ValueError(f"`synthetic_weight={weight!r}` is not in `curve` (weights: {present}).")
     keep = labels.isna() | (labels == _weight_label(weight))
     return curve[keep.to_numpy()]
+
+
+def _one_finetune(curve: pd.DataFrame, share: float | None) -> pd.DataFrame:
+    """Keep the real rows and the added rows of one staged-training share (``real_finetune``)."""
+    if "real_finetune" not in curve.columns:
+        if share is not None:
+            raise ValueError(f"`real_finetune={share!r}` given, but `curve` has no `real_finetune` column.")
+        return curve
+    col = curve["real_finetune"].astype(float)
+    present = sorted(set(col.dropna().round(9)))
+    if share is None:
+        if len(present) > 1:
+            raise ValueError(f"`curve` holds staged-training shares {present}; pass `real_finetune=` (one of them).")
+        return curve
+    if isinstance(share, bool) or not isinstance(share, int | float) or round(float(share), 9) not in present:
+        raise ValueError(f"`real_finetune={share!r}` is not in `curve` (shares: {present}).")
+    return curve[(col.isna() | np.isclose(col, float(share))).to_numpy()]
 
 
 def _one_conditions(curve: pd.DataFrame, conditions: str | None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from .._records import EXPR_HINT, gene_names, synthetic_mask
 from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
-from ._weights import _fit_weighted, _weight_grid, resolve_weight, table_blocks
+from ._weights import _fit_weighted, _weight_grid, check_real_finetune, resolve_weight, table_blocks
 
 __all__ = ["fit_predictor", "predict_expression"]
 
@@ -40,6 +40,7 @@ def fit_predictor(
     synthetic_weight: float | Sequence[float] | Mapping[str, float] | Literal["auto", "auto-gene"] = 0.3,
     cv_folds: int = 3,
     cv_split: Literal["spatial", "random"] | None = None,
+    real_finetune: float = 0.0,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -112,6 +113,12 @@ def fit_predictor(
         the budget curve's test blocks do, so a held-out spot has no neighbour in training; ``"random"`` draws
         spots, which rewards genes that follow the tissue's layout more than they would be rewarded on a new
         region. ``None``: ``"spatial"`` when every table's real rows have coordinates, else ``"random"``.
+    real_finetune
+        Staged training (``mode="cnn"``): the share of the ``n_steps`` optimiser steps, at the end, trained on
+        the real rows alone, after a start on real and synthetic rows: a fine-tuning stage with a
+        learning-rate schedule of its own (warm-up, cosine to 0; the total stays ``n_steps``). Synthetic rows
+        then shape the features and the real rows have the last word, e.g. on genes another section's profiles
+        would contradict. ``0`` (default) mixes them throughout; with no synthetic rows it changes nothing.
     seed
         Seed of initialisation, shuffling and augmentation.
     device
@@ -124,7 +131,8 @@ def fit_predictor(
     The fitted :class:`~c2lst.models.predictor.ExpressionPredictor`; ``predictor.training`` records
     ``n_real``, ``n_synthetic`` and ``synthetic_weight`` (the weight used; the mean over genes for weights per
     gene, which are in ``synthetic_weight_genes``); a chosen weight also ``synthetic_weight_cv`` (mean
-    out-of-fold Pearson r per candidate weight) and ``cv_folds``. The tables are not modified.
+    out-of-fold Pearson r per candidate weight) and ``cv_folds``; staged training ``finetune_steps``. The tables
+    are not modified.
 
     Examples
     --------
@@ -162,6 +170,7 @@ def fit_predictor(
         cv_folds = check_positive_int(cv_folds, "cv_folds")
         if cv_folds < 2:
             raise ValueError(f"`cv_folds={cv_folds}` must be at least 2 to choose `synthetic_weight` by validation.")
+    check_real_finetune(real_finetune, mode)
     if cv_split not in (None, "spatial", "random"):
         raise ValueError(f"`cv_split={cv_split!r}` is unknown; pass 'spatial', 'random' or None.")
 
@@ -209,6 +218,7 @@ def fit_predictor(
     is_syn = np.concatenate(synth)
     fit_kw = {
         "n_epochs": n_epochs, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+        "finetune_fraction": float(real_finetune),
     }
     rows = (x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), blocks)
     model_args = (list(ref_genes), mode, backbone, alpha)

@@ -74,10 +74,22 @@ def _gene_weights(weight: Mapping | pd.Series, genes: Sequence[str]) -> np.ndarr
     return np.array([float(given[g]) for g in genes])
 
 
+def check_real_finetune(real_finetune: float, mode: str) -> None:
+    """Validate ``real_finetune=`` of :func:`~c2lst.tl.fit_predictor` (a share in [0, 1), CNN only)."""
+    if isinstance(real_finetune, bool) or not isinstance(real_finetune, int | float) or not 0 <= real_finetune < 1:
+        raise ValueError(f"`real_finetune={real_finetune!r}` must be a number in [0, 1); 0 turns staged training off.")
+    if real_finetune and mode != "cnn":
+        raise ValueError(
+            f"`real_finetune={real_finetune}` is staged training of the CNN; `mode={mode!r}` solves its head in one "
+            "step. Pass `real_finetune=0` or `mode='cnn'`."
+        )
+
+
 def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) -> ExpressionPredictor:
     """Fit one predictor with synthetic rows weighted ``weight`` (grouped ridge penalty as in fit_predictor).
 
     ``weight`` is a number or one number per gene ``(n_genes,)``; equal per-gene weights fit as the number.
+    ``fit_kw["finetune_fraction"]`` > 0 ends the fit on the real rows alone (when there are synthetic rows).
     """
     genes, mode, backbone, alpha = model_args
     n_syn, n_real = int(is_syn.sum()), int((~is_syn).sum())
@@ -89,10 +101,13 @@ def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) ->
     else:
         sample_weight = np.where(is_syn, float(weight), 1.0) if n_syn and weight != 1 else None
     grouped = n_syn > 0 and n_real > 1
+    fit_kw = dict(fit_kw)
+    if not (n_syn and n_real > 1):  # staged training needs synthetic rows to start on and real rows to end on
+        fit_kw["finetune_fraction"] = 0.0
     model = ExpressionPredictor(genes, mode=mode, backbone=backbone, alpha=alpha)
     return model.fit(
         x, y, sample_weight=sample_weight, groups=groups if grouped else None, eval_mask=~is_syn if grouped else None,
-        progress=progress, **fit_kw,
+        finetune_mask=~is_syn if fit_kw.get("finetune_fraction") else None, progress=progress, **fit_kw,
     )
 
 
