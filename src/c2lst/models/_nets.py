@@ -144,7 +144,8 @@ def fit_network(
     w_all = torch.from_numpy(np.asarray(weights, dtype=np.float32))
     rows: int | Callable[[int], torch.Tensor] = n
     start = n_steps - int(finetune_steps)
-    if finetune_rows is not None and finetune_steps > 0:
+    is_staged = finetune_rows is not None and finetune_steps > 0
+    if is_staged:
         sub = torch.as_tensor(np.asarray(finetune_rows, dtype=np.int64))
 
         def staged(step: int) -> torch.Tensor:  # all rows, then only the fine-tuning rows
@@ -181,7 +182,7 @@ def fit_network(
         device=None if device is None else str(device),
         lr_schedule="cosine",
         warmup_steps=max(1, n_steps // 20),
-        lr_restart=start if rows is not n else None,
+        lr_restart=start if is_staged else None,
     )
     dev = torch.device(device) if device is not None else None
     # accelerate places a single process on the *current* CUDA device: make it the one asked for
@@ -199,7 +200,7 @@ def fit_network(
         "final_loss": per_epoch[-1] if per_epoch else float("nan"),
         "loss_history": per_epoch,
     }
-    if rows is not n:
+    if is_staged:
         summary["finetune_steps"] = int(finetune_steps)
     logger.info(f"predictor trained: {n_steps} steps, final standardised MSE {summary['final_loss']:.3f}")
     return summary
