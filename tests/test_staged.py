@@ -104,7 +104,7 @@ def test_staged_fit_ends_on_what_the_real_rows_teach(real):
     """Contradicting rows cancel the signal when mixed; a real-only last half restores it."""
     syn = _contradicting(real)
     kw = {"n_steps": 80, "synthetic_weight": 1.0, "seed": 0, "progress": False}
-    mixed = c2lst.tl.fit_predictor([real, syn], **kw)
+    mixed = c2lst.tl.fit_predictor([real, syn], real_finetune=0.0, **kw)
     staged = c2lst.tl.fit_predictor([real, syn], real_finetune=0.5, **kw)
     truth = np.asarray(real.obsm["c2lst_expr"])[:, 0]
     r = {name: np.corrcoef(m.predict(real.obsm["c2lst_patch"])[:, 0], truth)[0, 1]
@@ -239,3 +239,11 @@ def test_budget_curve_refuses_bad_shares_before_any_work(sim_sdata, tiny_central
     with pytest.raises(ValueError, match=match):
         tiny_budget(sim_sdata, central, **kwargs)
     assert snapshot(table) == before
+
+
+def test_the_default_mixes_throughout_and_records_the_share(real):
+    syn = _contradicting(real)
+    default = c2lst.tl.fit_predictor([real, syn], n_steps=6, progress=False)
+    assert default.training["real_finetune"] == 0.0 and "finetune_steps" not in default.training
+    staged = c2lst.tl.fit_predictor([real, syn], n_steps=6, real_finetune=0.33, progress=False)
+    assert staged.training["real_finetune"] == 0.33 and staged.training["finetune_steps"] == 2
