@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._weights import check_real_finetune
+
 
 def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms, patch_key):
     """Validate ``conditions=`` of :func:`budget_curve`; return its result label and the unpaired table."""
@@ -193,18 +195,12 @@ def score_run(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> 
 
 
 def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
-    """Validate ``real_finetune=`` of :func:`budget_curve`; return the shares as floats."""
+    """Validate ``real_finetune=`` of :func:`budget_curve` (a share or distinct shares); return them as floats."""
     values = list(share) if isinstance(share, Sequence) and not isinstance(share, str) else [share]
-    ok = values and all(
-        not isinstance(v, bool) and isinstance(v, int | float) and 0 <= v < 1 for v in values
-    )
-    if not ok or len(set(values)) != len(values):
+    for v in values:
+        check_real_finetune(v, mode)
+    if not values or len(set(values)) != len(values):
         raise ValueError(
             f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, 0.33))."
-        )
-    if mode != "cnn" and any(values):
-        raise ValueError(
-            f"`real_finetune={share!r}` is staged training of the CNN predictor, but `predictor_kwargs` sets "
-            f"`mode={mode!r}`; pass `real_finetune=0`."
         )
     return [float(v) for v in values]
