@@ -13,7 +13,9 @@ without looking at the test blocks; ``auto-gene`` makes that choice per gene (sy
 genes they help predict), and the run prints each weight's paired difference to the first one.
 ``--real-finetune`` shares (e.g. ``0 0.5``) fit every added arm once per share with staged training: the last
 share of the predictor's steps on the real rows alone (``fit_predictor(real_finetune=)``); each (weight,
-share) is compared with the first, paired.
+share) is compared with the first, paired. ``--batching mixed stacked`` fits every added arm once per way its
+rows enter the predictor's steps (``fit_predictor(batching=)``): shuffled in with the real rows, or stacked as
+a batch of their own onto the real batch a real-only fit draws.
 
 Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
 synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
@@ -75,6 +77,9 @@ def main() -> None:
     ap.add_argument("--real-finetune", type=float, nargs="+", default=[0.0],
                     help="staged training: share of the predictor's steps, at the end, on the real rows alone "
                          "(fit_predictor(real_finetune=)); several values give one fit each")
+    ap.add_argument("--batching", nargs="+", default=["mixed"], choices=["mixed", "stacked"],
+                    help="how the added rows enter the predictor's steps (fit_predictor(batching=)); several "
+                         "values give one fit each")
     ap.add_argument("--adapt-steps", type=int, default=800,
                     help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
@@ -132,6 +137,7 @@ def main() -> None:
         n_per_condition=args.synthetic_per_spot,
         synthetic_weight=args.weights,
         real_finetune=args.real_finetune,
+        batching=args.batching,
         n_repeats=args.repeats,
         conditions=conditions,
         unlabelled=args.unlabelled,
@@ -152,7 +158,7 @@ def main() -> None:
     pd.set_option("display.width", 160)
     kinds = [c for c in curve.columns if c.startswith("pearson_r_")]
     by = curve.assign(synthetic_weight=curve["synthetic_weight"].astype(str))  # numbers and 'auto' in one key
-    keys = ["condition", "synthetic_weight", "real_finetune", "fraction"]
+    keys = ["condition", "synthetic_weight", "real_finetune", "batching", "fraction"]
     means = by.groupby(keys, dropna=False)[["pearson_r", *kinds]].mean()
     print("\nmean Pearson r on held-out blocks (all genes and per gene kind):")
     print(means.round(3).to_string())
@@ -168,11 +174,13 @@ def main() -> None:
     plans = {}
     added = [a for a in args.arms if a != "real"]
     arm = "real+synthetic" if "real+synthetic" in added else added[0]  # planned for; a control when alone
-    variants = [(w, ft) for w in args.weights for ft in args.real_finetune]
-    for w, ft in variants:
-        plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w, arm=arm, real_finetune=ft)
-        plans[variant_label(w, ft)] = plan
-        print(f"\n== synthetic weight {w}, real_finetune {ft}: paired difference to 100% real (margin {args.margin}) ==")
+    variants = [(w, ft, b) for w in args.weights for ft in args.real_finetune for b in args.batching]
+    for w, ft, b in variants:
+        plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w, arm=arm, real_finetune=ft,
+                                    batching=b)
+        plans[variant_label(w, ft, b)] = plan
+        print(f"\n== synthetic weight {w}, real_finetune {ft}, batching {b}: paired difference to 100% real "
+              f"(margin {args.margin}) ==")
         print(plan["differences"].round(4).to_string(index=False))
         print(f"gain of {arm} over real at the same fraction (paired):")
         print(plan["gain"].round(4).to_string(index=False))
@@ -180,7 +188,7 @@ def main() -> None:
               f", saving {plan['saving']}")
     between = weight_differences(curve, variants, arm)
     if len(between):
-        print(f"\n{arm}: paired difference of each weight / real_finetune to {variant_label(*variants[0])} "
+        print(f"\n{arm}: paired difference of each weight / real_finetune / batching to {variant_label(*variants[0])} "
               "(same rows, seeds):")
         print(between.round(4).to_string(index=False))
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
@@ -225,27 +233,28 @@ def main() -> None:
     print(json.dumps(out, default=float))
 
 
-def variant_label(weight, share: float) -> str:
-    """One fit setting of the added arms: its weight, and its staged-training share when there is one."""
-    return str(weight) if not share else f"{weight}, real_finetune {share:g}"
+def variant_label(weight, share: float, batching: str = "mixed") -> str:
+    """One fit setting of the added arms: its weight, its staged-training share and stacked batches if any."""
+    return str(weight) + (f", real_finetune {share:g}" if share else "") + (", stacked" if batching == "stacked" else "")
 
 
 def weight_differences(curve: pd.DataFrame, variants: list, arm: str) -> pd.DataFrame:
-    """Paired r difference (mean, 95% CI over repeats) of each (weight, share) to the first, per fraction and kind."""
+    """Paired r difference (mean, 95% CI) of each (weight, share, batching) to the first, per fraction and kind."""
     rows = []
     added = curve[curve["condition"] == arm]
-    label = [variant_label(w, ft) for w, ft in zip(added["synthetic_weight"], added["real_finetune"], strict=True)]
+    label = [variant_label(w, ft, b) for w, ft, b in
+             zip(added["synthetic_weight"], added["real_finetune"], added["batching"], strict=True)]
     added = added.assign(w=label)
     scores = [c for c in curve.columns if c.startswith("pearson_r")]
     first = variant_label(*variants[0])
-    for w, ft in variants[1:]:
+    for variant in variants[1:]:
         for f, at in added.groupby("fraction"):
-            a = at[at["w"] == variant_label(w, ft)].set_index("repeat")
+            a = at[at["w"] == variant_label(*variant)].set_index("repeat")
             b = at[at["w"] == first].set_index("repeat")
             common = a.index.intersection(b.index)
             if not len(common):
                 continue
-            row = {"weight": variant_label(w, ft), "fraction": f}
+            row = {"weight": variant_label(*variant), "fraction": f}
             for c in scores:
                 mean, low, high, _ = c2lst.metrics.paired_ci(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy())
                 row[c.replace("pearson_r", "diff")] = mean

@@ -63,6 +63,10 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
             main([*budget, "--real-finetune", bad, "--out", str(tmp_path / "bad.csv")])
     with pytest.raises(ValueError, match="real_finetune"):  # staged training is the cnn's; ridge refuses it early
         main([*budget, "--real-finetune", "0.3", "--out", str(tmp_path / "bad.csv")])
+    with pytest.raises(SystemExit):
+        main([*budget, "--batching", "shuffled", "--out", str(tmp_path / "bad.csv")])
+    with pytest.raises(ValueError, match="batching='stacked'"):  # stacked batches are the cnn's; ridge refuses early
+        main([*budget, "--batching", "stacked", "--out", str(tmp_path / "bad.csv")])
     assert not (tmp_path / "bad.csv").exists()
     assert json.loads(capsys.readouterr().out)["plan"] is None  # a paired plan needs >= 3 repeats
 

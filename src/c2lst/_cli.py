@@ -133,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--real-finetune", type=_share, default=0.0,
                    help="staged training of the cnn predictor: share of its steps, at the end, on the real spots "
                         "alone (in [0, 1); default 0)")
+    b.add_argument("--batching", default="mixed", choices=["mixed", "stacked"],
+                   help="how the cnn predictor's steps take synthetic rows: 'mixed' shuffles them in with the real "
+                        "spots, 'stacked' adds a batch of them to every batch of real spots (default: mixed)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="CSV file for the curve (the plan is printed as JSON)")
     return p
@@ -297,7 +300,8 @@ def _budget(args: argparse.Namespace) -> int:
         sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
         n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
         synthesize_kwargs={"n_steps": args.n_steps}, predictor_kwargs={"mode": args.mode},
-        synthetic_weight=args.synthetic_weight, real_finetune=args.real_finetune, seed=args.seed,
+        synthetic_weight=args.synthetic_weight, real_finetune=args.real_finetune,
+        batching=args.batching, seed=args.seed,
     )  # fmt: skip
     curve.to_csv(args.out, index=False)
     if args.n_repeats >= 3:  # a paired interval needs repeats

@@ -122,6 +122,7 @@ def fit_network(
     progress: bool,
     finetune_rows: np.ndarray | None = None,
     finetune_steps: int = 0,
+    stack_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` in place on the weighted MSE to ``targets`` through :func:`~c2lst.models.train.train`.
 
@@ -131,6 +132,11 @@ def fit_network(
     Staged training: the last ``finetune_steps`` of the ``n_steps`` visit only ``finetune_rows`` (indices, e.g.
     the real rows after a start on real and synthetic ones), epoch-wise, in batches of at most ``batch_size``,
     with a learning-rate schedule of their own (warm-up, then cosine to 0); the optimiser state carries on.
+
+    Stacked batches: every step before such a stage takes the batch of ``stack_rows`` (indices, e.g. the real
+    rows) that a fit on them alone would draw, epoch-wise, plus a batch of at most ``batch_size`` of the other
+    rows, epoch-wise on their own; the loss is the weighted mean over both. Added rows then do not thin how often
+    the stacked rows are visited in a fixed number of steps; each step processes more rows instead.
 
     Each epoch visits every row once (``rows=``); the learning rate warms up over 5 % of the steps, then follows a
     cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
@@ -145,15 +151,19 @@ def fit_network(
     rows: int | Callable[[int], torch.Tensor] = n
     start = n_steps - int(finetune_steps)
     is_staged = finetune_rows is not None and finetune_steps > 0
+    stacked = _stacked_rows(stack_rows, n, batch_size, seed)
+    first = stacked or (lambda step: epoch_rows(n, bs, seed, step))
     if is_staged:
         sub = torch.as_tensor(np.asarray(finetune_rows, dtype=np.int64))
 
         def staged(step: int) -> torch.Tensor:  # all rows, then only the fine-tuning rows
             if step < start:
-                return epoch_rows(n, bs, seed, step)
+                return first(step)
             return sub[epoch_rows(len(sub), bs, seed + 1, step - start)]
 
         rows = staged
+    elif stacked is not None:
+        rows = stacked
 
     def loss_fn(model: nn.Module, idx: torch.Tensor, gen: torch.Generator, dev: torch.device):
         if len(idx) < 2 < n:
@@ -202,8 +212,49 @@ def fit_network(
     }
     if is_staged:
         summary["finetune_steps"] = int(finetune_steps)
+    if stacked is not None:
+        summary["stacked_rows"] = len(stack_rows)
     logger.info(f"predictor trained: {n_steps} steps, final standardised MSE {summary['final_loss']:.3f}")
     return summary
+
+
+def _stacked_rows(
+    stack_rows: np.ndarray | None, n: int, batch_size: int, seed: int
+) -> Callable[[int], torch.Tensor] | None:
+    """Return the batch schedule of stacked batches (see :func:`fit_network`), or None without ``stack_rows``."""
+    if stack_rows is None:
+        return None
+    keep = np.zeros(n, dtype=bool)
+    keep[np.asarray(stack_rows, dtype=np.int64)] = True
+    anchor, other = (torch.as_tensor(np.flatnonzero(m)) for m in (keep, ~keep))
+    if len(other) == 0:  # nothing to stack: the plain schedule
+        return None
+
+    def stacked(step: int) -> torch.Tensor:
+        own = anchor[epoch_rows(len(anchor), min(batch_size, len(anchor)), seed, step)]
+        return torch.cat([own, other[epoch_rows(len(other), min(batch_size, len(other)), seed + 2, step)]])
+
+    return stacked
+
+
+def check_stack(mask: np.ndarray | None, n: int, mode: str) -> np.ndarray | None:
+    """Validate stacked batches (``stack_mask``); return the stacked row indices."""
+    if mask is None:
+        return None
+    if mode != "cnn":
+        raise ValueError(
+            f"`stack_mask` sets the batches of `mode='cnn'`; the ridge head of `mode={mode!r}` is solved in one "
+            "step on all rows. Pass `stack_mask=None` or use `mode='cnn'`."
+        )
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise ValueError(
+            f"`stack_mask` must be a boolean array with one value per patch ({n}), got dtype {mask.dtype} and "
+            f"shape {mask.shape}."
+        )
+    if not mask.any():
+        raise ValueError("`stack_mask` selects no row; stack at least one row (e.g. the real ones).")
+    return np.flatnonzero(mask)
 
 
 def check_finetune(mask: np.ndarray | None, fraction: float, n: int, mode: str) -> np.ndarray | None:

@@ -48,6 +48,7 @@ from ._nets import (
     _BackboneHead,
     _init_weights,
     check_finetune,
+    check_stack,
     default_device,
     fit_network,
     module_sha256,
@@ -183,6 +184,7 @@ class ExpressionPredictor(PredictorPersistence):
         eval_mask: np.ndarray | None = None,
         finetune_mask: np.ndarray | None = None,
         finetune_fraction: float = 0.0,
+        stack_mask: np.ndarray | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         progress: bool = True,
@@ -214,6 +216,11 @@ class ExpressionPredictor(PredictorPersistence):
             train on the rows of the boolean ``finetune_mask`` alone (e.g. the real rows, after a start on real
             and synthetic ones), with a learning-rate schedule of their own (warm-up, cosine to 0). Needs at
             least 2 such rows; ``finetune_fraction=0`` (the default) trains on all rows throughout.
+        stack_mask
+            Stacked batches (``mode="cnn"``): every step takes the batch of these rows (e.g. the real ones) that
+            a fit on them alone would draw, plus a batch of at most ``batch_size`` other rows, so added rows do
+            not thin how often these rows are visited in ``n_steps`` (each step processes more rows instead).
+            ``None`` (default): all rows are shuffled together into batches of ``batch_size``.
         seed
             Seed of initialisation, shuffling and augmentation.
         device
@@ -247,6 +254,7 @@ class ExpressionPredictor(PredictorPersistence):
             if value is not None and np.shape(value) != (len(patches),):
                 raise ValueError(f"`{name}` must hold one value per patch ({len(patches)}), got {np.shape(value)}.")
         tune = check_finetune(finetune_mask, finetune_fraction, len(patches), self.mode)
+        stack = check_stack(stack_mask, len(patches), self.mode)
         self.patch_size = int(patches.shape[1])
         wy = w if w.ndim == 2 else w[:, None]  # per-gene means and spreads under each gene's weights
         mean = ((wy * y).sum(axis=0) / wy.sum(axis=0)).astype(np.float32)
@@ -259,7 +267,7 @@ class ExpressionPredictor(PredictorPersistence):
         else:
             total = n_steps if n_steps is not None else n_epochs * math.ceil(len(patches) / min(batch_size, len(patches)))
             self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress,
-                          tune, min(round(finetune_fraction * total), total - 1))
+                          tune, min(round(finetune_fraction * total), total - 1), stack)
         self.training["n_train"] = len(patches)
         self.training["weighted"] = bool(sample_weight is not None)
         self.training["seed"] = int(seed)
@@ -285,7 +293,8 @@ class ExpressionPredictor(PredictorPersistence):
         return x.div_(255.0)
 
     def _fit_cnn(
-        self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar, tune=None, n_tune=0
+        self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar, tune=None, n_tune=0,
+        stack=None,
     ) -> None:
         net = self._build_network(patches.shape[1])
         gen = torch.Generator().manual_seed(int(seed))
@@ -306,6 +315,7 @@ class ExpressionPredictor(PredictorPersistence):
             progress=bar,
             finetune_rows=tune,
             finetune_steps=n_tune,
+            stack_rows=stack,
         )
         self.network = net
         if self.backbone is not None:

@@ -14,6 +14,7 @@ from .._logging import logger
 from .._logging import progress as _progress
 from .._utils import as_table, check_kwargs, check_positive_int, check_seed, renamed_arguments, require_obsm
 from ._budget_arms import (
+    check_batchings,
     check_conditions,
     check_finetunes,
     conditions_kwargs,
@@ -73,6 +74,7 @@ def budget_curve(
     n_per_condition: int = 2,
     synthetic_weight: float | str | Sequence[float | str] = 0.3,
     real_finetune: float | Sequence[float] = 0.0,
+    batching: str | Sequence[str] = "mixed",
     n_repeats: int = 8,
     split: Literal["spatial", "random"] = "spatial",
     test_fraction: float = 0.25,
@@ -135,6 +137,11 @@ def budget_curve(
         end, on the real rows alone. A sequence fits every added arm once per (weight, share) on the same rows
         (column ``real_finetune``; NaN for ``"real"``, which has no added rows); choose one in
         :func:`plan_budget`.
+    batching
+        How the CNN predictor's steps take added rows (:func:`c2lst.tl.fit_predictor`): ``"mixed"`` shuffles
+        them in with the real rows, ``"stacked"`` adds a batch of them to the real batch a real-only fit would
+        draw. A sequence fits every added arm once per (weight, share, batching) on the same rows (column
+        ``batching``; NaN for ``"real"``); choose one in :func:`plan_budget`.
     n_repeats
         Repeats (different held-out blocks, subsets and seeds); :func:`plan_budget` needs at least 3.
     split
@@ -184,11 +191,11 @@ def budget_curve(
 
     Returns
     -------
-    One row per (repeat, fraction, arm, weight, fine-tuning share): ``fraction``, ``repeat``, ``condition``
+    One row per (repeat, fraction, arm, weight, fine-tuning share, batching): ``fraction``, ``repeat``, ``condition``
     (the arm), ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's
     feature space: ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN
     for ``"real"``, ``"auto"`` or ``"auto-gene"`` for weights chosen per fit), ``real_finetune`` (NaN for
-    ``"real"``), ``chosen_weight`` (the weight the fit used, the mean over genes for ``"auto-gene"``; NaN for
+    ``"real"``), ``batching`` (NaN for ``"real"``), ``chosen_weight`` (the weight the fit used, the mean over genes for ``"auto-gene"``; NaN for
     ``"real"``), ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
@@ -252,11 +259,12 @@ def budget_curve(
         pool_max = round((1 - test_fraction) * table.n_obs)
         bs = int(p_kw.get("batch_size", 64))
         p_kw["n_steps"] = 200 if epochs is None else int(epochs) * math.ceil(pool_max / min(bs, pool_max))
-    for key in ("synthetic_weight", "real_finetune"):
+    for key in ("synthetic_weight", "real_finetune", "batching"):
         if key in p_kw:
             raise ValueError(f"pass `{key}=` to `budget_curve` itself, not in `predictor_kwargs`.")
     weights = _check_weights(synthetic_weight)
     tunes = check_finetunes(real_finetune, p_kw.get("mode", "cnn"))
+    batchings = check_batchings(batching, p_kw.get("mode", "cnn"))
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
                                          arms, patch_key)
     from ._central import resolve_central
@@ -318,13 +326,13 @@ def budget_curve(
             extra["real+copy"] = unpaired_copy_arm(other, idx, real, patch_key, expr_key, apply_expression)
         elif "real+copy" in todo:
             extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
-        fits = [(a, w, ft) for a in todo for w in ([math.nan] if a == "real" else weights)
-                for ft in ([math.nan] if a == "real" else tunes)]
-        for arm, w, ft in fits:
+        fits = [(a, w, ft, b) for a in todo for w in ([math.nan] if a == "real" else weights)
+                for ft in ([math.nan] if a == "real" else tunes) for b in ([math.nan] if a == "real" else batchings)]
+        for arm, w, ft, b in fits:
             tables = [real] if arm == "real" else [real, extra[arm]]
             pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
                                  synthetic_weight=1.0 if arm == "real" else w,
-                                 real_finetune=0.0 if arm == "real" else ft, **p_kw)
+                                 real_finetune=0.0 if arm == "real" else ft, batching="mixed" if arm == "real" else b, **p_kw)
             rows.append({
                 "fraction": f,
                 "repeat": r,
@@ -333,6 +341,7 @@ def budget_curve(
                 "features": pred.feature_space,
                 "synthetic_weight": w,
                 "real_finetune": ft,
+                "batching": b,
                 "chosen_weight": math.nan if arm == "real" else float(pred.training["synthetic_weight"]),
                 "n_real": int(n_real),
                 "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),

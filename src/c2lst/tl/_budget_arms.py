@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._weights import check_real_finetune
+from ._weights import check_batching, check_real_finetune
 
 
 def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms, patch_key):
@@ -204,3 +204,16 @@ def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
             f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, 0.33))."
         )
     return [float(v) for v in values]
+
+
+def check_batchings(batching: str | Sequence[str], mode: str) -> list[str]:
+    """Validate ``batching=`` of :func:`budget_curve` (``"mixed"``, ``"stacked"`` or both); return them as a list."""
+    values = [batching] if isinstance(batching, str) else list(batching) if isinstance(batching, Sequence) else [batching]
+    for v in values:
+        check_batching(v, mode)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(
+            f"`batching={batching!r}` must be 'mixed', 'stacked' or a sequence of distinct ones (e.g. ('mixed', "
+            "'stacked'))."
+        )
+    return values

@@ -13,6 +13,9 @@ from .._logging import logger
 from ..datasets import pretrained_central, pretrained_names
 from ..models import CentralModel, central_fingerprint
 
+#: Frozen feature spaces of ``fit_predictor(features=)`` and ``tl.embed_patches``.
+FEATURES = ("morphometric", "central")
+
 
 def resolve_central(central: Any, adata: AnnData | None = None, *, verify: bool = True) -> CentralModel:
     """Return a :class:`CentralModel` from an instance, a model directory, a registry key or a shipped name.
@@ -85,3 +88,32 @@ def central_for_adapter(central: Any, record: dict, table: AnnData, verify: bool
             raise ValueError(msg + "; pass the original central model, or `verify=False` to proceed anyway.")
         logger.warning(msg + "; continuing because verify=False")
     return model
+
+
+def feature_backbone(features, mode, central, timestep, backbone, table: AnnData):
+    """Validate ``features=`` and return the backbone it implies (``backbone`` unchanged when ``None``)."""
+    if features is None:
+        if central is not None:
+            raise ValueError("`central=` is only used with `features='central'`; pass both or neither.")
+        return backbone
+    if features not in FEATURES:
+        raise ValueError(f"`features={features!r}` is unknown; use None or one of {list(FEATURES)}.")
+    if mode != "ridge":
+        raise ValueError(
+            f"`features={features!r}` is a frozen feature space for `mode='ridge'`, got `mode={mode!r}`; "
+            "pass `mode='ridge'`."
+        )
+    if backbone is not None:
+        raise ValueError(f"pass either `feature_extractor=` or `features={features!r}`, not both.")
+    if features == "morphometric":
+        if central is not None:
+            raise ValueError("`central=` is only used with `features='central'`; drop it.")
+        return None
+    if central is None:
+        raise ValueError(
+            "`features='central'` needs the central model: pass `central=` (a CentralModel, its directory or a "
+            "registry key)."
+        )
+    from ..models import CentralFeatureExtractor
+
+    return CentralFeatureExtractor(resolve_central(central, table), t=timestep)

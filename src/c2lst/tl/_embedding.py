@@ -19,8 +19,8 @@ from .._tables import _patches
 from .._utils import as_table, check_positive_int
 from ..models import central_features
 from ..models import features as _features
+from ._central import FEATURES
 
-FEATURES = ("morphometric", "central")
 DEFAULT_KEYS = {"morphometric": "c2lst_morph", "central": "c2lst_central_features"}
 
 

@@ -20,6 +20,7 @@ def plan_budget(
     synthetic_weight: float | str | None = None,
     conditions: str | None = None,
     real_finetune: float | None = None,
+    batching: str | None = None,
 ) -> dict[str, Any]:
     """Name the smallest fraction of real spots that is non-inferior to all of them, with and without synthesis.
 
@@ -49,6 +50,9 @@ def plan_budget(
     real_finetune
         When ``curve`` holds several staged-training shares (``budget_curve(real_finetune=(0, 0.33))``), the one
         to use (required then).
+    batching
+        When ``curve`` holds several batchings (``budget_curve(batching=("mixed", "stacked"))``), the one to use
+        (required then).
 
     Returns
     -------
@@ -63,7 +67,8 @@ def plan_budget(
         raise ValueError(f"`curve` must be the DataFrame of `budget_curve` with columns {sorted(needed)}.")
     if not (0 < ci < 1):
         raise ValueError(f"`ci={ci}` must be in (0, 1).")
-    curve = _one_conditions(_one_finetune(_one_weight(curve, synthetic_weight), real_finetune), conditions)
+    curve = _one_finetune(_one_weight(curve, synthetic_weight), real_finetune)
+    curve = _one_conditions(_one_batching(curve, batching), conditions)
     if isinstance(margin, bool) or not isinstance(margin, int | float) or not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"`margin={margin!r}` must be a finite number >= 0 (e.g. 0.02 for Pearson r).")
     ref = curve[(curve["condition"] == "real") & np.isclose(curve["fraction"], 1.0)].set_index("repeat")[metric]
@@ -155,6 +160,23 @@ def _one_finetune(curve: pd.DataFrame, share: float | None) -> pd.DataFrame:
     if isinstance(share, bool) or not isinstance(share, int | float) or round(float(share), 9) not in present:
         raise ValueError(f"`real_finetune={share!r}` is not in `curve` (shares: {present}).")
     return curve[(col.isna() | np.isclose(col, float(share))).to_numpy()]
+
+
+def _one_batching(curve: pd.DataFrame, batching: str | None) -> pd.DataFrame:
+    """Keep the real rows and the added rows of one ``batching`` (``"mixed"`` or ``"stacked"``)."""
+    if "batching" not in curve.columns:
+        if batching is not None:
+            raise ValueError(f"`batching={batching!r}` given, but `curve` has no `batching` column.")
+        return curve
+    col = curve["batching"]
+    present = sorted(set(col.dropna().astype(str)))
+    if batching is None:
+        if len(present) > 1:
+            raise ValueError(f"`curve` holds batchings {present}; pass `batching=` (one of them).")
+        return curve
+    if batching not in present:
+        raise ValueError(f"`batching={batching!r}` is not in `curve` (batchings: {present}).")
+    return curve[(col.isna() | (col.astype(str) == batching)).to_numpy()]
 
 
 def _one_conditions(curve: pd.DataFrame, conditions: str | None) -> pd.DataFrame:

@@ -16,7 +16,15 @@ from .._records import EXPR_HINT, gene_names, synthetic_mask
 from .._tables import _check_adata, _gene_diff, _patches, expression_genes
 from .._utils import as_table, check_positive_int, check_seed, renamed_arguments
 from ..models import ExpressionPredictor
-from ._weights import _fit_weighted, _weight_grid, check_real_finetune, resolve_weight, table_blocks
+from ._central import feature_backbone
+from ._weights import (
+    _fit_weighted,
+    _weight_grid,
+    check_batching,
+    check_real_finetune,
+    resolve_weight,
+    table_blocks,
+)
 
 __all__ = ["fit_predictor", "predict_expression"]
 
@@ -41,6 +49,7 @@ def fit_predictor(
     cv_folds: int = 3,
     cv_split: Literal["spatial", "random"] | None = None,
     real_finetune: float = 0.0,
+    batching: Literal["mixed", "stacked"] = "mixed",
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -121,6 +130,13 @@ def fit_predictor(
         would contradict. ``0`` (default) mixes them throughout; with no synthetic rows it changes nothing.
         In ``benchmarks/bench_budget.py`` 0.33 took most of the loss at 25 % of the spots away and about half
         of the gain at 10 % (docs: benchmarks, *Staged training*).
+    batching
+        How synthetic rows enter the CNN's optimiser steps. ``"mixed"`` (default) shuffles real and synthetic
+        rows together into batches of ``batch_size``, so in a fixed ``n_steps`` every added row thins how often
+        each real spot is visited (with ``k`` synthetic rows per spot, about ``1 / (1 + k)`` as often once the
+        real spots fill a batch). ``"stacked"`` gives every step the batch of real rows a fit on the real rows alone would draw,
+        plus a batch of at most ``batch_size`` synthetic rows: the real spots are visited as often as without
+        synthesis and each step processes more rows instead. With no synthetic rows both are the same fit.
     seed
         Seed of initialisation, shuffling and augmentation.
     device
@@ -133,8 +149,9 @@ def fit_predictor(
     The fitted :class:`~c2lst.models.predictor.ExpressionPredictor`; ``predictor.training`` records
     ``n_real``, ``n_synthetic`` and ``synthetic_weight`` (the weight used; the mean over genes for weights per
     gene, which are in ``synthetic_weight_genes``); a chosen weight also ``synthetic_weight_cv`` (mean
-    out-of-fold Pearson r per candidate weight) and ``cv_folds``; staged training ``finetune_steps``. The tables
-    are not modified.
+    out-of-fold Pearson r per candidate weight) and ``cv_folds``; ``real_finetune`` and ``batching`` as given;
+    staged training ``finetune_steps``; stacked batches ``stacked_rows`` (the real rows). The tables are not
+    modified.
 
     Examples
     --------
@@ -166,13 +183,14 @@ def fit_predictor(
         raise ValueError(f"`mode` must be 'cnn' or 'ridge', got {mode!r}.")
     if n_steps is not None:
         n_steps = check_positive_int(n_steps, "n_steps")
-    backbone = _feature_backbone(features, mode, central, central_timestep, feature_extractor, items[0])
+    backbone = feature_backbone(features, mode, central, central_timestep, feature_extractor, items[0])
     grid = _weight_grid(synthetic_weight)
     if grid is not None:
         cv_folds = check_positive_int(cv_folds, "cv_folds")
         if cv_folds < 2:
             raise ValueError(f"`cv_folds={cv_folds}` must be at least 2 to choose `synthetic_weight` by validation.")
     check_real_finetune(real_finetune, mode)
+    check_batching(batching, mode)
     if cv_split not in (None, "spatial", "random"):
         raise ValueError(f"`cv_split={cv_split!r}` is unknown; pass 'spatial', 'random' or None.")
 
@@ -220,7 +238,7 @@ def fit_predictor(
     is_syn = np.concatenate(synth)
     fit_kw = {
         "n_epochs": n_epochs, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-        "finetune_fraction": float(real_finetune),
+        "finetune_fraction": float(real_finetune), "batching": batching,
     }
     rows = (x, y, is_syn, np.concatenate(groups), np.concatenate(groups_b), blocks)
     model_args = (list(ref_genes), mode, backbone, alpha)
@@ -234,15 +252,13 @@ def fit_predictor(
             "n_synthetic": n_syn,
             "synthetic_weight": float(weight.mean()),
             "real_finetune": float(real_finetune),
+            "batching": batching,
             "expr_key": expr_key,
             "patch_key": patch_key,
         }
     )
     logger.info(f"fitted {model!r} on {n_real} real + {n_syn} synthetic spots")
     return model
-
-
-FEATURES = ("morphometric", "central")
 
 
 def resolve_predictor(predictor: Any, fit_hint: str = "first") -> ExpressionPredictor:
@@ -256,36 +272,6 @@ def resolve_predictor(predictor: Any, fit_hint: str = "first") -> ExpressionPred
     if not predictor.is_fitted:
         raise ValueError(f"`predictor` is not fitted; fit it with `c2lst.tl.fit_predictor` {fit_hint}.")
     return predictor
-
-
-def _feature_backbone(features, mode, central, timestep, backbone, table: AnnData):
-    """Validate ``features=`` and return the backbone it implies (``backbone`` unchanged when ``None``)."""
-    if features is None:
-        if central is not None:
-            raise ValueError("`central=` is only used with `features='central'`; pass both or neither.")
-        return backbone
-    if features not in FEATURES:
-        raise ValueError(f"`features={features!r}` is unknown; use None or one of {list(FEATURES)}.")
-    if mode != "ridge":
-        raise ValueError(
-            f"`features={features!r}` is a frozen feature space for `mode='ridge'`, got `mode={mode!r}`; "
-            "pass `mode='ridge'`."
-        )
-    if backbone is not None:
-        raise ValueError(f"pass either `feature_extractor=` or `features={features!r}`, not both.")
-    if features == "morphometric":
-        if central is not None:
-            raise ValueError("`central=` is only used with `features='central'`; drop it.")
-        return None
-    if central is None:
-        raise ValueError(
-            "`features='central'` needs the central model: pass `central=` (a CentralModel, its directory or a "
-            "registry key)."
-        )
-    from ..models import CentralFeatureExtractor
-    from ._central import resolve_central
-
-    return CentralFeatureExtractor(resolve_central(central, table), t=timestep)
 
 
 # --------------------------------------------------------------------------- predict

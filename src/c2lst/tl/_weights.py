@@ -85,11 +85,30 @@ def check_real_finetune(real_finetune: float, mode: str) -> None:
         )
 
 
+#: How synthetic rows enter the CNN's optimiser steps (``fit_predictor(batching=)``).
+BATCHING = ("mixed", "stacked")
+
+
+def check_batching(batching: str, mode: str) -> None:
+    """Validate ``batching=`` of :func:`~c2lst.tl.fit_predictor` (``"mixed"`` or ``"stacked"``, the latter CNN only)."""
+    if not isinstance(batching, str) or batching not in BATCHING:
+        raise ValueError(
+            f"`batching={batching!r}` is unknown; pass 'mixed' (real and synthetic rows shuffled together) or "
+            "'stacked' (every step: a batch of real rows plus one of synthetic rows)."
+        )
+    if batching == "stacked" and mode != "cnn":
+        raise ValueError(
+            f"`batching='stacked'` sets the batches of the CNN; `mode={mode!r}` solves its head in one step on all "
+            "rows. Pass `batching='mixed'` or `mode='cnn'`."
+        )
+
+
 def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) -> ExpressionPredictor:
     """Fit one predictor with synthetic rows weighted ``weight`` (grouped ridge penalty as in fit_predictor).
 
     ``weight`` is a number or one number per gene ``(n_genes,)``; equal per-gene weights fit as the number.
-    ``fit_kw["finetune_fraction"]`` > 0 ends the fit on the real rows alone (when there are synthetic rows).
+    ``fit_kw["finetune_fraction"]`` > 0 ends the fit on the real rows alone (when there are synthetic rows);
+    ``fit_kw["batching"] == "stacked"`` stacks a batch of synthetic rows onto every batch of real rows.
     """
     genes, mode, backbone, alpha = model_args
     n_syn, n_real = int(is_syn.sum()), int((~is_syn).sum())
@@ -102,12 +121,14 @@ def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) ->
         sample_weight = np.where(is_syn, float(weight), 1.0) if n_syn and weight != 1 else None
     grouped = n_syn > 0 and n_real > 1
     fit_kw = dict(fit_kw)
+    stacked = fit_kw.pop("batching", "mixed") == "stacked" and n_syn > 0 and n_real > 0
     if not (n_syn and n_real > 1):  # staged training needs synthetic rows to start on and real rows to end on
         fit_kw["finetune_fraction"] = 0.0
     model = ExpressionPredictor(genes, mode=mode, backbone=backbone, alpha=alpha)
     return model.fit(
         x, y, sample_weight=sample_weight, groups=groups if grouped else None, eval_mask=~is_syn if grouped else None,
-        finetune_mask=~is_syn if fit_kw.get("finetune_fraction") else None, progress=progress, **fit_kw,
+        finetune_mask=~is_syn if fit_kw.get("finetune_fraction") else None, stack_mask=~is_syn if stacked else None,
+        progress=progress, **fit_kw,
     )
 
 
