@@ -81,3 +81,15 @@ def tiny_budget(sdata, central, **kwargs):
         "progress": False,
     }
     return c2lst.tl.budget_curve(sdata, central=central, **{**settings, **kwargs})
+
+
+def assert_budget_refuses(sdata, central, kwargs, match):
+    """``tiny_budget(**kwargs)`` raises a ``ValueError`` matching ``match`` and leaves the table untouched."""
+    import pytest
+    from _reliability_helpers import state
+
+    table = sdata.tables["table"]
+    before = state(table)
+    with pytest.raises(ValueError, match=match):
+        tiny_budget(sdata, central, **kwargs)
+    assert state(table) == before

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _eval_helpers import make_table, tiny_budget
+from _eval_helpers import assert_budget_refuses, make_table, tiny_budget
 from _reliability_helpers import state as snapshot
 
 import c2lst
@@ -232,9 +232,4 @@ def test_budget_curve_fits_each_batching_on_the_same_rows(sim_sdata, tiny_centra
     ],
 )
 def test_budget_curve_refuses_bad_batchings_before_any_work(sim_sdata, tiny_central, kwargs, match):
-    central, _ = tiny_central
-    table = sim_sdata.tables["table"]
-    before = snapshot(table)
-    with pytest.raises(ValueError, match=match):
-        tiny_budget(sim_sdata, central, **kwargs)
-    assert snapshot(table) == before
+    assert_budget_refuses(sim_sdata, tiny_central[0], kwargs, match)

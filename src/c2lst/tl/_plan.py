@@ -164,19 +164,7 @@ def _one_finetune(curve: pd.DataFrame, share: float | None) -> pd.DataFrame:
 
 def _one_batching(curve: pd.DataFrame, batching: str | None) -> pd.DataFrame:
     """Keep the real rows and the added rows of one ``batching`` (``"mixed"`` or ``"stacked"``)."""
-    if "batching" not in curve.columns:
-        if batching is not None:
-            raise ValueError(f"`batching={batching!r}` given, but `curve` has no `batching` column.")
-        return curve
-    col = curve["batching"]
-    present = sorted(set(col.dropna().astype(str)))
-    if batching is None:
-        if len(present) > 1:
-            raise ValueError(f"`curve` holds batchings {present}; pass `batching=` (one of them).")
-        return curve
-    if batching not in present:
-        raise ValueError(f"`batching={batching!r}` is not in `curve` (batchings: {present}).")
-    return curve[(col.isna() | (col.astype(str) == batching)).to_numpy()]
+    return _one_text(curve, "batching", batching, "batchings", real_rows=True)
 
 
 def _one_conditions(curve: pd.DataFrame, conditions: str | None) -> pd.DataFrame:
@@ -186,15 +174,25 @@ def _one_conditions(curve: pd.DataFrame, conditions: str | None) -> pd.DataFrame
             f"`curve` mixes predictor features {sorted(curve['features'].unique())}; plan each separately, e.g. "
             "`plan_budget(curve[curve['features'] == 'central'])`."
         )
-    if "conditions" not in curve.columns:
-        if conditions is not None:
-            raise ValueError(f"`conditions={conditions!r}` given, but `curve` has no `conditions` column.")
+    return _one_text(curve, "conditions", conditions, "conditions", real_rows=False)
+
+
+def _one_text(curve: pd.DataFrame, column: str, value: str | None, what: str, *, real_rows: bool) -> pd.DataFrame:
+    """Keep the rows of one text ``value`` of ``column`` (and its NaN rows, the real arm's, when ``real_rows``).
+
+    ``None`` keeps everything when the curve holds at most one value; a curve without the column plans as it is.
+    """
+    if column not in curve.columns:
+        if value is not None:
+            raise ValueError(f"`{column}={value!r}` given, but `curve` has no `{column}` column.")
         return curve
-    present = sorted(curve["conditions"].astype(str).unique())
-    if conditions is None:
+    col = curve[column]
+    present = sorted(set(col.dropna().astype(str)))
+    if value is None:
         if len(present) > 1:
-            raise ValueError(f"`curve` holds conditions {present}; pass `conditions=` (one of them).")
+            raise ValueError(f"`curve` holds {what} {present}; pass `{column}=` (one of them).")
         return curve
-    if conditions not in present:
-        raise ValueError(f"`conditions={conditions!r}` is not in `curve` (conditions: {present}).")
-    return curve[curve["conditions"].astype(str) == conditions]
+    if value not in present:
+        raise ValueError(f"`{column}={value!r}` is not in `curve` ({what}: {present}).")
+    keep = col.astype(str) == value
+    return curve[(keep | col.isna()).to_numpy() if real_rows else keep.to_numpy()]
