@@ -191,12 +191,12 @@ def budget_curve(
 
     Returns
     -------
-    One row per (repeat, fraction, arm, weight, fine-tuning share, batching): ``fraction``, ``repeat``, ``condition``
-    (the arm), ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the predictor's
-    feature space: ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``), ``synthetic_weight`` (NaN
-    for ``"real"``, ``"auto"`` or ``"auto-gene"`` for weights chosen per fit), ``real_finetune`` (NaN for
-    ``"real"``), ``batching`` (NaN for ``"real"``), ``chosen_weight`` (the weight the fit used, the mean over genes for ``"auto-gene"``; NaN for
-    ``"real"``), ``n_real``,
+    One row per (repeat, fraction, arm, weight, fine-tuning share, batching): ``fraction``, ``repeat``,
+    ``condition`` (the arm), ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the
+    predictor's feature space: ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``),
+    ``synthetic_weight`` (NaN for ``"real"``, ``"auto"`` or ``"auto-gene"`` for weights chosen per fit),
+    ``real_finetune`` (NaN for ``"real"``), ``batching`` (NaN for ``"real"``), ``chosen_weight`` (the weight the
+    fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"``), ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
@@ -332,7 +332,8 @@ def budget_curve(
             tables = [real] if arm == "real" else [real, extra[arm]]
             pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
                                  synthetic_weight=1.0 if arm == "real" else w,
-                                 real_finetune=0.0 if arm == "real" else ft, batching="mixed" if arm == "real" else b, **p_kw)
+                                 real_finetune=0.0 if arm == "real" else ft,
+                                 batching="mixed" if arm == "real" else b, **p_kw)
             rows.append({
                 "fraction": f,
                 "repeat": r,

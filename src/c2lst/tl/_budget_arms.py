@@ -208,7 +208,7 @@ def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
 
 def check_batchings(batching: str | Sequence[str], mode: str) -> list[str]:
     """Validate ``batching=`` of :func:`budget_curve` (``"mixed"``, ``"stacked"`` or both); return them as a list."""
-    values = [batching] if isinstance(batching, str) else list(batching) if isinstance(batching, Sequence) else [batching]
+    values = list(batching) if isinstance(batching, Sequence) and not isinstance(batching, str) else [batching]
     for v in values:
         check_batching(v, mode)
     if not values or len(set(values)) != len(values):
