@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -196,24 +196,24 @@ def score_run(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> 
 
 def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
     """Validate ``real_finetune=`` of :func:`budget_curve` (a share or distinct shares); return them as floats."""
-    values = list(share) if isinstance(share, Sequence) and not isinstance(share, str) else [share]
-    for v in values:
-        check_real_finetune(v, mode)
-    if not values or len(set(values)) != len(values):
-        raise ValueError(
-            f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, 0.33))."
-        )
+    values = _distinct(share, lambda v: check_real_finetune(v, mode),
+                       f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, "
+                       "0.33)).")
     return [float(v) for v in values]
 
 
 def check_batchings(batching: str | Sequence[str], mode: str) -> list[str]:
     """Validate ``batching=`` of :func:`budget_curve` (``"mixed"``, ``"stacked"`` or both); return them as a list."""
-    values = list(batching) if isinstance(batching, Sequence) and not isinstance(batching, str) else [batching]
+    return _distinct(batching, lambda v: check_batching(v, mode),
+                     f"`batching={batching!r}` must be 'mixed', 'stacked' or a sequence of distinct ones (e.g. ('mixed',"
+                     " 'stacked')).")
+
+
+def _distinct(value: Any, check: Callable[[Any], None], message: str) -> list:
+    """One value or a sequence of them (not a string), each passing ``check``, all distinct; else ``message``."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     for v in values:
-        check_batching(v, mode)
+        check(v)
     if not values or len(set(values)) != len(values):
-        raise ValueError(
-            f"`batching={batching!r}` must be 'mixed', 'stacked' or a sequence of distinct ones (e.g. ('mixed', "
-            "'stacked'))."
-        )
+        raise ValueError(message)
     return values
