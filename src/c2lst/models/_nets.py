@@ -246,12 +246,7 @@ def check_stack(mask: np.ndarray | None, n: int, mode: str) -> np.ndarray | None
             f"`stack_mask` sets the batches of `mode='cnn'`; the ridge head of `mode={mode!r}` is solved in one "
             "step on all rows. Pass `stack_mask=None` or use `mode='cnn'`."
         )
-    mask = np.asarray(mask)
-    if mask.dtype != bool or mask.shape != (n,):
-        raise ValueError(
-            f"`stack_mask` must be a boolean array with one value per patch ({n}), got dtype {mask.dtype} and "
-            f"shape {mask.shape}."
-        )
+    mask = _row_mask(mask, n, "stack_mask")
     if not mask.any():
         raise ValueError("`stack_mask` selects no row; stack at least one row (e.g. the real ones).")
     return np.flatnonzero(mask)
@@ -270,12 +265,18 @@ def check_finetune(mask: np.ndarray | None, fraction: float, n: int, mode: str) 
         )
     if mask is None:
         raise ValueError(f"`finetune_fraction={fraction}` needs `finetune_mask`, the rows to fine-tune on.")
-    mask = np.asarray(mask)
-    if mask.dtype != bool or mask.shape != (n,):
-        raise ValueError(
-            f"`finetune_mask` must be a boolean array with one value per patch ({n}), got dtype {mask.dtype} and "
-            f"shape {mask.shape}."
-        )
+    mask = _row_mask(mask, n, "finetune_mask")
     if mask.sum() < 2:
         raise ValueError(f"`finetune_mask` selects {int(mask.sum())} row(s); staged training needs at least 2.")
     return np.flatnonzero(mask)
+
+
+def _row_mask(mask: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Return ``mask`` as an array, or raise unless it is boolean with one value per patch (``n``)."""
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise ValueError(
+            f"`{name}` must be a boolean array with one value per patch ({n}), got dtype {mask.dtype} and "
+            f"shape {mask.shape}."
+        )
+    return mask
