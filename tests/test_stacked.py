@@ -114,6 +114,22 @@ def test_stacking_every_row_is_the_plain_fit_byte_for_byte(real):
     assert "stacked_rows" not in stacked.training  # nothing was stacked onto the rows
 
 
+def test_stacked_epochs_count_passes_over_the_stacked_rows(real, monkeypatch):
+    """Without ``n_steps`` a stacked fit takes the real-only fit's steps; its epochs are passes over the real rows."""
+    seen = _schedule(monkeypatch)
+    kw = {"n_epochs": 3, "batch_size": 8, "seed": 1, "progress": False}
+    alone = c2lst.tl.fit_predictor(real, **kw)  # 20 real rows in batches of 8: 3 steps an epoch
+    assert alone.training["n_steps"] == 9 and len(seen) == 9
+    seen.clear()
+    stacked = c2lst.tl.fit_predictor([real, _synthetic(real)], batching="stacked", **kw)
+    assert stacked.training["n_steps"] == 9 and len(seen) == 9
+    assert stacked.training["n_epochs"] == 3 and len(stacked.training["loss_history"]) == 3
+    visits = np.bincount([i for s in seen.values() for i in s if i < real.n_obs], minlength=real.n_obs)
+    assert np.all(visits == 3)  # every real spot once per epoch, as alone
+    mixed = c2lst.tl.fit_predictor([real, _synthetic(real)], **kw)  # epochs over all 80 rows: 10 steps each
+    assert mixed.training["n_steps"] == 30 and mixed.training["n_epochs"] == 3
+
+
 def test_stacked_and_staged_end_on_the_real_rows(monkeypatch):
     seen = _schedule(monkeypatch)
     table = make_table(24, seed=1)

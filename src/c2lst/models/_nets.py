@@ -136,7 +136,8 @@ def fit_network(
     Stacked batches: every step before such a stage takes the batch of ``stack_rows`` (indices, e.g. the real
     rows) that a fit on them alone would draw, epoch-wise, plus a batch of at most ``batch_size`` of the other
     rows, epoch-wise on their own; the loss is the weighted mean over both. Added rows then do not thin how often
-    the stacked rows are visited in a fixed number of steps; each step processes more rows instead.
+    the stacked rows are visited in a fixed number of steps; each step processes more rows instead. The summary's
+    epochs (``n_epochs``, ``loss_history``) then count passes over the stacked rows.
 
     Each epoch visits every row once (``rows=``); the learning rate warms up over 5 % of the steps, then follows a
     cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
@@ -144,14 +145,15 @@ def fit_network(
     """
     n = len(patches)
     bs = min(batch_size, n)
-    steps_per_epoch = math.ceil(n / bs)  # GroupNorm: a ragged last batch is fine
+    stacked = _stacked_rows(stack_rows, n, batch_size, seed)
+    n_epoch = n if stacked is None else len(stack_rows)  # stacked: an epoch is a pass over the stacked rows
+    steps_per_epoch = math.ceil(n_epoch / min(bs, n_epoch))  # GroupNorm: a ragged last batch is fine
     x_all = torch.from_numpy(patches)
     y_all = torch.from_numpy(np.asarray(targets, dtype=np.float32))
     w_all = torch.from_numpy(np.asarray(weights, dtype=np.float32))
     rows: int | Callable[[int], torch.Tensor] = n
     start = n_steps - int(finetune_steps)
     is_staged = finetune_rows is not None and finetune_steps > 0
-    stacked = _stacked_rows(stack_rows, n, batch_size, seed)
     first = stacked or (lambda step: epoch_rows(n, bs, seed, step))
     if is_staged:
         sub = torch.as_tensor(np.asarray(finetune_rows, dtype=np.int64))

@@ -220,7 +220,8 @@ class ExpressionPredictor(PredictorPersistence):
             Stacked batches (``mode="cnn"``): every step takes the batch of these rows (e.g. the real ones) that
             a fit on them alone would draw, plus a batch of at most ``batch_size`` other rows, so added rows do
             not thin how often these rows are visited in ``n_steps`` (each step processes more rows instead).
-            ``None`` (default): all rows are shuffled together into batches of ``batch_size``.
+            ``n_epochs`` then counts passes over these rows, so without ``n_steps`` the fit takes the steps of a
+            fit on them alone. ``None`` (default): all rows are shuffled together into batches of ``batch_size``.
         seed
             Seed of initialisation, shuffling and augmentation.
         device
@@ -265,7 +266,8 @@ class ExpressionPredictor(PredictorPersistence):
         if self.mode == "ridge":
             self._fit_ridge(patches, z, device, w, groups, eval_mask, progress)
         else:
-            total = n_steps if n_steps is not None else n_epochs * math.ceil(len(patches) / min(batch_size, len(patches)))
+            n_epoch = len(patches) if stack is None else len(stack)  # stacked: epochs over the stacked rows
+            total = n_steps if n_steps is not None else n_epochs * math.ceil(n_epoch / min(batch_size, n_epoch))
             self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress,
                           tune, min(round(finetune_fraction * total), total - 1), stack)
         self.training["n_train"] = len(patches)

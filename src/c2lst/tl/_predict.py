@@ -136,8 +136,9 @@ def fit_predictor(
         each real spot is visited (with ``k`` synthetic rows per spot, about ``1 / (1 + k)`` as often once the
         real spots fill a batch). ``"stacked"`` gives every step the batch of real rows a fit on the real rows
         alone would draw, plus a batch of at most ``batch_size`` synthetic rows: the real spots are visited as
-        often as without synthesis, and each step processes more rows instead. With no synthetic rows both are
-        the same fit. In ``benchmarks/bench_budget.py`` stacked synthesis never lost to real spots alone on six
+        often as without synthesis, and each step processes more rows instead; ``n_epochs`` counts passes over
+        the real rows, so without ``n_steps`` the fit takes the real-only fit's steps. With no synthetic rows
+        both are the same fit. In ``benchmarks/bench_budget.py`` stacked synthesis never lost to real spots alone on six
         slides (worst mean +0.001 r, mixed −0.041), at the price of part of the 10 % gain on one slide (docs:
         benchmarks, *Stacked batches*).
     seed
