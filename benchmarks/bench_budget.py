@@ -77,9 +77,9 @@ def main() -> None:
     ap.add_argument("--real-finetune", type=float, nargs="+", default=[0.0],
                     help="staged training: share of the predictor's steps, at the end, on the real rows alone "
                          "(fit_predictor(real_finetune=)); several values give one fit each")
-    ap.add_argument("--batching", nargs="+", default=["mixed"], choices=["mixed", "stacked"],
-                    help="how the added rows enter the predictor's steps (fit_predictor(batching=)); several "
-                         "values give one fit each")
+    ap.add_argument("--batching", nargs="+", default=[None], choices=["mixed", "stacked"],
+                    help="how the added rows enter the predictor's steps (fit_predictor(batching=); default: "
+                         "stacked for the cnn); several values give one fit each")
     ap.add_argument("--adapt-steps", type=int, default=800,
                     help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
@@ -233,9 +233,9 @@ def main() -> None:
     print(json.dumps(out, default=float))
 
 
-def variant_label(weight, share: float, batching: str = "mixed") -> str:
-    """One fit setting of the added arms: its weight, its staged-training share and stacked batches if any."""
-    return str(weight) + (f", real_finetune {share:g}" if share else "") + (", stacked" if batching == "stacked" else "")
+def variant_label(weight, share: float, batching: str | None = None) -> str:
+    """One fit setting of the added arms: its weight, its staged-training share and mixed batches if so."""
+    return str(weight) + (f", real_finetune {share:g}" if share else "") + (", mixed" if batching == "mixed" else "")
 
 
 def weight_differences(curve: pd.DataFrame, variants: list, arm: str) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 With a fixed number of optimiser steps, shuffling ``k`` synthetic rows per spot in with the real ones visits each
 real spot about ``1 / (1 + k)`` as often as a real-only fit does (issue 11: that, not the synthetic rows' content,
 was most of the loss at 25 % of the spots). ``fit_predictor(batching="stacked")`` keeps the real batches of the
-real-only fit and adds a batch of synthetic rows to each step.
+real-only fit and adds a batch of synthetic rows to each step; it is the CNN's default (``batching=None``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_stacked_epochs_count_passes_over_the_stacked_rows(real, monkeypatch):
     assert stacked.training["n_epochs"] == 3 and len(stacked.training["loss_history"]) == 3
     visits = np.bincount([i for s in seen.values() for i in s if i < real.n_obs], minlength=real.n_obs)
     assert np.all(visits == 3)  # every real spot once per epoch, as alone
-    mixed = c2lst.tl.fit_predictor([real, _synthetic(real)], **kw)  # epochs over all 80 rows: 10 steps each
+    mixed = c2lst.tl.fit_predictor([real, _synthetic(real)], batching="mixed", **kw)  # 80 rows: 10 steps an epoch
     assert mixed.training["n_steps"] == 30 and mixed.training["n_epochs"] == 3
 
 
@@ -144,13 +144,22 @@ def test_stacked_and_staged_end_on_the_real_rows(monkeypatch):
 
 
 # --------------------------------------------------------------------------- fit_predictor
-def test_fit_predictor_records_the_batching_and_real_only_tables_ignore_it(real):
+def test_the_cnn_stacks_by_default_and_records_the_batching(real):
     syn = _synthetic(real)
-    mixed = c2lst.tl.fit_predictor([real, syn], n_steps=4, progress=False)
+    mixed = c2lst.tl.fit_predictor([real, syn], n_steps=4, batching="mixed", progress=False)
     assert mixed.training["batching"] == "mixed" and "stacked_rows" not in mixed.training
     stacked = c2lst.tl.fit_predictor([real, syn], n_steps=4, batching="stacked", progress=False)
     assert stacked.training["batching"] == "stacked" and stacked.training["stacked_rows"] == real.n_obs
-    a = c2lst.tl.fit_predictor(real, n_steps=4, progress=False)
+    default = c2lst.tl.fit_predictor([real, syn], n_steps=4, progress=False)
+    assert default.training["batching"] == "stacked"
+    for k, v in _weights(stacked).items():
+        np.testing.assert_array_equal(v, _weights(default)[k])
+    ridge = c2lst.tl.fit_predictor([real, syn], mode="ridge", progress=False)  # no batches: nothing to stack
+    assert ridge.training["batching"] is None
+
+
+def test_real_only_tables_ignore_the_batching(real):
+    a = c2lst.tl.fit_predictor(real, n_steps=4, batching="mixed", progress=False)
     b = c2lst.tl.fit_predictor(real, n_steps=4, batching="stacked", progress=False)
     for k, v in _weights(a).items():
         np.testing.assert_array_equal(v, _weights(b)[k])
@@ -160,7 +169,7 @@ def test_stacked_fits_are_deterministic_and_differ_from_mixed(real):
     syn = _synthetic(real)
     a, b = (c2lst.tl.fit_predictor([real, syn], n_steps=6, batching="stacked", seed=3, progress=False)
             for _ in range(2))
-    mixed = c2lst.tl.fit_predictor([real, syn], n_steps=6, seed=3, progress=False)
+    mixed = c2lst.tl.fit_predictor([real, syn], n_steps=6, batching="mixed", seed=3, progress=False)
     for k, v in _weights(a).items():
         np.testing.assert_array_equal(v, _weights(b)[k])
     assert any(not np.array_equal(v, _weights(mixed)[k]) for k, v in _weights(a).items())
@@ -181,7 +190,7 @@ def test_the_weight_choice_folds_are_stacked_too(real, monkeypatch):
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("batching", ["shuffled", "", None, 1, ("mixed",)])
+@pytest.mark.parametrize("batching", ["shuffled", "", 1, ("mixed",)])
 def test_fit_predictor_refuses_an_unknown_batching(real, batching):
     syn = _synthetic(real)
     before = snapshot(real), snapshot(syn)
@@ -229,6 +238,9 @@ def test_budget_curve_fits_each_batching_on_the_same_rows(sim_sdata, tiny_centra
     with pytest.raises(ValueError, match="batching="):
         c2lst.tl.plan_budget(curve)
     plan = c2lst.tl.plan_budget(curve, batching="stacked")
+    assert tiny_budget(sim_sdata, central, predictor_kwargs={"n_steps": 4}).equals(
+        curve[curve["batching"].isna() | (curve["batching"] == "stacked")].reset_index(drop=True)
+    )  # the default is stacked, on the same rows
     assert set(plan["gain"]["fraction"]) == {0.5}
     with pytest.raises(ValueError, match="not in `curve`"):
         c2lst.tl.plan_budget(curve, batching="shuffled")
@@ -243,6 +255,7 @@ def test_budget_curve_fits_each_batching_on_the_same_rows(sim_sdata, tiny_centra
     [
         ({"batching": "shuffled"}, "batching="),
         ({"batching": ("mixed", "mixed")}, "distinct"),
+        ({"batching": ("stacked", None)}, "distinct"),  # None is stacked for the CNN
         ({"batching": "stacked", "predictor_kwargs": {"mode": "ridge"}}, "mode='ridge'"),
         ({"predictor_kwargs": {"batching": "stacked"}}, "to `budget_curve` itself"),
     ],

@@ -133,9 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--real-finetune", type=_share, default=0.0,
                    help="staged training of the cnn predictor: share of its steps, at the end, on the real spots "
                         "alone (in [0, 1); default 0)")
-    b.add_argument("--batching", default="mixed", choices=["mixed", "stacked"],
-                   help="how the cnn predictor's steps take synthetic rows: 'mixed' shuffles them in with the real "
-                        "spots, 'stacked' adds a batch of them to every batch of real spots (default: mixed)")
+    b.add_argument("--batching", default=None, choices=["mixed", "stacked"],
+                   help="how the cnn predictor's steps take synthetic rows: 'stacked' (the cnn's default) adds a "
+                        "batch of them to every batch of real spots, 'mixed' shuffles them in with the real spots")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="CSV file for the curve (the plan is printed as JSON)")
     return p

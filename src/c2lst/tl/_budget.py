@@ -74,7 +74,7 @@ def budget_curve(
     n_per_condition: int = 2,
     synthetic_weight: float | str | Sequence[float | str] = 0.3,
     real_finetune: float | Sequence[float] = 0.0,
-    batching: str | Sequence[str] = "mixed",
+    batching: str | Sequence[str] | None = None,
     n_repeats: int = 8,
     split: Literal["spatial", "random"] = "spatial",
     test_fraction: float = 0.25,
@@ -138,10 +138,11 @@ def budget_curve(
         (column ``real_finetune``; NaN for ``"real"``, which has no added rows); choose one in
         :func:`plan_budget`.
     batching
-        How the CNN predictor's steps take added rows (:func:`c2lst.tl.fit_predictor`): ``"mixed"`` shuffles
-        them in with the real rows, ``"stacked"`` adds a batch of them to the real batch a real-only fit would
-        draw. A sequence fits every added arm once per (weight, share, batching) on the same rows (column
-        ``batching``; NaN for ``"real"``); choose one in :func:`plan_budget`.
+        How the CNN predictor's steps take added rows (:func:`c2lst.tl.fit_predictor`): ``"stacked"`` (``None``,
+        the default, for the CNN) adds a batch of them to the real batch a real-only fit would draw, ``"mixed"``
+        shuffles them in with the real rows. A sequence fits every added arm once per (weight, share, batching)
+        on the same rows (column ``batching``; NaN for ``"real"`` and for ridge); choose one in
+        :func:`plan_budget`.
     n_repeats
         Repeats (different held-out blocks, subsets and seeds); :func:`plan_budget` needs at least 3.
     split
@@ -195,8 +196,8 @@ def budget_curve(
     ``condition`` (the arm), ``conditions`` (``"train"``, ``"mixup"`` or ``"unpaired"``), ``features`` (the
     predictor's feature space: ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``),
     ``synthetic_weight`` (NaN for ``"real"``, ``"auto"`` or ``"auto-gene"`` for weights chosen per fit),
-    ``real_finetune`` (NaN for ``"real"``), ``batching`` (NaN for ``"real"``), ``chosen_weight`` (the weight the
-    fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"``), ``n_real``,
+    ``real_finetune`` (NaN for ``"real"``), ``batching`` (NaN for ``"real"`` and ridge), ``chosen_weight`` (the
+    weight the fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"``), ``n_real``,
     ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
@@ -333,7 +334,7 @@ def budget_curve(
             pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
                                  synthetic_weight=1.0 if arm == "real" else w,
                                  real_finetune=0.0 if arm == "real" else ft,
-                                 batching="mixed" if arm == "real" else b, **p_kw)
+                                 batching=None if arm == "real" else b, **p_kw)
             rows.append({
                 "fraction": f,
                 "repeat": r,
@@ -342,7 +343,7 @@ def budget_curve(
                 "features": pred.feature_space,
                 "synthetic_weight": w,
                 "real_finetune": ft,
-                "batching": b,
+                "batching": math.nan if b is None else b,
                 "chosen_weight": math.nan if arm == "real" else float(pred.training["synthetic_weight"]),
                 "n_real": int(n_real),
                 "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),

@@ -202,11 +202,17 @@ def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
     return [float(v) for v in values]
 
 
-def check_batchings(batching: str | Sequence[str], mode: str) -> list[str]:
-    """Validate ``batching=`` of :func:`budget_curve` (``"mixed"``, ``"stacked"`` or both); return them as a list."""
-    return _distinct(batching, lambda v: check_batching(v, mode),
-                     f"`batching={batching!r}` must be 'mixed', 'stacked' or a sequence of distinct ones (e.g. ('mixed',"
-                     " 'stacked')).")
+def check_batchings(batching: str | Sequence[str] | None, mode: str) -> list[str | None]:
+    """Validate ``batching=`` of :func:`budget_curve` (``"mixed"``, ``"stacked"``, both or ``None``); return a list.
+
+    ``None`` resolves as in :func:`~c2lst.tl.fit_predictor`: ``"stacked"`` for the CNN, ``None`` for ridge.
+    """
+    message = (f"`batching={batching!r}` must be 'mixed', 'stacked', None (the predictor's default) or a sequence "
+               "of distinct ones (e.g. ('mixed', 'stacked')).")
+    values = [check_batching(v, mode) for v in _distinct(batching, lambda v: check_batching(v, mode), message)]
+    if len(set(values)) != len(values):  # None and the value it stands for
+        raise ValueError(message)
+    return values
 
 
 def _distinct(value: Any, check: Callable[[Any], None], message: str) -> list:

@@ -49,7 +49,7 @@ def fit_predictor(
     cv_folds: int = 3,
     cv_split: Literal["spatial", "random"] | None = None,
     real_finetune: float = 0.0,
-    batching: Literal["mixed", "stacked"] = "mixed",
+    batching: Literal["mixed", "stacked"] | None = None,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -131,16 +131,16 @@ def fit_predictor(
         In ``benchmarks/bench_budget.py`` 0.33 took most of the loss at 25 % of the spots away and about half
         of the gain at 10 % (docs: benchmarks, *Staged training*).
     batching
-        How synthetic rows enter the CNN's optimiser steps. ``"mixed"`` (default) shuffles real and synthetic
-        rows together into batches of ``batch_size``, so in a fixed ``n_steps`` every added row thins how often
-        each real spot is visited (with ``k`` synthetic rows per spot, about ``1 / (1 + k)`` as often once the
-        real spots fill a batch). ``"stacked"`` gives every step the batch of real rows a fit on the real rows
-        alone would draw, plus a batch of at most ``batch_size`` synthetic rows: the real spots are visited as
-        often as without synthesis, and each step processes more rows instead; ``n_epochs`` counts passes over
-        the real rows, so without ``n_steps`` the fit takes the real-only fit's steps. With no synthetic rows
-        both are the same fit. In ``benchmarks/bench_budget.py`` stacked synthesis never lost to real spots alone on six
-        slides (worst mean +0.001 r, mixed −0.041), at the price of part of the 10 % gain on one slide (docs:
-        benchmarks, *Stacked batches*).
+        How synthetic rows enter the CNN's optimiser steps. ``"stacked"`` (``None``, the default, for
+        ``mode="cnn"``) gives every step the batch of real rows a fit on the real rows alone would draw, plus a
+        batch of at most ``batch_size`` synthetic rows: the real spots are visited as often as without synthesis,
+        and each step processes more rows instead; ``n_epochs`` counts passes over the real rows, so without
+        ``n_steps`` the fit takes the real-only fit's steps. ``"mixed"`` shuffles real and synthetic rows together into
+        batches of ``batch_size``, so in a fixed ``n_steps`` every added row thins how often each real spot is
+        visited (with ``k`` synthetic rows per spot, about ``1 / (1 + k)`` as often once the real spots fill a
+        batch); in ``benchmarks/bench_budget.py`` that, more than the rows' content, cost 0.04 r at 25 % of the
+        spots (docs: benchmarks, *Stacked batches*). With no synthetic rows both are the same fit; ridge has no
+        batches (``None`` only).
     seed
         Seed of initialisation, shuffling and augmentation.
     device
@@ -194,7 +194,7 @@ def fit_predictor(
         if cv_folds < 2:
             raise ValueError(f"`cv_folds={cv_folds}` must be at least 2 to choose `synthetic_weight` by validation.")
     check_real_finetune(real_finetune, mode)
-    check_batching(batching, mode)
+    batching = check_batching(batching, mode)
     if cv_split not in (None, "spatial", "random"):
         raise ValueError(f"`cv_split={cv_split!r}` is unknown; pass 'spatial', 'random' or None.")
 

@@ -89,8 +89,13 @@ def check_real_finetune(real_finetune: float, mode: str) -> None:
 BATCHING = ("mixed", "stacked")
 
 
-def check_batching(batching: str, mode: str) -> None:
-    """Validate ``batching=`` of :func:`~c2lst.tl.fit_predictor` (``"mixed"`` or ``"stacked"``, the latter CNN only)."""
+def check_batching(batching: str | None, mode: str) -> str | None:
+    """Validate ``batching=`` of :func:`~c2lst.tl.fit_predictor`; return it, ``None`` resolved.
+
+    ``None`` is ``"stacked"`` for the CNN and ``None`` for ridge (no batches); ``"stacked"`` is the CNN's only.
+    """
+    if batching is None:
+        return "stacked" if mode == "cnn" else None
     if not isinstance(batching, str) or batching not in BATCHING:
         raise ValueError(
             f"`batching={batching!r}` is unknown; pass 'mixed' (real and synthetic rows shuffled together) or "
@@ -99,8 +104,9 @@ def check_batching(batching: str, mode: str) -> None:
     if batching == "stacked" and mode != "cnn":
         raise ValueError(
             f"`batching='stacked'` sets the batches of the CNN; `mode={mode!r}` solves its head in one step on all "
-            "rows. Pass `batching='mixed'` or `mode='cnn'`."
+            "rows. Pass `batching=None` or `mode='cnn'`."
         )
+    return batching
 
 
 def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) -> ExpressionPredictor:
@@ -121,7 +127,7 @@ def _fit_weighted(x, y, is_syn, groups, weight, model_args, fit_kw, progress) ->
         sample_weight = np.where(is_syn, float(weight), 1.0) if n_syn and weight != 1 else None
     grouped = n_syn > 0 and n_real > 1
     fit_kw = dict(fit_kw)
-    stacked = fit_kw.pop("batching", "mixed") == "stacked" and n_syn > 0 and n_real > 0
+    stacked = fit_kw.pop("batching", None) == "stacked" and n_syn > 0 and n_real > 0
     if not (n_syn and n_real > 1):  # staged training needs synthetic rows to start on and real rows to end on
         fit_kw["finetune_fraction"] = 0.0
     model = ExpressionPredictor(genes, mode=mode, backbone=backbone, alpha=alpha)
