@@ -196,10 +196,9 @@ def score_run(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> 
 
 def check_finetunes(share: float | Sequence[float], mode: str) -> list[float]:
     """Validate ``real_finetune=`` of :func:`budget_curve` (a share or distinct shares); return them as floats."""
-    values = _distinct(share, lambda v: check_real_finetune(v, mode),
-                       f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, "
-                       "0.33)).")
-    return [float(v) for v in values]
+    return _distinct(share, lambda v: check_real_finetune(v, mode),
+                     f"`real_finetune={share!r}` must be a number in [0, 1) or a sequence of distinct ones (e.g. (0, "
+                     "0.33)).")
 
 
 def check_batchings(batching: str | Sequence[str] | None, mode: str) -> list[str | None]:
@@ -207,19 +206,19 @@ def check_batchings(batching: str | Sequence[str] | None, mode: str) -> list[str
 
     ``None`` resolves as in :func:`~c2lst.tl.fit_predictor`: ``"stacked"`` for the CNN, ``None`` for ridge.
     """
-    message = (f"`batching={batching!r}` must be 'mixed', 'stacked', None (the predictor's default) or a sequence "
-               "of distinct ones (e.g. ('mixed', 'stacked')).")
-    values = [check_batching(v, mode) for v in _distinct(batching, lambda v: check_batching(v, mode), message)]
-    if len(set(values)) != len(values):  # None and the value it stands for
-        raise ValueError(message)
-    return values
+    return _distinct(batching, lambda v: check_batching(v, mode),
+                     f"`batching={batching!r}` must be 'mixed', 'stacked', None (the predictor's default) or a "
+                     "sequence of distinct ones (e.g. ('mixed', 'stacked')).")
 
 
-def _distinct(value: Any, check: Callable[[Any], None], message: str) -> list:
-    """One value or a sequence of them (not a string), each passing ``check``, all distinct; else ``message``."""
+def _distinct(value: Any, check: Callable[[Any], Any], message: str) -> list:
+    """One value or a sequence of them (not a string), each resolved by ``check``, all distinct once resolved.
+
+    Return the resolved values; raise ``message`` when there are none or two resolve to the same (``None`` and
+    the value it stands for, ``0`` and ``0.0``).
+    """
     values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    for v in values:
-        check(v)
+    values = [check(v) for v in values]
     if not values or len(set(values)) != len(values):
         raise ValueError(message)
     return values

@@ -74,8 +74,8 @@ def _gene_weights(weight: Mapping | pd.Series, genes: Sequence[str]) -> np.ndarr
     return np.array([float(given[g]) for g in genes])
 
 
-def check_real_finetune(real_finetune: float, mode: str) -> None:
-    """Validate ``real_finetune=`` of :func:`~c2lst.tl.fit_predictor` (a share in [0, 1), CNN only)."""
+def check_real_finetune(real_finetune: float, mode: str) -> float:
+    """Validate ``real_finetune=`` of :func:`~c2lst.tl.fit_predictor` (a share in [0, 1), CNN only); return it."""
     if isinstance(real_finetune, bool) or not isinstance(real_finetune, int | float) or not 0 <= real_finetune < 1:
         raise ValueError(f"`real_finetune={real_finetune!r}` must be a number in [0, 1); 0 turns staged training off.")
     if real_finetune and mode != "cnn":
@@ -83,6 +83,7 @@ def check_real_finetune(real_finetune: float, mode: str) -> None:
             f"`real_finetune={real_finetune}` is staged training of the CNN; `mode={mode!r}` solves its head in one "
             "step. Pass `real_finetune=0` or `mode='cnn'`."
         )
+    return float(real_finetune)
 
 
 #: How synthetic rows enter the CNN's optimiser steps (``fit_predictor(batching=)``).
