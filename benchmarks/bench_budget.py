@@ -15,7 +15,10 @@ genes they help predict), and the run prints each weight's paired difference to 
 share of the predictor's steps on the real rows alone (``fit_predictor(real_finetune=)``); each (weight,
 share) is compared with the first, paired. ``--batching mixed stacked`` fits every added arm once per way its
 rows enter the predictor's steps (``fit_predictor(batching=)``): shuffled in with the real rows, or stacked as
-a batch of their own onto the real batch a real-only fit draws.
+a batch of their own onto the real batch a real-only fit draws. ``--early-stopping`` makes
+``--predictor-steps`` every fit's cap: each fit chooses its steps on a validation slice of its own training
+spots (``fit_predictor(early_stopping=True)``; the same cap and rule for every arm), so a fixed step count
+cannot under-train the all-real reference or over-train the few-spot arms.
 
 Fair new information (issue 11, item 4), each measured by its own run: ``--conditions mixup`` conditions the
 synthetic arms on count-space mixtures of pairs of training spots, ``--conditions unpaired`` on the expression
@@ -86,7 +89,11 @@ def main() -> None:
     ap.add_argument("--synth-steps", type=int, default=15)
     ap.add_argument("--synthetic-per-spot", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=2.0)
-    ap.add_argument("--predictor-steps", type=int, default=200)
+    ap.add_argument("--predictor-steps", type=int, default=200,
+                    help="every predictor's optimiser steps (with --early-stopping: every predictor's cap)")
+    ap.add_argument("--early-stopping", action="store_true",
+                    help="each fit chooses its steps on a validation slice of its own training spots")
+    ap.add_argument("--validation-fraction", type=float, default=0.25, help="share of them (--early-stopping)")
     ap.add_argument("--mode", default="cnn", choices=["cnn", "ridge"])
     ap.add_argument("--features", default="default", choices=["default", "morphometric", "central"],
                     help="frozen features of --mode ridge (default: morphometric)")
@@ -124,6 +131,8 @@ def main() -> None:
         conditions = other.tables["table"]
         conditions.obs_names = [f"other_{name}" for name in conditions.obs_names]
     p_kw = {"mode": args.mode, "n_steps": args.predictor_steps}
+    if args.early_stopping:
+        p_kw.update(early_stopping=True, validation_fraction=args.validation_fraction)
     if args.cv_split:
         p_kw["cv_split"] = args.cv_split
     if args.features != "default":
@@ -162,6 +171,10 @@ def main() -> None:
     means = by.groupby(keys, dropna=False)[["pearson_r", *kinds]].mean()
     print("\nmean Pearson r on held-out blocks (all genes and per gene kind):")
     print(means.round(3).to_string())
+    if args.early_stopping:
+        print(f"\noptimiser steps chosen by early stopping (cap {args.predictor_steps}), mean [min, max] over repeats:")
+        steps = by.groupby(keys, dropna=False)["n_steps"]
+        print(pd.DataFrame({"mean": steps.mean().round(1), "min": steps.min(), "max": steps.max()}).to_string())
     auto = curve[curve["synthetic_weight"].astype(str) == "auto"]
     if len(auto):
         print("\nweights chosen by validation ('auto'), runs per fraction:")
@@ -211,6 +224,8 @@ def main() -> None:
         "features": str(curve["features"].iloc[0]),
         "unlabelled": args.unlabelled,
         "real_curve": real_curve.round(4).to_dict(),
+        "steps": {"|".join(map(str, k)): v for k, v in
+                  by.groupby(keys, dropna=False)["n_steps"].mean().round(1).to_dict().items()},
         "means": {"|".join(map(str, k)): v for k, v in means["pearson_r"].round(4).to_dict().items()},
         "planned_arm": arm,
         "chosen_weight": best_w,

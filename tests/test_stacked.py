@@ -45,13 +45,13 @@ def _schedule(monkeypatch) -> dict[int, list[int]]:
     seen: dict[int, list[int]] = {}
     real_train = _nets.train
 
-    def spy(net, loss_fn, settings, *, rows):
+    def spy(net, loss_fn, settings, *, rows, callback=None):
         def schedule(step):
             idx = rows(step) if callable(rows) else epoch_rows(rows, settings.batch_size, settings.seed, step)
             seen[step] = idx.tolist()
             return idx
 
-        return real_train(net, loss_fn, settings, rows=schedule)
+        return real_train(net, loss_fn, settings, rows=schedule, callback=callback)
 
     monkeypatch.setattr(_nets, "train", spy)
     return seen

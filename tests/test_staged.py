@@ -46,13 +46,13 @@ def test_last_steps_visit_only_the_finetune_rows(monkeypatch):
     seen: dict[int, list[int]] = {}
     real_train = _nets.train
 
-    def spy(net, loss_fn, settings, *, rows):
+    def spy(net, loss_fn, settings, *, rows, callback=None):
         def schedule(step):
             idx = rows(step)
             seen[step] = idx.tolist()
             return idx
 
-        return real_train(net, loss_fn, settings, rows=schedule)
+        return real_train(net, loss_fn, settings, rows=schedule, callback=callback)
 
     monkeypatch.setattr(_nets, "train", spy)
     table = make_table(24, seed=1)

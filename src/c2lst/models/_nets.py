@@ -123,6 +123,7 @@ def fit_network(
     finetune_rows: np.ndarray | None = None,
     finetune_steps: int = 0,
     stack_rows: np.ndarray | None = None,
+    callback: Callable[[int], bool | None] | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` in place on the weighted MSE to ``targets`` through :func:`~c2lst.models.train.train`.
 
@@ -139,6 +140,9 @@ def fit_network(
     the stacked rows are visited in a fixed number of steps; each step processes more rows instead. The summary's
     epochs (``n_epochs``, ``loss_history``) then count passes over the stacked rows.
 
+    ``callback(steps_done)`` runs after every step; returning ``True`` ends the fit there (the summary's ``n_steps``
+    then counts the steps taken).
+
     Each epoch visits every row once (``rows=``); the learning rate warms up over 5 % of the steps, then follows a
     cosine to 0; gradients are clipped at norm 5; there is no EMA. Steps whose batch is a lone row (a user
     backbone may hold BatchNorm layers) or weighs 0 are skipped. Returns the training summary of the predictor.
@@ -146,8 +150,7 @@ def fit_network(
     n = len(patches)
     bs = min(batch_size, n)
     stacked = _stacked_rows(stack_rows, n, batch_size, seed)
-    n_epoch = n if stacked is None else len(stack_rows)  # stacked: an epoch is a pass over the stacked rows
-    steps_per_epoch = math.ceil(n_epoch / min(bs, n_epoch))  # GroupNorm: a ragged last batch is fine
+    steps_per_epoch = epoch_steps(n if stacked is None else len(stack_rows), batch_size)
     x_all = torch.from_numpy(patches)
     y_all = torch.from_numpy(np.asarray(targets, dtype=np.float32))
     w_all = torch.from_numpy(np.asarray(weights, dtype=np.float32))
@@ -197,10 +200,17 @@ def fit_network(
         lr_restart=start if is_staged else None,
     )
     dev = torch.device(device) if device is not None else None
+    taken = [n_steps]
+
+    def after_step(done: int, _loss: float) -> bool:
+        taken[0] = done
+        return bool(callback(done)) if callback is not None else False
+
     # accelerate places a single process on the *current* CUDA device: make it the one asked for
     with torch.cuda.device(dev) if dev is not None and dev.type == "cuda" else contextlib.nullcontext():
-        losses = train(net, loss_fn, settings, rows=rows).losses
+        losses = train(net, loss_fn, settings, rows=rows, callback=after_step).losses
     net.eval()
+    n_steps = taken[0]
     per_epoch = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, len(losses), steps_per_epoch)]
     summary = {
         "n_steps": int(n_steps),
@@ -218,6 +228,14 @@ def fit_network(
         summary["stacked_rows"] = len(stack_rows)
     logger.info(f"predictor trained: {n_steps} steps, final standardised MSE {summary['final_loss']:.3f}")
     return summary
+
+
+def epoch_steps(n_rows: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over ``n_rows`` rows (a stacked fit: its stacked rows) in batches of ``batch_size``.
+
+    GroupNorm takes a ragged last batch, so it is ``ceil(n_rows / min(batch_size, n_rows))``.
+    """
+    return math.ceil(n_rows / min(batch_size, n_rows))
 
 
 def _stacked_rows(

@@ -32,8 +32,7 @@ see :meth:`ExpressionPredictor.save_pretrained`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ from ._nets import (
     check_finetune,
     check_stack,
     default_device,
+    epoch_steps,
     fit_network,
     module_sha256,
 )
@@ -185,6 +185,7 @@ class ExpressionPredictor(PredictorPersistence):
         finetune_mask: np.ndarray | None = None,
         finetune_fraction: float = 0.0,
         stack_mask: np.ndarray | None = None,
+        callback: Callable[[ExpressionPredictor, int], bool | None] | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         progress: bool = True,
@@ -222,6 +223,9 @@ class ExpressionPredictor(PredictorPersistence):
             not thin how often these rows are visited in ``n_steps`` (each step processes more rows instead).
             ``n_epochs`` then counts passes over these rows, so without ``n_steps`` the fit takes the steps of a
             fit on them alone. ``None`` (default): all rows are shuffled together into batches of ``batch_size``.
+        callback
+            ``mode="cnn"``: called as ``callback(self, steps_done)`` after every optimiser step (``self`` predicts
+            with the weights so far; restore ``self.network.train()`` after predicting); ``True`` ends the fit.
         seed
             Seed of initialisation, shuffling and augmentation.
         device
@@ -267,9 +271,9 @@ class ExpressionPredictor(PredictorPersistence):
             self._fit_ridge(patches, z, device, w, groups, eval_mask, progress)
         else:
             n_epoch = len(patches) if stack is None else len(stack)  # stacked: epochs over the stacked rows
-            total = n_steps if n_steps is not None else n_epochs * math.ceil(n_epoch / min(batch_size, n_epoch))
+            total = n_steps if n_steps is not None else n_epochs * epoch_steps(n_epoch, batch_size)
             self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress,
-                          tune, min(round(finetune_fraction * total), total - 1), stack)
+                          tune, min(round(finetune_fraction * total), total - 1), stack, callback)
         self.training["n_train"] = len(patches)
         self.training["weighted"] = bool(sample_weight is not None)
         self.training["seed"] = int(seed)
@@ -296,11 +300,12 @@ class ExpressionPredictor(PredictorPersistence):
 
     def _fit_cnn(
         self, patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, bar, tune=None, n_tune=0,
-        stack=None,
+        stack=None, callback=None,
     ) -> None:
         net = self._build_network(patches.shape[1])
         gen = torch.Generator().manual_seed(int(seed))
         _init_weights(net if self.backbone is None else net.head, gen)
+        self.network = net  # a callback may predict with the weights so far
         self.training = fit_network(
             net,
             self._input,
@@ -318,8 +323,8 @@ class ExpressionPredictor(PredictorPersistence):
             finetune_rows=tune,
             finetune_steps=n_tune,
             stack_rows=stack,
+            callback=None if callback is None else (lambda done: callback(self, done)),
         )
-        self.network = net
         if self.backbone is not None:
             self.backbone_sha256 = module_sha256(self.backbone)
 

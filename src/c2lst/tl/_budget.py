@@ -24,7 +24,8 @@ from ._budget_arms import (
     unpaired_copy_arm,
     unpaired_rows,
 )
-from ._weights import CHOICES, spatial_blocks
+from ._steps import check_early_stopping
+from ._weights import CHOICES, _weight_grid, spatial_blocks
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -182,7 +183,9 @@ def budget_curve(
         of the expression a reader finds in a real patch into the synthetic ones and 800 steps about four fifths
         (:func:`c2lst.tl.evaluate_conditioning`, ``benchmarks/bench_local.py --adapt-spots 22``; docs: benchmarks).
         The predictor's ``n_steps`` (default 200) is the same for every arm; an ``n_epochs`` without
-        ``n_steps`` is turned into the steps that many epochs take on the largest real training set.
+        ``n_steps`` is turned into the steps that many epochs take on the largest real training set. With
+        ``"early_stopping": True`` it is every arm's cap instead: each fit chooses its steps on a validation
+        slice of its own training spots (column ``n_steps``), never on the test blocks.
         ``predictor_kwargs={"mode": "ridge", "features": "central"}`` fits ridge on the frozen central
         denoiser's features (``central`` is passed for you).
     seed
@@ -266,6 +269,10 @@ def budget_curve(
     weights = _check_weights(synthetic_weight)
     tunes = check_finetunes(real_finetune, p_kw.get("mode", "cnn"))
     batchings = check_batchings(batching, p_kw.get("mode", "cnn"))
+    if "early_stopping" in p_kw:  # refuse what fit_predictor would, before any adaptation
+        for w, ft in ((w, ft) for w in weights for ft in tunes):
+            check_early_stopping(p_kw["early_stopping"], p_kw.get("validation_fraction", 0.25),
+                                 p_kw.get("mode", "cnn"), _weight_grid(w), ft)
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
                                          arms, patch_key)
     from ._central import resolve_central

@@ -1,0 +1,123 @@
+"""Early stopping of the CNN predictor: ``fit_predictor(early_stopping=True)`` chooses its optimiser steps.
+
+The steps are chosen on a validation slice of the real training spots (whole spatial blocks of them, or random
+spots), each held out together with every synthetic row conditioned on it, so no profile of a validation spot
+reaches the fit that is scored on it. A fit on the other rows runs up to the step cap and is scored at evenly
+spaced checkpoints; the final fit trains on all rows for the steps of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._logging import logger
+from ..metrics import pearson
+from ..models._nets import epoch_steps
+from ._weights import _cv_blocks, _fit_weighted
+
+#: Validation checkpoints over the step cap.
+CHECKPOINTS = 16
+#: Checkpoints without a better validation score that end the validation run.
+PATIENCE = 4
+#: Fewest real spots in the validation slice (a Pearson r over spots needs a few).
+MIN_VALIDATION = 3
+
+
+def check_early_stopping(early_stopping: bool, validation_fraction: float, mode: str, grid: Any,
+                         real_finetune: float) -> bool:
+    """Validate ``early_stopping=`` and ``validation_fraction=`` of :func:`~c2lst.tl.fit_predictor`."""
+    if not isinstance(early_stopping, bool | np.bool_):
+        raise TypeError(f"`early_stopping` must be True or False, got {early_stopping!r}.")
+    frac = validation_fraction
+    if isinstance(frac, bool) or not isinstance(frac, int | float) or not np.isfinite(frac) or not 0 < frac <= 0.5:
+        raise ValueError(
+            f"`validation_fraction={frac!r}` must be a number in (0, 0.5], the share of the real spots held out to "
+            "choose the steps (e.g. 0.25)."
+        )
+    if not early_stopping:
+        return False
+    if mode != "cnn":
+        raise ValueError(
+            f"`early_stopping=True` chooses the optimiser steps of `mode='cnn'`; the ridge head of `mode={mode!r}` "
+            "is solved in one step. Pass `early_stopping=False` or use `mode='cnn'`."
+        )
+    if grid is not None:
+        raise ValueError(
+            "`early_stopping=True` chooses the steps at one fixed `synthetic_weight`; choosing the weight too "
+            "('auto', 'auto-gene' or a sequence) is not supported. Pass a number (e.g. `synthetic_weight=0.3`)."
+        )
+    if real_finetune:
+        raise ValueError(
+            f"`early_stopping=True` cannot score staged training (`real_finetune={real_finetune}`): its stage "
+            "starts at a share of the steps. Pass `real_finetune=0`."
+        )
+    return True
+
+
+def validation_slice(
+    groups: np.ndarray, groups_b: np.ndarray, is_syn: np.ndarray, blocks: np.ndarray | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the training rows (boolean) and the validation rows (real row indices) of one validation slice.
+
+    Units (spatial blocks of the real spots, read from ``blocks``, or single spots without them) are held out
+    in a seeded random order until at least ``fraction`` of the real spots are. A synthetic row leaves the
+    training rows when its first or second parent (``groups``, ``groups_b``) is held out.
+    """
+    real_idx = np.flatnonzero(~is_syn)
+    spots = groups[real_idx]
+    unit = spots if blocks is None else np.asarray(blocks)[real_idx]
+    labels = np.unique(unit)
+    held = np.zeros(len(real_idx), dtype=bool)
+    for label in labels[np.random.default_rng([int(seed), 11]).permutation(len(labels))]:
+        if held.sum() >= fraction * len(real_idx):
+            break
+        held |= unit == label
+    out = np.isin(groups, spots[held]) | np.isin(groups_b, spots[held])
+    return ~out, real_idx[held]
+
+
+def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, fraction: float, cv_split: str | None,
+                 progress: bool) -> tuple[int, dict[str, Any]]:
+    """Return the optimiser steps chosen on a validation slice, and the record for ``training["early_stopping"]``.
+
+    ``rows`` is ``(x, y, is_syn, groups, groups_b, blocks)`` of :func:`~c2lst.tl.fit_predictor`; ``fit_kw`` its
+    fit settings, whose ``n_steps`` (or ``n_epochs`` over all rows) is the cap.
+    """
+    x, y, is_syn, groups, groups_b, blocks = rows
+    split, labels = _cv_blocks(cv_split, blocks, 2)
+    train, val = validation_slice(groups, groups_b, is_syn, labels, fraction, fit_kw["seed"])
+    n_left = int((train & ~is_syn).sum())
+    if len(val) < MIN_VALIDATION or n_left < 2:
+        raise ValueError(
+            f"`early_stopping=True` held out {len(val)} of {int((~is_syn).sum())} real spots ({split} validation, "
+            f"`validation_fraction={fraction}`); it needs at least {MIN_VALIDATION} held out and 2 left to train "
+            "on. Add real spots, change `validation_fraction`, pass `cv_split='random'`, or fix `n_steps` instead."
+        )
+    cap = fit_kw["n_steps"]
+    if cap is None:  # the steps n_epochs would take on all rows (stacked: over the real rows)
+        stacked = fit_kw.get("batching") == "stacked" and is_syn.any()
+        cap = fit_kw["n_epochs"] * epoch_steps(int((~is_syn).sum()) if stacked else len(x), fit_kw["batch_size"])
+    every = max(1, cap // CHECKPOINTS)
+    history: list[tuple[int, float]] = []
+
+    def monitor(model, done: int) -> bool:
+        if done % every and done != cap:
+            return False
+        with np.errstate(all="ignore"):
+            r = np.asarray(pearson(model.predict(x[val], device=fit_kw["device"]), y[val]), dtype=float)
+        model.network.train()
+        history.append((done, float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf))
+        best = int(np.argmax([s for _, s in history]))
+        return len(history) - 1 - best >= PATIENCE
+
+    _fit_weighted(x[train], y[train], is_syn[train], groups[train], weight, model_args,
+                  {**fit_kw, "n_steps": cap, "callback": monitor}, progress)
+    scores = [s for _, s in history]
+    chosen = history[int(np.argmax(scores))][0]  # the first best: the fewest steps
+    logger.info("early stopping: %d of at most %d steps chosen on %d %s validation spots (mean r %.3f)",
+                chosen, cap, len(val), split, max(scores))
+    return chosen, {"early_stopping": {
+        "max_steps": int(cap), "chosen_steps": int(chosen), "validation_spots": len(val), "validation_split": split,
+        "checkpoints": [d for d, _ in history], "validation_r": scores}}
