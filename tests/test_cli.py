@@ -67,6 +67,8 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
         main([*budget, "--batching", "shuffled", "--out", str(tmp_path / "bad.csv")])
     with pytest.raises(ValueError, match="batching='stacked'"):  # stacked batches are the cnn's; ridge refuses early
         main([*budget, "--batching", "stacked", "--out", str(tmp_path / "bad.csv")])
+    with pytest.raises(ValueError, match="early_stopping=True"):  # steps are the cnn's; ridge refuses early
+        main([*budget, "--early-stopping", "--out", str(tmp_path / "bad.csv")])
     assert not (tmp_path / "bad.csv").exists()
     assert json.loads(capsys.readouterr().out)["plan"] is None  # a paired plan needs >= 3 repeats
 
