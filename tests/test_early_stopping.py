@@ -45,10 +45,11 @@ def test_the_early_stopped_fit_is_the_plain_fit_at_the_chosen_steps(tables):
     assert model.training["n_steps"] == chosen and 1 <= chosen <= record["max_steps"] == 48
     every = 48 // _steps.CHECKPOINTS
     assert all(c % every == 0 or c == 48 for c in record["checkpoints"])
-    scores = record["validation_r"]
-    assert chosen == record["checkpoints"][int(np.argmax(scores))]  # the first best checkpoint
-    if len(scores) < _steps.CHECKPOINTS:  # it stopped early: the last PATIENCE checks found nothing better
-        assert int(np.argmax(scores)) == len(scores) - 1 - _steps.PATIENCE
+    losses = record["validation_mse"]
+    assert len(record["validation_r"]) == len(losses) == len(record["checkpoints"])
+    assert chosen == record["checkpoints"][int(np.argmin(losses))]  # the first lowest error
+    if len(losses) < _steps.CHECKPOINTS:  # it stopped early: the last PATIENCE checks found nothing better
+        assert int(np.argmin(losses)) == len(losses) - 1 - _steps.PATIENCE
     assert record["validation_spots"] >= _steps.MIN_VALIDATION and record["validation_split"] == "spatial"
     plain = c2lst.tl.fit_predictor(tables, n_steps=chosen, seed=3, progress=False)
     assert all(np.array_equal(a, b) for a, b in zip(_weights(model), _weights(plain), strict=True))

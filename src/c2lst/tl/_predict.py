@@ -147,11 +147,11 @@ def fit_predictor(
         rows both are the same fit; ridge has no batches (``None`` only).
     early_stopping
         ``mode="cnn"``: choose the optimiser steps on a validation slice of the real spots, up to ``n_steps`` (or
-        what ``n_epochs`` gives): a fit on the other rows is scored (mean Pearson r over genes) every 1/16 of the
-        cap and stops after 4 checks without a better score; the predictor returned is fitted on all rows for
-        the best check's steps (``training["early_stopping"]``). The slice holds ``validation_fraction`` of the
-        real spots (whole spatial blocks as ``cv_split`` says), each with every synthetic row conditioned on
-        it. It costs up to twice the cap's steps; it needs a fixed ``synthetic_weight`` and no ``real_finetune``.
+        what ``n_epochs`` gives): a fit on the other rows is scored (MSE of the standardised expression) every
+        1/16 of the cap and stops after 4 checks without a lower error; the predictor returned is fitted on all
+        rows for the best check's steps (``training["early_stopping"]``). The slice holds ``validation_fraction``
+        of the real spots (whole spatial blocks as ``cv_split`` says), each with every synthetic row conditioned
+        on it. It costs up to twice the cap's steps; it needs a fixed ``synthetic_weight`` and no ``real_finetune``.
     validation_fraction
         Share of the real spots held out to choose the steps (``early_stopping=True``), in (0, 0.5].
     seed

@@ -3,7 +3,9 @@
 The steps are chosen on a validation slice of the real training spots (whole spatial blocks of them, or random
 spots), each held out together with every synthetic row conditioned on it, so no profile of a validation spot
 reaches the fit that is scored on it. A fit on the other rows runs up to the step cap and is scored at evenly
-spaced checkpoints; the final fit trains on all rows for the steps of the best checkpoint.
+spaced checkpoints by its mean squared error on the standardised expression of the slice (the training loss:
+on a handful of spots it is steadier than a Pearson r, which an almost constant early prediction can win by
+chance); the final fit trains on all rows for the steps of the best checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ._weights import _cv_blocks, _fit_weighted
 
 #: Validation checkpoints over the step cap.
 CHECKPOINTS = 16
-#: Checkpoints without a better validation score that end the validation run.
+#: Checkpoints without a lower validation error that end the validation run.
 PATIENCE = 4
 #: Fewest real spots in the validation slice (a Pearson r over spots needs a few).
 MIN_VALIDATION = 3
@@ -100,24 +102,26 @@ def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, frac
         stacked = fit_kw.get("batching") == "stacked" and is_syn.any()
         cap = fit_kw["n_epochs"] * epoch_steps(int((~is_syn).sum()) if stacked else len(x), fit_kw["batch_size"])
     every = max(1, cap // CHECKPOINTS)
-    history: list[tuple[int, float]] = []
+    history: list[tuple[int, float, float]] = []  # (steps, standardised MSE, mean r)
 
     def monitor(model, done: int) -> bool:
         if done % every and done != cap:
             return False
-        with np.errstate(all="ignore"):
-            r = np.asarray(pearson(model.predict(x[val], device=fit_kw["device"]), y[val]), dtype=float)
+        pred = model.predict(x[val], device=fit_kw["device"])
         model.network.train()
-        history.append((done, float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf))
-        best = int(np.argmax([s for _, s in history]))
+        with np.errstate(all="ignore"):
+            r = np.asarray(pearson(pred, y[val]), dtype=float)
+        mse = float(np.mean(((pred - y[val]) / model._tensors["target_std"].numpy()) ** 2))
+        history.append((done, mse, float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")))
+        best = int(np.argmin([h[1] for h in history]))
         return len(history) - 1 - best >= PATIENCE
 
     _fit_weighted(x[train], y[train], is_syn[train], groups[train], weight, model_args,
                   {**fit_kw, "n_steps": cap, "callback": monitor}, progress)
-    scores = [s for _, s in history]
-    chosen = history[int(np.argmax(scores))][0]  # the first best: the fewest steps
-    logger.info("early stopping: %d of at most %d steps chosen on %d %s validation spots (mean r %.3f)",
-                chosen, cap, len(val), split, max(scores))
-    return chosen, {"early_stopping": {
-        "max_steps": int(cap), "chosen_steps": int(chosen), "validation_spots": len(val), "validation_split": split,
-        "checkpoints": [d for d, _ in history], "validation_r": scores}}
+    steps, losses, scores = (list(v) for v in zip(*history, strict=True))
+    best = int(np.argmin(losses))  # the first best: the fewest steps
+    logger.info("early stopping: %d of at most %d steps chosen on %d %s validation spots (MSE %.3f, mean r %.3f)",
+                steps[best], cap, len(val), split, losses[best], scores[best])
+    return steps[best], {"early_stopping": {
+        "max_steps": int(cap), "chosen_steps": int(steps[best]), "validation_spots": len(val),
+        "validation_split": split, "checkpoints": steps, "validation_mse": losses, "validation_r": scores}}
