@@ -146,3 +146,13 @@ def test_a_callback_sees_every_step_and_can_end_the_fit():
     )
     assert seen == [(s, (3, 3)) for s in range(1, 6)]
     assert model.training["n_steps"] == 5 and model.is_fitted
+
+
+def test_a_callback_that_cannot_be_called_is_refused_before_the_fit():
+    from c2lst.models import ExpressionPredictor
+
+    table = make_table(8, seed=5)
+    model = ExpressionPredictor(["g_nuclei", "g_colour", "g_noise"])
+    with pytest.raises(TypeError, match="`callback` must be callable"):
+        model.fit(table.obsm["c2lst_patch"], table.obsm["c2lst_expr"], n_steps=2, callback=3, progress=False)
+    assert not model.is_fitted

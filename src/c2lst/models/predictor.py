@@ -252,8 +252,9 @@ class ExpressionPredictor(PredictorPersistence):
             )
         if not np.all(np.isfinite(y)):
             raise ValueError("`expression` contains NaN or inf; clean or re-prepare the expression first.")
-        if n_steps is not None:
-            n_steps = check_positive_int(n_steps, "n_steps")
+        n_steps = None if n_steps is None else check_positive_int(n_steps, "n_steps")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"`callback` must be callable as callback(predictor, steps_done), got {callback!r}.")
         w = check_weights(sample_weight, len(patches), "sample_weight", n_columns=len(self.genes))
         for name, value in (("groups", groups), ("eval_mask", eval_mask)):
             if value is not None and np.shape(value) != (len(patches),):
