@@ -149,9 +149,10 @@ def fit_predictor(
         ``mode="cnn"``: choose the optimiser steps on a validation slice of the real spots, up to ``n_steps`` (or
         what ``n_epochs`` gives): a fit on the other rows is scored (MSE of the standardised expression) every
         1/16 of the cap and stops after 4 checks without a lower error; the predictor returned is fitted on all
-        rows for the best check's steps (``training["early_stopping"]``). The slice holds ``validation_fraction``
-        of the real spots (whole spatial blocks as ``cv_split`` says), each with every synthetic row conditioned
-        on it. It costs up to twice the cap's steps; it needs a fixed ``synthetic_weight`` and no ``real_finetune``.
+        rows on the cap's learning-rate schedule, ended at the best check (``training["early_stopping"]``). The
+        slice holds ``validation_fraction`` of the real spots (whole spatial blocks as ``cv_split`` says), each
+        with every synthetic row conditioned on it. It costs up to twice the cap's steps; it needs a fixed
+        ``synthetic_weight`` and no ``real_finetune``. An option, not a protocol default (docs: benchmarks).
     validation_fraction
         Share of the real spots held out to choose the steps (``early_stopping=True``), in (0, 0.5].
     seed
@@ -257,7 +258,8 @@ def fit_predictor(
     weight, record = resolve_weight(synthetic_weight, grid, rows, n_real, cv_folds, cv_split, model_args, fit_kw,
                                     progress)
     if early:  # the steps, chosen on a validation slice of the real spots
-        fit_kw["n_steps"], more = choose_steps(rows, weight, model_args, fit_kw, validation_fraction, cv_split, progress)
+        more = choose_steps(rows, weight, model_args, fit_kw, validation_fraction, cv_split, progress)
+        fit_kw.update(more.pop("fit"))  # the cap's schedule, ended at the chosen step
         record.update(more)
     model = _fit_weighted(x, y, is_syn, rows[3], weight, model_args, fit_kw, progress)
     model.training.update(record)
@@ -379,12 +381,7 @@ def predict_expression(
     run_id = records.record_lineage(
         adata,
         function="c2lst.tl.predict_expression",
-        parameters={
-            "patch_key": patch_key,
-            "expr_key": expr_key,
-            "key_added": key_added,
-            **predictor.config(),
-        },
+        parameters={"patch_key": patch_key, "expr_key": expr_key, "key_added": key_added, **predictor.config()},
         seed=predictor.training.get("seed"),
         input_table=None,
     )

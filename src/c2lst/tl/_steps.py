@@ -5,7 +5,7 @@ spots), each held out together with every synthetic row conditioned on it, so no
 reaches the fit that is scored on it. A fit on the other rows runs up to the step cap and is scored at evenly
 spaced checkpoints by its mean squared error on the standardised expression of the slice (the training loss:
 on a handful of spots it is steadier than a Pearson r, which an almost constant early prediction can win by
-chance); the final fit trains on all rows for the steps of the best checkpoint.
+chance); the final fit trains on all rows on the same learning-rate schedule and ends at the best checkpoint.
 """
 
 from __future__ import annotations
@@ -81,11 +81,14 @@ def validation_slice(
 
 
 def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, fraction: float, cv_split: str | None,
-                 progress: bool) -> tuple[int, dict[str, Any]]:
-    """Return the optimiser steps chosen on a validation slice, and the record for ``training["early_stopping"]``.
+                 progress: bool) -> dict[str, Any]:
+    """Choose the optimiser steps on a validation slice; return the final fit's settings and the record.
 
     ``rows`` is ``(x, y, is_syn, groups, groups_b, blocks)`` of :func:`~c2lst.tl.fit_predictor`; ``fit_kw`` its
-    fit settings, whose ``n_steps`` (or ``n_epochs`` over all rows) is the cap.
+    fit settings, whose ``n_steps`` (or ``n_epochs`` over all rows) is the cap. The returned ``"fit"`` settings
+    run the final fit on the cap's learning-rate schedule and end it at the chosen step, as the validation run
+    was at that checkpoint (a fit of only that many steps would anneal its rate to 0 far sooner);
+    ``"early_stopping"`` is the record for ``training``.
     """
     x, y, is_syn, groups, groups_b, blocks = rows
     split, labels = _cv_blocks(cv_split, blocks, 2)
@@ -122,6 +125,7 @@ def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, frac
     best = int(np.argmin(losses))  # the first best: the fewest steps
     logger.info("early stopping: %d of at most %d steps chosen on %d %s validation spots (MSE %.3f, mean r %.3f)",
                 steps[best], cap, len(val), split, losses[best], scores[best])
-    return steps[best], {"early_stopping": {
-        "max_steps": int(cap), "chosen_steps": int(steps[best]), "validation_spots": len(val),
+    chosen = steps[best]
+    return {"fit": {"n_steps": cap, "callback": lambda _model, done: done >= chosen}, "early_stopping": {
+        "max_steps": int(cap), "chosen_steps": int(chosen), "validation_spots": len(val),
         "validation_split": split, "checkpoints": steps, "validation_mse": losses, "validation_r": scores}}
