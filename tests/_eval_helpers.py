@@ -93,3 +93,12 @@ def assert_budget_refuses(sdata, central, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_budget(sdata, central, **kwargs)
     assert state(table) == before
+
+
+def child_rows(real, n_per_spot=3):
+    """Synthetic rows: each real spot's patch and profile again, ``n_per_spot`` times, named as its children."""
+    syn = ad.concat([real] * n_per_spot, index_unique="-")
+    syn.obs_names = [f"syn_{i}" for i in range(syn.n_obs)]
+    syn.obs["c2lst_synthetic"] = True
+    syn.obs["c2lst_parent"] = np.tile(real.obs_names.to_numpy(), n_per_spot)
+    return syn

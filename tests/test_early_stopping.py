@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _eval_helpers import assert_budget_refuses, make_table, tiny_budget
+from _eval_helpers import assert_budget_refuses, child_rows, make_table, tiny_budget
 from _reliability_helpers import state as snapshot
 
 import c2lst
 from c2lst.models import ExpressionPredictor
 from c2lst.tl import _steps
-
-
-def _synthetic(real, n_per_spot=2):
-    """Synthetic rows: each real spot's patch and profile again, named as its children."""
-    import anndata as ad
-
-    syn = ad.concat([real] * n_per_spot, index_unique="-")
-    syn.obs_names = [f"syn_{i}" for i in range(syn.n_obs)]
-    syn.obs["c2lst_synthetic"] = True
-    syn.obs["c2lst_parent"] = np.tile(real.obs_names.to_numpy(), n_per_spot)
-    return syn
 
 
 def _weights(model) -> list[np.ndarray]:
@@ -37,7 +26,7 @@ def _weights(model) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def tables():
     real = make_table(40, seed=0)
-    return [real, _synthetic(real)]
+    return [real, child_rows(real, n_per_spot=2)]
 
 
 def test_the_early_stopped_fit_is_the_capped_fit_ended_at_the_chosen_step(tables):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _eval_helpers import assert_budget_refuses, make_table, tiny_budget
+from _eval_helpers import assert_budget_refuses, child_rows, make_table, tiny_budget
 from _reliability_helpers import state as snapshot
 
 import c2lst
@@ -23,17 +23,6 @@ GENES = ["g_nuclei", "g_colour", "g_noise"]
 @pytest.fixture(scope="module")
 def real():
     return make_table(20, seed=0)
-
-
-def _synthetic(real, n_per_spot=3):
-    """Synthetic rows: each real spot's patch and profile again, ``n_per_spot`` times, named as its children."""
-    import anndata as ad
-
-    syn = ad.concat([real] * n_per_spot, index_unique="-")
-    syn.obs_names = [f"syn_{i}" for i in range(syn.n_obs)]
-    syn.obs["c2lst_synthetic"] = True
-    syn.obs["c2lst_parent"] = np.tile(real.obs_names.to_numpy(), n_per_spot)
-    return syn
 
 
 def _weights(model) -> dict[str, np.ndarray]:
@@ -79,7 +68,7 @@ def test_stacked_steps_hold_the_real_only_batch_plus_a_batch_of_the_others(monke
 def test_stacking_keeps_how_often_the_real_rows_are_visited(real, monkeypatch):
     """Mixed: a quarter of the real-only visits with 3 synthetic rows per spot; stacked: all of them."""
     seen = _schedule(monkeypatch)
-    syn = _synthetic(real)
+    syn = child_rows(real)
     kw = {"n_steps": 16, "batch_size": 20, "seed": 0, "progress": False}
     visits = {}
     for batching in ("mixed", "stacked"):
@@ -100,7 +89,7 @@ def test_stacked_real_batches_are_the_real_only_fit_batches(real, monkeypatch):
     c2lst.tl.fit_predictor(real, **kw)
     alone = dict(seen)
     seen.clear()
-    c2lst.tl.fit_predictor([real, _synthetic(real)], batching="stacked", **kw)
+    c2lst.tl.fit_predictor([real, child_rows(real)], batching="stacked", **kw)
     for step in range(10):
         assert [i for i in seen[step] if i < real.n_obs] == alone[step]
 
@@ -121,12 +110,12 @@ def test_stacked_epochs_count_passes_over_the_stacked_rows(real, monkeypatch):
     alone = c2lst.tl.fit_predictor(real, **kw)  # 20 real rows in batches of 8: 3 steps an epoch
     assert alone.training["n_steps"] == 9 and len(seen) == 9
     seen.clear()
-    stacked = c2lst.tl.fit_predictor([real, _synthetic(real)], batching="stacked", **kw)
+    stacked = c2lst.tl.fit_predictor([real, child_rows(real)], batching="stacked", **kw)
     assert stacked.training["n_steps"] == 9 and len(seen) == 9
     assert stacked.training["n_epochs"] == 3 and len(stacked.training["loss_history"]) == 3
     visits = np.bincount([i for s in seen.values() for i in s if i < real.n_obs], minlength=real.n_obs)
     assert np.all(visits == 3)  # every real spot once per epoch, as alone
-    mixed = c2lst.tl.fit_predictor([real, _synthetic(real)], batching="mixed", **kw)  # 80 rows: 10 steps an epoch
+    mixed = c2lst.tl.fit_predictor([real, child_rows(real)], batching="mixed", **kw)  # 80 rows: 10 steps an epoch
     assert mixed.training["n_steps"] == 30 and mixed.training["n_epochs"] == 3
 
 
@@ -145,7 +134,7 @@ def test_stacked_and_staged_end_on_the_real_rows(monkeypatch):
 
 # --------------------------------------------------------------------------- fit_predictor
 def test_the_cnn_stacks_by_default_and_records_the_batching(real):
-    syn = _synthetic(real)
+    syn = child_rows(real)
     mixed = c2lst.tl.fit_predictor([real, syn], n_steps=4, batching="mixed", progress=False)
     assert mixed.training["batching"] == "mixed" and "stacked_rows" not in mixed.training
     stacked = c2lst.tl.fit_predictor([real, syn], n_steps=4, batching="stacked", progress=False)
@@ -166,7 +155,7 @@ def test_real_only_tables_ignore_the_batching(real):
 
 
 def test_stacked_fits_are_deterministic_and_differ_from_mixed(real):
-    syn = _synthetic(real)
+    syn = child_rows(real)
     a, b = (c2lst.tl.fit_predictor([real, syn], n_steps=6, batching="stacked", seed=3, progress=False)
             for _ in range(2))
     mixed = c2lst.tl.fit_predictor([real, syn], n_steps=6, batching="mixed", seed=3, progress=False)
@@ -184,7 +173,7 @@ def test_the_weight_choice_folds_are_stacked_too(real, monkeypatch):
         return fit(self, *args, stack_mask=stack_mask, **kwargs)
 
     monkeypatch.setattr(ExpressionPredictor, "fit", spy)
-    c2lst.tl.fit_predictor([real, _synthetic(real)], synthetic_weight=(0.3, 1.0), batching="stacked", n_steps=2,
+    c2lst.tl.fit_predictor([real, child_rows(real)], synthetic_weight=(0.3, 1.0), batching="stacked", n_steps=2,
                            cv_folds=2, cv_split="random", progress=False)
     assert len(masks) == 2 * 2 + 1 and all(m is not None and m.any() and not m.all() for m in masks)
 
@@ -192,7 +181,7 @@ def test_the_weight_choice_folds_are_stacked_too(real, monkeypatch):
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("batching", ["shuffled", "", 1, ("mixed",)])
 def test_fit_predictor_refuses_an_unknown_batching(real, batching):
-    syn = _synthetic(real)
+    syn = child_rows(real)
     before = snapshot(real), snapshot(syn)
     with pytest.raises(ValueError, match="batching="):
         c2lst.tl.fit_predictor([real, syn], n_steps=2, batching=batching, progress=False)
@@ -201,7 +190,7 @@ def test_fit_predictor_refuses_an_unknown_batching(real, batching):
 
 def test_fit_predictor_refuses_stacking_a_ridge_head(real):
     with pytest.raises(ValueError, match=r"batching='stacked'.*mode='ridge'"):
-        c2lst.tl.fit_predictor([real, _synthetic(real)], mode="ridge", batching="stacked", progress=False)
+        c2lst.tl.fit_predictor([real, child_rows(real)], mode="ridge", batching="stacked", progress=False)
 
 
 @pytest.mark.parametrize(
