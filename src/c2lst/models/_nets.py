@@ -16,7 +16,7 @@ from torch import nn
 
 from .._logging import logger
 from .store import sha256_tensors
-from .train import TrainSettings, dihedral, epoch_rows, train
+from .train import TrainSettings, dihedral, epoch_rows, epoch_steps, train
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -228,14 +228,6 @@ def fit_network(
         summary["stacked_rows"] = len(stack_rows)
     logger.info(f"predictor trained: {n_steps} steps, final standardised MSE {summary['final_loss']:.3f}")
     return summary
-
-
-def epoch_steps(n_rows: int, batch_size: int) -> int:
-    """Optimiser steps of one epoch over ``n_rows`` rows (a stacked fit: its stacked rows) in batches of ``batch_size``.
-
-    GroupNorm takes a ragged last batch, so it is ``ceil(n_rows / min(batch_size, n_rows))``.
-    """
-    return math.ceil(n_rows / min(batch_size, n_rows))
 
 
 def _stacked_rows(

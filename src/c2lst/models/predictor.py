@@ -49,13 +49,13 @@ from ._nets import (
     check_finetune,
     check_stack,
     default_device,
-    epoch_steps,
     fit_network,
     module_sha256,
 )
 from ._predictor_io import CONFIG_NAME, WEIGHTS_NAME, PredictorPersistence
 from .denoiser_features import CentralFeatureExtractor
 from .ridge import check_weights, fit_ridge_head
+from .train import epoch_steps
 
 __all__ = ["CONFIG_NAME", "MODES", "WEIGHTS_NAME", "ExpressionPredictor"]
 

@@ -28,6 +28,7 @@ __all__ = [
     "dihedral",
     "dihedral_transform",
     "epoch_rows",
+    "epoch_steps",
     "latest_checkpoint",
     "lr_factor",
     "step_generator",
@@ -165,6 +166,14 @@ def epoch_rows(n_rows: int, batch_size: int, seed: int, step: int) -> torch.Tens
     bs = min(int(batch_size), int(n_rows))
     epoch, pos = divmod(int(step), math.ceil(n_rows / bs))
     return _epoch_permutation(int(n_rows), int(seed), epoch)[pos * bs : (pos + 1) * bs]
+
+
+def epoch_steps(n_rows: int, batch_size: int) -> int:
+    """Return the optimiser steps of one epoch over ``n_rows`` rows in batches of ``batch_size``.
+
+    The last batch may be smaller, so it is ``ceil(n_rows / min(batch_size, n_rows))``, as :func:`epoch_rows` cuts.
+    """
+    return math.ceil(int(n_rows) / min(int(batch_size), int(n_rows)))
 
 
 def _epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:

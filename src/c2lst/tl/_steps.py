@@ -16,7 +16,7 @@ import numpy as np
 
 from .._logging import logger
 from ..metrics import pearson
-from ..models._nets import epoch_steps
+from ..models.train import epoch_steps
 from ._weights import _cv_blocks, _fit_weighted
 
 #: Validation checkpoints over the step cap.
@@ -105,6 +105,8 @@ def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, frac
         stacked = fit_kw.get("batching") == "stacked" and is_syn.any()
         cap = fit_kw["n_epochs"] * epoch_steps(int((~is_syn).sum()) if stacked else len(x), fit_kw["batch_size"])
     every = max(1, cap // CHECKPOINTS)
+    spread = y[train & ~is_syn].std(axis=0)
+    scale = np.where(spread > 1e-8, spread, 1.0)  # the error in units of each gene's spread over training spots
     history: list[tuple[int, float, float]] = []  # (steps, standardised MSE, mean r)
 
     def monitor(model, done: int) -> bool:
@@ -114,7 +116,7 @@ def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, frac
         model.network.train()
         with np.errstate(all="ignore"):
             r = np.asarray(pearson(pred, y[val]), dtype=float)
-        mse = float(np.mean(((pred - y[val]) / model._tensors["target_std"].numpy()) ** 2))
+        mse = float(np.mean(((pred - y[val]) / scale) ** 2))
         history.append((done, mse, float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")))
         best = int(np.argmin([h[1] for h in history]))
         return len(history) - 1 - best >= PATIENCE
