@@ -25,7 +25,7 @@ from ._budget_arms import (
     unpaired_rows,
 )
 from ._steps import check_early_stopping
-from ._weights import CHOICES, _weight_grid, spatial_blocks
+from ._weights import CHOICES, _weight_grid, hold_out_units, spatial_blocks
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -46,14 +46,7 @@ def spatial_split(
     order until at least ``test_fraction`` of the spots are held out, so neighbouring spots never straddle
     train and test except along block borders.
     """
-    block = spatial_blocks(coords, n_blocks)
-    order = np.random.default_rng(seed).permutation(np.unique(block))
-    test = np.zeros(len(block), dtype=bool)
-    target = test_fraction * len(block)
-    for b in order:
-        if test.sum() >= target:
-            break
-        test |= block == b
+    test = hold_out_units(spatial_blocks(coords, n_blocks), test_fraction, np.random.default_rng(seed))
     if test.all():  # a single occupied block: keep at least one training spot
         test[np.random.default_rng(seed).integers(len(test))] = False
     return test

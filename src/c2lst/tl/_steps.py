@@ -17,7 +17,7 @@ import numpy as np
 from .._logging import logger
 from ..metrics import pearson
 from ..models.train import epoch_steps
-from ._weights import _cv_blocks, _fit_weighted
+from ._weights import _cv_blocks, _fit_weighted, hold_out_units
 
 #: Validation checkpoints over the step cap.
 CHECKPOINTS = 16
@@ -70,12 +70,7 @@ def validation_slice(
     real_idx = np.flatnonzero(~is_syn)
     spots = groups[real_idx]
     unit = spots if blocks is None else np.asarray(blocks)[real_idx]
-    labels = np.unique(unit)
-    held = np.zeros(len(real_idx), dtype=bool)
-    for label in labels[np.random.default_rng([int(seed), 11]).permutation(len(labels))]:
-        if held.sum() >= fraction * len(real_idx):
-            break
-        held |= unit == label
+    held = hold_out_units(unit, fraction, np.random.default_rng([int(seed), 11]))
     out = np.isin(groups, spots[held]) | np.isin(groups_b, spots[held])
     return ~out, real_idx[held]
 

@@ -170,6 +170,16 @@ def spatial_blocks(coords: np.ndarray, n_blocks: int = CV_BLOCKS) -> np.ndarray:
     return cell[:, 0] * n_blocks + cell[:, 1]
 
 
+def hold_out_units(unit: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Return a boolean mask holding out whole units (e.g. spatial blocks) in ``rng``'s order until >= ``fraction``."""
+    held = np.zeros(len(unit), dtype=bool)
+    for label in rng.permutation(np.unique(unit)):
+        if held.sum() >= fraction * len(unit):
+            break
+        held |= unit == label
+    return held
+
+
 def _cv_weights(
     x, y, is_syn, groups, groups_b, grid, folds, model_args, fit_kw, progress, blocks=None
 ) -> dict[float, np.ndarray]:
