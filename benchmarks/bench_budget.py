@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--early-stopping", action="store_true",
                     help="each fit chooses its steps on a validation slice of its own training spots")
     ap.add_argument("--validation-fraction", type=float, default=0.25, help="share of them (--early-stopping)")
+    ap.add_argument("--validation-folds", type=int, default=1,
+                    help="disjoint validation slices; the fit ends at the median of their choices (--early-stopping)")
     ap.add_argument("--mode", default="cnn", choices=["cnn", "ridge"])
     ap.add_argument("--features", default="default", choices=["default", "morphometric", "central"],
                     help="frozen features of --mode ridge (default: morphometric)")
@@ -132,7 +134,8 @@ def main() -> None:
         conditions.obs_names = [f"other_{name}" for name in conditions.obs_names]
     p_kw = {"mode": args.mode, "n_steps": args.predictor_steps}
     if args.early_stopping:
-        p_kw.update(early_stopping=True, validation_fraction=args.validation_fraction)
+        p_kw.update(early_stopping=True, validation_fraction=args.validation_fraction,
+                    validation_folds=args.validation_folds)
     if args.cv_split:
         p_kw["cv_split"] = args.cv_split
     if args.features != "default":

@@ -34,14 +34,15 @@ def test_the_early_stopped_fit_is_the_capped_fit_ended_at_the_chosen_step(tables
     record = model.training["early_stopping"]
     chosen = record["chosen_steps"]
     assert model.training["n_steps"] == chosen and 1 <= chosen <= record["max_steps"] == 48
+    (fold,) = record["folds"]  # one validation slice by default: its choice is the fit's
     every = 48 // _steps.CHECKPOINTS
-    assert all(c % every == 0 or c == 48 for c in record["checkpoints"])
-    losses = record["validation_mse"]
-    assert len(record["validation_r"]) == len(losses) == len(record["checkpoints"])
-    assert chosen == record["checkpoints"][int(np.argmin(losses))]  # the first lowest error
+    assert all(c % every == 0 or c == 48 for c in fold["checkpoints"])
+    losses = fold["validation_mse"]
+    assert len(fold["validation_r"]) == len(losses) == len(fold["checkpoints"])
+    assert chosen == fold["chosen_steps"] == fold["checkpoints"][int(np.argmin(losses))]  # the first lowest error
     if len(losses) < _steps.CHECKPOINTS:  # it stopped early: the last PATIENCE checks found nothing better
         assert int(np.argmin(losses)) == len(losses) - 1 - _steps.PATIENCE
-    assert record["validation_spots"] >= _steps.MIN_VALIDATION and record["validation_split"] == "spatial"
+    assert fold["validation_spots"] >= _steps.MIN_VALIDATION and record["validation_split"] == "spatial"
     # the final fit: all rows on the cap's schedule (stacked, synthetic weight 0.3), ended at the chosen step
     x = np.concatenate([t.obsm["c2lst_patch"] for t in tables])
     y = np.concatenate([t.obsm["c2lst_expr"] for t in tables])
@@ -66,7 +67,7 @@ def test_the_validation_slice_holds_out_whole_blocks_and_their_synthetic_childre
     second = np.array(["a", "b", "c", "d", "e", "f", "d", "e", "f", "x"])  # mixtures: a second parent
     is_syn = np.array([False] * 6 + [True] * 4)
     blocks = np.array(["0", "0", "1", "1", "2", "2", "", "", "", ""])
-    train, val = _steps.validation_slice(groups, second, is_syn, blocks, 0.3, seed=1)
+    ((train, val),) = _steps.validation_slices(groups, second, is_syn, blocks, 0.3, seed=1)
     held = set(groups[val])
     assert len(held) == 2 and {blocks[i] for i in val} == {blocks[val[0]]}  # one whole block of two spots
     for i in range(len(groups)):  # a row trains unless it is a held spot or a child of one
@@ -78,7 +79,27 @@ def test_random_validation_draws_single_spots(tables):
     model = c2lst.tl.fit_predictor(tables, n_steps=16, early_stopping=True, cv_split="random",
                                    validation_fraction=0.1, progress=False)
     assert model.training["early_stopping"]["validation_split"] == "random"
-    assert model.training["early_stopping"]["validation_spots"] == 4  # ceil(0.1 * 40)
+    assert model.training["early_stopping"]["folds"][0]["validation_spots"] == 4  # ceil(0.1 * 40)
+
+
+def test_validation_folds_are_disjoint_slices_and_the_fit_ends_at_the_median_choice(tables):
+    model = c2lst.tl.fit_predictor(tables, n_steps=48, early_stopping=True, validation_folds=3, seed=3,
+                                   progress=False)
+    record = model.training["early_stopping"]
+    choices = [f["chosen_steps"] for f in record["folds"]]
+    assert len(choices) == 3 and record["chosen_steps"] == sorted(choices)[1] == model.training["n_steps"]
+    one = c2lst.tl.fit_predictor(tables, n_steps=48, early_stopping=True, seed=3, progress=False)
+    assert record["folds"][0] == one.training["early_stopping"]["folds"][0]  # the first fold is the one slice
+    groups = np.concatenate([t.obs_names.to_numpy(dtype=str) for t in tables])
+    second = groups.copy()
+    groups[40:] = tables[1].obs["c2lst_parent"].astype(str).to_numpy()
+    second[40:] = groups[40:]  # no mixtures here: the second parent is the first
+    is_syn = np.repeat([False, True], [40, tables[1].n_obs])
+    slices = _steps.validation_slices(groups, second, is_syn, None, 0.25, seed=0, folds=4)
+    held = [set(groups[val]) for _, val in slices]
+    assert all(len(h) == 10 for h in held) and len(set().union(*held)) == 40  # four disjoint quarters
+    for (train, _), h in zip(slices, held, strict=True):
+        assert not train[np.isin(groups, list(h)) | np.isin(second, list(h))].any()
 
 
 @pytest.mark.parametrize(
@@ -91,6 +112,10 @@ def test_random_validation_draws_single_spots(tables):
         ({"early_stopping": True, "mode": "ridge"}, ValueError, "ridge head of `mode='ridge'`"),
         ({"early_stopping": True, "synthetic_weight": "auto"}, ValueError, "one fixed `synthetic_weight`"),
         ({"early_stopping": True, "real_finetune": 0.3}, ValueError, "Pass `real_finetune=0`"),
+        ({"early_stopping": True, "validation_folds": 0}, ValueError, "validation_folds"),
+        ({"early_stopping": True, "validation_folds": 2.5}, TypeError, "validation_folds"),
+        ({"early_stopping": True, "validation_folds": 5}, ValueError, r"`validation_folds=5` disjoint slices .* "
+                                                                       r"at most 4 folds"),
     ],
 )
 def test_bad_settings_are_refused_before_any_fit(tables, kwargs, error, match):
@@ -102,8 +127,12 @@ def test_bad_settings_are_refused_before_any_fit(tables, kwargs, error, match):
 
 def test_too_few_real_spots_for_a_validation_slice_are_refused():
     real = make_table(4, seed=2)
-    with pytest.raises(ValueError, match=r"held out 1 of 4 real spots .* at least 3 held out"):
+    with pytest.raises(ValueError, match=r"the validation slice holds 1 of 4 real spots .* at least 3 held out"):
         c2lst.tl.fit_predictor(real, n_steps=4, early_stopping=True, cv_split="random", progress=False)
+    real = make_table(10, seed=2)  # three folds of 3 spots fit, the fourth is left with 1
+    with pytest.raises(ValueError, match=r"validation fold 4 of 4 holds 1 of 10 real spots"):
+        c2lst.tl.fit_predictor(real, n_steps=4, early_stopping=True, validation_folds=4, cv_split="random",
+                               progress=False)
 
 
 def test_budget_curve_lets_every_fit_choose_its_steps_under_one_cap(sim_sdata, tiny_central):
@@ -121,6 +150,8 @@ def test_budget_curve_lets_every_fit_choose_its_steps_under_one_cap(sim_sdata, t
          "real_finetune=0.5"),
         ({"predictor_kwargs": {"n_steps": 4, "early_stopping": True, "validation_fraction": 1}},
          "validation_fraction=1"),
+        ({"predictor_kwargs": {"n_steps": 4, "early_stopping": True, "validation_folds": 3,
+                               "validation_fraction": 0.4}}, "validation_folds=3"),
     ],
 )
 def test_budget_curve_refuses_what_early_stopping_cannot_do_before_any_adaptation(sim_sdata, tiny_central,

@@ -11,7 +11,8 @@ from ._export import export_hest
 from ._fidelity import evaluate_composition, evaluate_fidelity
 from ._hest_bench import hest_bench
 from ._plan import plan_budget
-from ._predict import fit_predictor, predict_expression
+from ._predict import fit_predictor
+from ._predict_expression import predict_expression
 from ._pretrain import pretrain, pretrained_on
 from ._synthesize import synthesize
 

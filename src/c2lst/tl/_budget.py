@@ -265,7 +265,7 @@ def budget_curve(
     if "early_stopping" in p_kw:  # refuse what fit_predictor would, before any adaptation
         for w, ft in ((w, ft) for w in weights for ft in tunes):
             check_early_stopping(p_kw["early_stopping"], p_kw.get("validation_fraction", 0.25),
-                                 p_kw.get("mode", "cnn"), _weight_grid(w), ft)
+                                 p_kw.get("mode", "cnn"), _weight_grid(w), ft, p_kw.get("validation_folds", 1))
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
                                          arms, patch_key)
     from ._central import resolve_central

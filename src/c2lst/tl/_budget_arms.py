@@ -175,7 +175,7 @@ def score_run(pred, held: AnnData, expr_key: str, patch_key: str, gene_kind) -> 
     """Pearson r, MSE and Moran's I difference of ``pred`` on the held-out spots, per gene kind too."""
     from ..get import metrics as prediction_metrics
     from ._evaluate_prediction import evaluate_prediction
-    from ._predict import predict_expression
+    from ._predict_expression import predict_expression
 
     ev = held.copy()
     predict_expression(ev, predictor=pred, patch_key=patch_key, expr_key=expr_key, progress=False)

@@ -15,7 +15,7 @@ from .._tables import child_rows, expression_genes, parent_positions, side_patch
 from .._utils import check_positive_int, check_seed
 from ..metrics import pearson
 from ..models import ExpressionPredictor
-from ._predict import resolve_predictor
+from ._predict_expression import resolve_predictor
 
 
 def evaluate_conditioning(
