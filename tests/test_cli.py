@@ -69,6 +69,8 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
         main([*budget, "--batching", "stacked", "--out", str(tmp_path / "bad.csv")])
     with pytest.raises(ValueError, match="early_stopping=True"):  # steps are the cnn's; ridge refuses early
         main([*budget, "--early-stopping", "--out", str(tmp_path / "bad.csv")])
+    with pytest.raises(ValueError, match="validation_folds=9"):  # nine quarters of the spots: refused before any work
+        main([*budget, "--mode", "cnn", "--early-stopping", "--validation-folds", "9", "--out", str(tmp_path / "bad.csv")])
     assert not (tmp_path / "bad.csv").exists()
     assert json.loads(capsys.readouterr().out)["plan"] is None  # a paired plan needs >= 3 repeats
 

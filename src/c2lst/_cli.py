@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--early-stopping", action="store_true",
                    help="each cnn predictor chooses its optimiser steps (up to 200) on a validation slice of its "
                         "own training spots instead of taking 200")
+    b.add_argument("--validation-folds", type=int, default=1,
+                   help="with --early-stopping: disjoint validation slices; the fit ends at the median of their "
+                        "choices (steadier on few spots)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True, help="CSV file for the curve (the plan is printed as JSON)")
     return p
@@ -303,7 +306,8 @@ def _budget(args: argparse.Namespace) -> int:
         sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
         n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
         synthesize_kwargs={"n_steps": args.n_steps},
-        predictor_kwargs={"mode": args.mode, **({"early_stopping": True} if args.early_stopping else {})},
+        predictor_kwargs={"mode": args.mode, **({"early_stopping": True, "validation_folds": args.validation_folds}
+                                                if args.early_stopping else {})},
         synthetic_weight=args.synthetic_weight, real_finetune=args.real_finetune,
         batching=args.batching, seed=args.seed,
     )  # fmt: skip
