@@ -152,10 +152,15 @@ def test_budget_curve_lets_every_fit_choose_its_steps_under_one_cap(sim_sdata, t
          "validation_fraction=1"),
         ({"predictor_kwargs": {"n_steps": 4, "early_stopping": True, "validation_folds": 3,
                                "validation_fraction": 0.4}}, "validation_folds=3"),
+        ({"predictor_kwargs": {"n_steps": 4, "validation_folds": 0}}, "validation_folds"),  # even unused
     ],
 )
 def test_budget_curve_refuses_what_early_stopping_cannot_do_before_any_adaptation(sim_sdata, tiny_central,
-                                                                                   kwargs, match):
+                                                                                   kwargs, match, monkeypatch):
+    def no_adaptation(*_args, **_kwargs):
+        raise AssertionError("adapted before the refusal")
+
+    monkeypatch.setattr("c2lst.tl._adapt.adapt", no_adaptation)
     assert_budget_refuses(sim_sdata, tiny_central[0], kwargs, match)
 
 
