@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--adapt-steps", type=int, default=800,
                     help="adaptation steps per training subset (120 in the runs before the reader measure)")
     ap.add_argument("--encoder-lr", type=float, default=None)
+    ap.add_argument("--timestep-bias", type=float, default=0.0,
+                    help="adaptation timesteps of conditioned spots drawn with density ~ t**bias (0: uniform)")
     ap.add_argument("--synth-steps", type=int, default=15)
     ap.add_argument("--synthetic-per-spot", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=2.0)
@@ -155,7 +157,8 @@ def main() -> None:
         unlabelled=args.unlabelled,
         seed=args.seed,
         progress=True,
-        adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3, "encoder_lr": args.encoder_lr},
+        adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3, "encoder_lr": args.encoder_lr,
+                      "timestep_bias": args.timestep_bias},
         synthesize_kwargs={"steps": args.synth_steps, "guidance_scale": args.guidance},
         predictor_kwargs=p_kw,
     )

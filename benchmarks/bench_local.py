@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--central", default=None,
                     help="a shipped central model (e.g. tiny-sim) instead of pretraining (sets the patch size)")
     ap.add_argument("--encoder-lr", type=float, default=None, help="gene-encoder learning rate (default: 1e-3)")
+    ap.add_argument("--timestep-bias", type=float, default=0.0,
+                    help="adaptation timesteps of conditioned spots drawn with density ~ t**bias (0: uniform)")
     ap.add_argument("--seed", type=int, default=0, help="adaptation seed")
     ap.add_argument("--adapt-spots", type=int, default=None,
                     help="adapt on this many random spots only (the budget regime); the others train the reader")
@@ -76,7 +78,7 @@ def main() -> None:
         corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3, progress=False
     )
     c2lst.tl.adapt(table, central=central, n_steps=args.adapt_steps, batch_size=16, lr=1e-3,
-                   encoder_lr=args.encoder_lr, seed=args.seed, progress=False)
+                   encoder_lr=args.encoder_lr, timestep_bias=args.timestep_bias, seed=args.seed, progress=False)
     t_train = time.perf_counter() - t_start
 
     # (a) synthesis vs raw UNet compute (same forwards: 2x batch with guidance)
@@ -176,6 +178,8 @@ def main() -> None:
         "adapt_spots": args.adapt_spots,
         "adapt_steps": args.adapt_steps,
         "encoder_lr": args.encoder_lr,
+        "timestep_bias": args.timestep_bias,
+        "seed": args.seed,
         "torch_threads": torch.get_num_threads(),
         "synthesis_s": t_syn,
         "raw_unet_s_same_forwards": t_raw,

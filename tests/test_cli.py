@@ -38,7 +38,11 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
     assert c2lst.get.adapter(spatialdata.read_zarr(store))["summary"]["steps"] == 2
     with pytest.raises(ValueError, match="overwrite=True"):  # an adapter is never replaced silently
         main(adapt)
-    assert main([*adapt, "--overwrite"]) == 0
+    with pytest.raises(ValueError, match="timestep_bias"):  # refused before training; the store keeps its adapter
+        main([*adapt, "--overwrite", "--timestep-bias", "-1"])
+    assert main([*adapt, "--overwrite", "--timestep-bias", "1"]) == 0
+    lineage = spatialdata.read_zarr(store).tables["table"].uns["c2lst"]["lineage"].values()
+    assert json.loads([r for r in lineage if r["function"] == "c2lst.tl.adapt"][-1]["parameters"])["timestep_bias"] == 1
 
     assert main(["synthesize", store, "--n-steps", "1", "--n-per-condition", "1"]) == 0
     assert spatialdata.read_zarr(store).tables["c2lst_synthetic"].n_obs == 120

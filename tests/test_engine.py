@@ -66,6 +66,62 @@ def test_fit_denoiser_trains_only_the_adapters():
     np.testing.assert_allclose(local.encoder.mean.numpy(), expr.mean(0), rtol=1e-6)
 
 
+def test_biased_timesteps_density():
+    """Density ~ t**bias: mean at (1 + b) / (2 + b) of the schedule, inside [0, T), seeded."""
+    from c2lst.models.diffusion import biased_timesteps
+
+    for bias, mean in ((0.0, 1 / 2), (1.0, 2 / 3), (2.0, 3 / 4)):
+        t = biased_timesteps(20_000, 1000, bias, torch.Generator().manual_seed(0))
+        assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+        assert abs(t.float().mean().item() / 1000 - mean) < 0.01
+    again = biased_timesteps(50, 1000, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(again, biased_timesteps(50, 1000, 1.0, torch.Generator().manual_seed(0)))
+    assert torch.equal(biased_timesteps(3, 10, 5.0, None, uniform=torch.tensor([0.0, 0.5, 0.9999])),
+                       torch.tensor([0, 8, 9]))
+
+
+def test_fit_denoiser_timestep_bias_moves_conditioned_rows_only(monkeypatch):
+    """Rows that keep their condition draw high noise; dropped (null) and unlabelled rows stay uniform."""
+    import c2lst.models.fit as fit_mod
+
+    seen = []
+    original = fit_mod.denoising_loss
+
+    def spy(model, scheduler, clean, generator, condition=None, timesteps=None):
+        seen.append((timesteps, condition[1].cpu()))
+        return original(model, scheduler, clean, generator, condition=condition, timesteps=timesteps)
+
+    monkeypatch.setattr(fit_mod, "denoising_loss", spy)
+    expr = np.random.default_rng(1).normal(size=(8, 2)).astype(np.float32)
+
+    def run(bias):
+        seen.clear()
+        local = LocalModel(CentralModel.from_preset("tiny", seed=0), ["a", "b"], seed=0, cond_dropout=0.5)
+        fit_denoiser(local, _patches(8), conditions=expr, unlabelled=_patches(4, seed=2), unlabelled_fraction=0.25,
+                     n_steps=12, batch_size=8, lr=1e-3, timestep_bias=bias, progress=False)
+        return local.adapter_state(), list(seen)
+
+    plain, calls = run(0.0)
+    assert all(t is None for t, _ in calls)  # bias 0: the loss draws its own uniform timesteps, as before
+    biased, calls = run(3.0)
+    t = torch.cat([c[0] for c in calls]).float()
+    drop = torch.cat([c[1] for c in calls])
+    assert drop[-2:].all() and 0 < int((~drop).sum()) < len(drop)  # unlabelled rows (the last 2) always dropped
+    assert t[~drop].mean() > 700 and 300 < t[drop].mean() < 700  # mean 0.8 T when kept, 0.5 T when dropped
+    assert any(not np.array_equal(plain[k], biased[k]) for k in plain)
+    again, _ = run(3.0)
+    assert all(np.array_equal(biased[k], again[k]) for k in biased)
+
+
+def test_denoising_loss_refuses_misshapen_timesteps():
+    from c2lst.models.diffusion import denoising_loss
+
+    model = CentralModel.from_preset("tiny", seed=0)
+    x = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"`timesteps` must have shape \(2,\)"):
+        denoising_loss(model, model.noise_scheduler, x, torch.Generator(), timesteps=torch.zeros(3))
+
+
 _BAD = [
     ({"model": "central"}, TypeError, "`model`"),
     ({"patches": np.zeros((2, 32, 32, 3), np.float32)}, TypeError, "`patches`"),
@@ -79,6 +135,8 @@ _BAD = [
     ({"unlabelled_fraction": 1.0}, ValueError, "`unlabelled_fraction`"),
     ({"conditions": np.zeros((4, 2))}, ValueError, "`conditions`.*LocalModel only"),
     ({"encoder_lr": 1e-3}, ValueError, "`encoder_lr`.*LocalModel only"),
+    ({"timestep_bias": 1.0}, ValueError, "`timestep_bias`.*LocalModel only"),
+    ({"timestep_bias": -1.0}, ValueError, "`timestep_bias`"),
 ]
 
 

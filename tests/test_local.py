@@ -218,8 +218,9 @@ def test_adapt_small_table_shrinks_batch(sim_sdata, tiny_central, caplog):
     assert json.loads(t.uns["c2lst"]["local"]["c2lst_local"]["summary"])["n_spots"] == 3
 
 
-def test_adapt_unlabelled_images_and_encoder_lr(sim_sdata, tiny_central):
-    """Unlabelled patches train the null branch only; the encoder can learn at its own rate."""
+def test_adapt_unlabelled_images_encoder_lr_and_timestep_bias(sim_sdata, tiny_central):
+    """Unlabelled patches train the null branch only; the encoder can learn at its own rate; timesteps can be
+    biased to high noise (recorded), and bias 0 is the uniform run."""
     _, path = tiny_central
     table = sim_sdata.tables["table"]
     paired, images = table[:20].copy(), np.asarray(table.obsm["c2lst_patch"][20:60])
@@ -237,6 +238,14 @@ def test_adapt_unlabelled_images_and_encoder_lr(sim_sdata, tiny_central):
     w3 = fast.uns["c2lst"]["local"]["c2lst_local"]["weights"]
     last = "encoder.net.3.weight"  # zero-initialised: its norm is what the optimiser moved it
     assert np.linalg.norm(w3[last]) > 3 * np.linalg.norm(w0[last])  # 10x the rate of the default (lr=1e-3)
+    biased = c2lst.tl.adapt(paired, copy=True, timestep_bias=1.0, **kw)
+    w4 = biased.uns["c2lst"]["local"]["c2lst_local"]["weights"]
+    assert any(not np.array_equal(w0[k], w4[k]) for k in w0)
+    rec = [r for r in biased.uns["c2lst"]["lineage"].values() if r["function"] == "c2lst.tl.adapt"][-1]
+    assert json.loads(rec["parameters"])["timestep_bias"] == 1.0
+    zero = c2lst.tl.adapt(paired, copy=True, timestep_bias=0, **kw)  # 0: the uniform draws of before
+    w5 = zero.uns["c2lst"]["local"]["c2lst_local"]["weights"]
+    assert all(np.array_equal(w0[k], w5[k]) for k in w0)
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -299,6 +308,8 @@ def test_central_sha_mismatch(adapted_sdata):
         (lambda t: t, {"central": "unknown_key"}, KeyError, "central"),
         (lambda t: t, {"central": 3}, TypeError, "central"),
         (lambda t: t, {"encoder_lr": 0.0}, ValueError, "encoder_lr"),
+        (lambda t: t, {"timestep_bias": -0.5}, ValueError, "timestep_bias.*>= 0"),
+        (lambda t: t, {"timestep_bias": "high"}, TypeError, "timestep_bias"),
         (lambda t: t, {"unlabelled_fraction": 1.0}, ValueError, "unlabelled_fraction"),
         (lambda t: t, {"unlabelled": np.zeros((4, 16, 16, 3), np.uint8)}, ValueError, "same `size=`"),
         (lambda t: t, {"unlabelled": ad.AnnData(np.zeros((2, 1), np.float32))}, KeyError, "unlabelled"),

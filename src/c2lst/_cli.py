@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--n-steps", type=int, default=1000)
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--timestep-bias", type=float, default=0.0,
+                   help="timesteps of conditioned spots drawn with density ~ t**bias (0: uniform; tl.adapt)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--key-added", default="c2lst_local")
     a.add_argument("--overwrite", action="store_true", help="replace an adapter of the same key")
@@ -270,7 +272,7 @@ def _adapt(args: argparse.Namespace) -> int:
     from . import tl
 
     kw = {"central": args.central, "n_steps": args.n_steps, "batch_size": args.batch_size, "lr": args.lr}
-    kw |= {"seed": args.seed, "key_added": args.key_added, "overwrite": args.overwrite}
+    kw |= {"timestep_bias": args.timestep_bias, "seed": args.seed, "key_added": args.key_added, "overwrite": args.overwrite}
     return _annotate(args, "adapter", lambda sd: tl.adapt(sd, table_key=args.table_key, **kw))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .central import CentralModel
-from .diffusion import denoising_loss, to_model_input
+from .diffusion import biased_timesteps, denoising_loss, to_model_input
 from .features import check_patches
 from .local import LocalModel
 from .train import TrainResult, TrainSettings, check_mixed_precision, dihedral, train
@@ -36,6 +36,7 @@ def fit_denoiser(
     batch_size: int,
     lr: float,
     encoder_lr: float | None = None,
+    timestep_bias: float = 0.0,
     seed: int = 0,
     ema: bool = True,
     mixed_precision: str = "no",
@@ -69,6 +70,12 @@ def fit_denoiser(
         Optimisation steps, patches per step (per process) and AdamW learning rate.
     encoder_lr
         Local model only: learning rate of the gene encoder (``None``: ``lr``).
+    timestep_bias
+        Local model only: the timesteps of the rows that keep their condition are drawn with density
+        proportional to ``t ** timestep_bias`` (:func:`~c2lst.models.diffusion.biased_timesteps`), so more of the
+        conditional loss falls at high noise, where the image's content is decided. Rows with the condition
+        dropped and unlabelled rows stay uniform (the null branch learns every noise level). ``0``: uniform for
+        all rows, drawn exactly as before the option existed.
     seed
         Seeds batches, augmentation, noise and condition dropout (initialisation is the model's own).
     ema
@@ -128,6 +135,9 @@ def fit_denoiser(
     unlabelled_fraction = check_nonneg_float(unlabelled_fraction, "unlabelled_fraction")
     if unlabelled_fraction >= 1:
         raise ValueError(f"`unlabelled_fraction` must be in [0, 1), got {unlabelled_fraction!r}.")
+    timestep_bias = check_nonneg_float(timestep_bias, "timestep_bias")
+    if not local and timestep_bias:
+        raise ValueError("`timestep_bias` applies to a LocalModel only (it biases the conditional loss); pass 0.")
     if not local:
         for name, value in (("conditions", conditions), ("unlabelled", unlabelled), ("encoder_lr", encoder_lr)):
             if value is not None:
@@ -154,6 +164,7 @@ def fit_denoiser(
     scheduler = central.noise_scheduler
     n_un = 0 if un is None else round(unlabelled_fraction * batch_size)
     cond_dropout = float(model.adapter_config["cond_dropout"]) if local else 0.0
+    n_train_t = int(scheduler.config.num_train_timesteps)
 
     def loss_fn(m: torch.nn.Module, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
         idx = pick(batch_size - n_un, gen)
@@ -169,7 +180,12 @@ def fit_denoiser(
         if n_un:
             expr_b = torch.cat([expr_b, torch.zeros(n_un, expr_t.shape[1])])
             drop = torch.cat([drop, torch.ones(n_un, dtype=torch.bool)])
-        return denoising_loss(m, scheduler, x, gen, condition=(expr_b.to(dev), drop.to(dev)))
+        t = None
+        if timestep_bias:  # conditioned rows biased to high noise, null rows uniform, from one uniform draw
+            u = torch.rand(batch_size, generator=gen)
+            t = torch.where(drop, torch.floor(n_train_t * u).long().clamp(max=n_train_t - 1),
+                            biased_timesteps(batch_size, n_train_t, timestep_bias, gen, uniform=u))
+        return denoising_loss(m, scheduler, x, gen, condition=(expr_b.to(dev), drop.to(dev)), timesteps=t)
 
     if fingerprint is None:
         fingerprint = {
@@ -178,6 +194,7 @@ def fit_denoiser(
             "batch_size": batch_size,
             "lr": lr,
             "encoder_lr": encoder_lr,
+            **({"timestep_bias": timestep_bias} if timestep_bias else {}),
             "ema": bool(ema),
             "seed": seed,
             "n_patches": n,

@@ -41,6 +41,7 @@ def adapt(
     rank: int = 8,
     lr: float = 1e-3,
     encoder_lr: float | None = None,
+    timestep_bias: float = 0.0,
     batch_size: int = 16,
     cond_dropout: float = 0.1,
     hidden: int = 64,
@@ -84,6 +85,12 @@ def adapt(
     encoder_lr
         Learning rate of the gene encoder (``None``: ``lr``). LoRA alone can lower the loss without using the
         condition; a higher encoder rate lets the expression pathway carry more of the fit.
+    timestep_bias
+        Draw the timesteps of the spots that keep their condition with density proportional to
+        ``t ** timestep_bias``: ``1`` grows linearly with the noise level, ``2`` quadratically. High noise is where
+        the denoiser decides which cells a patch shows, so a bias spends more of the conditional loss where the
+        genes matter. Spots with the condition dropped (the null branch) and unlabelled patches stay uniform.
+        ``0`` (default): uniform, as before the option existed. See the benchmarks page for its measured effect.
     rank
         LoRA rank.
     cond_dropout
@@ -140,6 +147,7 @@ def adapt(
     hidden = check_positive_int(hidden, "hidden")
     lr = check_positive_float(lr, "lr")
     encoder_lr = lr if encoder_lr is None else check_positive_float(encoder_lr, "encoder_lr")
+    timestep_bias = check_nonneg_float(timestep_bias, "timestep_bias")
     cond_dropout = check_nonneg_float(cond_dropout, "cond_dropout")
     if cond_dropout >= 1:
         raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}.")
@@ -195,6 +203,7 @@ def adapt(
         "rank": rank,
         "lr": lr,
         "encoder_lr": encoder_lr,
+        "timestep_bias": timestep_bias,
         "batch_size": batch_size,
         "cond_dropout": cond_dropout,
         "hidden": hidden,
@@ -214,10 +223,13 @@ def adapt(
         "genes": genes,
     }
     fingerprint.pop("n_steps")
+    if not timestep_bias:  # checkpoints written before the option resume unchanged
+        fingerprint.pop("timestep_bias")
     # the engine encodes the patches, sets the encoder's statistics from `expr` and runs the shared loop
     result = fit_denoiser(
         local, patches, conditions=expr, unlabelled=un, unlabelled_fraction=unlabelled_fraction,
-        n_steps=n_steps, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, seed=seed, ema=ema,
+        n_steps=n_steps, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, timestep_bias=timestep_bias,
+        seed=seed, ema=ema,
         mixed_precision=mixed_precision, device=device, output_dir=out, resume=resume,
         fingerprint=fingerprint, progress=progress, desc="adapt",
     )  # fmt: skip
