@@ -106,3 +106,12 @@ def test_one_dihedral_implementation():
     )
     assert torch.equal(dihedral(x, gen), expected)
     assert torch.equal(dihedral_transform(x, torch.zeros(6, dtype=torch.long)), x)
+
+
+def test_total_steps_counts_epochs_unless_steps_are_fixed():
+    """An epoch is ceil(rows / batch) steps (a last short batch counts); n_steps overrides the epochs."""
+    from c2lst.models.train import epoch_steps, total_steps
+
+    assert epoch_steps(33, 16) == 3 and epoch_steps(5, 16) == 1
+    assert total_steps(None, 30, 33, 16) == 90
+    assert total_steps(7, 30, 33, 16) == 7

@@ -55,7 +55,7 @@ from ._nets import (
 from ._predictor_io import CONFIG_NAME, WEIGHTS_NAME, PredictorPersistence
 from .denoiser_features import CentralFeatureExtractor
 from .ridge import check_weights, fit_ridge_head
-from .train import epoch_steps
+from .train import total_steps
 
 __all__ = ["CONFIG_NAME", "MODES", "WEIGHTS_NAME", "ExpressionPredictor"]
 
@@ -272,7 +272,7 @@ class ExpressionPredictor(PredictorPersistence):
             self._fit_ridge(patches, z, device, w, groups, eval_mask, progress)
         else:
             n_epoch = len(patches) if stack is None else len(stack)  # stacked: epochs over the stacked rows
-            total = n_steps if n_steps is not None else n_epochs * epoch_steps(n_epoch, batch_size)
+            total = total_steps(n_steps, n_epochs, n_epoch, batch_size)
             self._fit_cnn(patches, z, w, total, batch_size, lr, weight_decay, augment, seed, device, progress,
                           tune, min(round(finetune_fraction * total), total - 1), stack, callback)
         self.training["n_train"] = len(patches)

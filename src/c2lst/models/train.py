@@ -32,6 +32,7 @@ __all__ = [
     "latest_checkpoint",
     "lr_factor",
     "step_generator",
+    "total_steps",
     "train",
 ]
 
@@ -174,6 +175,15 @@ def epoch_steps(n_rows: int, batch_size: int) -> int:
     The last batch may be smaller, so it is ``ceil(n_rows / min(batch_size, n_rows))``, as :func:`epoch_rows` cuts.
     """
     return math.ceil(int(n_rows) / min(int(batch_size), int(n_rows)))
+
+
+def total_steps(n_steps: int | None, n_epochs: int, n_rows: int, batch_size: int) -> int:
+    """Return a fit's optimiser steps: ``n_steps`` when given, else ``n_epochs`` epochs over ``n_rows`` rows.
+
+    The one rule of :meth:`~c2lst.models.ExpressionPredictor.fit` and of early stopping's step cap; the caller
+    says which rows an epoch passes over (all of them, or the real rows when synthetic rows are stacked).
+    """
+    return int(n_steps) if n_steps is not None else int(n_epochs) * epoch_steps(n_rows, batch_size)
 
 
 def _epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ def spatial_split(
     order until at least ``test_fraction`` of the spots are held out, so neighbouring spots never straddle
     train and test except along block borders.
     """
-    test = hold_out_units(spatial_blocks(coords, n_blocks), test_fraction, np.random.default_rng(seed))
+    test = hold_out_units(spatial_blocks(coords, n_blocks), test_fraction, np.random.default_rng(seed))[0]
     if test.all():  # a single occupied block: keep at least one training spot
         test[np.random.default_rng(seed).integers(len(test))] = False
     return test

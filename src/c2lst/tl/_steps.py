@@ -19,7 +19,7 @@ import numpy as np
 from .._logging import logger
 from .._utils import check_positive_int
 from ..metrics import pearson
-from ..models.train import epoch_steps
+from ..models.train import total_steps
 from ._weights import _cv_blocks, _fit_weighted, hold_out_units
 
 #: Validation checkpoints over the step cap.
@@ -81,7 +81,7 @@ def validation_slices(
     real_idx = np.flatnonzero(~is_syn)
     spots = groups[real_idx]
     unit = spots if blocks is None else np.asarray(blocks)[real_idx]
-    held = hold_out_units(unit, fraction, np.random.default_rng([int(seed), 11]), folds).reshape(folds, -1)
+    held = hold_out_units(unit, fraction, np.random.default_rng([int(seed), 11]), folds)
     out = []
     for mask in held:
         gone = np.isin(groups, spots[mask]) | np.isin(groups_b, spots[mask])
@@ -114,10 +114,8 @@ def choose_steps(rows: tuple, weight: Any, model_args: tuple, fit_kw: dict, frac
                 "train on. Add real spots, change `validation_fraction` or `validation_folds`, pass "
                 "`cv_split='random'`, or fix `n_steps` instead."
             )
-    cap = fit_kw["n_steps"]
-    if cap is None:  # the steps n_epochs would take on all rows (stacked: over the real rows)
-        stacked = fit_kw.get("batching") == "stacked" and is_syn.any()
-        cap = fit_kw["n_epochs"] * epoch_steps(n_real if stacked else len(x), fit_kw["batch_size"])
+    stacked = fit_kw.get("batching") == "stacked" and is_syn.any()  # epochs then pass over the real rows
+    cap = total_steps(fit_kw["n_steps"], fit_kw["n_epochs"], n_real if stacked else len(x), fit_kw["batch_size"])
     records = [_fold_steps(rows, train, val, weight, model_args, {**fit_kw, "n_steps": cap}, progress)
                for train, val in slices]
     chosen = round(float(np.median([r["chosen_steps"] for r in records])))

@@ -173,9 +173,9 @@ def spatial_blocks(coords: np.ndarray, n_blocks: int = CV_BLOCKS) -> np.ndarray:
 def hold_out_units(unit: np.ndarray, fraction: float, rng: np.random.Generator, folds: int = 1) -> np.ndarray:
     """Hold out whole units (e.g. spatial blocks) in ``rng``'s order until >= ``fraction`` of the rows are held.
 
-    Returns a boolean mask, or with ``folds > 1`` a ``(folds, n)`` array of disjoint masks: each fold takes the next
-    units of the same order until it holds ``fraction`` of the rows (the first fold is the mask of ``folds=1``; a
-    fold left short when the units run out is returned as it is, for the caller to check).
+    Returns ``(folds, n)`` disjoint boolean masks: each fold takes the next units of the same order until it holds
+    ``fraction`` of the rows (the first fold is the same for any ``folds``; a fold left short when the units run
+    out is returned as it is, for the caller to check).
     """
     held = np.zeros((folds, len(unit)), dtype=bool)
     fold = 0
@@ -185,7 +185,7 @@ def hold_out_units(unit: np.ndarray, fraction: float, rng: np.random.Generator, 
             if fold == folds:
                 break
         held[fold] |= unit == label
-    return held[0] if folds == 1 else held
+    return held
 
 
 def _cv_weights(
