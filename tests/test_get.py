@@ -14,6 +14,19 @@ import c2lst
 from c2lst import _records as records
 
 
+def test_lineage_keeps_call_order_within_one_second(tmp_path):
+    """Records written in the same second stay oldest first after a zarr round trip (which sorts the run ids)."""
+    import anndata as ad
+    import numpy as np
+
+    table = ad.AnnData(np.zeros((2, 1), np.float32))
+    for k in range(6):
+        records.record_lineage(table, function=f"step{k}", parameters={}, seed=None, input_table=None)
+    table.write_zarr(tmp_path / "t.zarr")
+    back = ad.read_zarr(tmp_path / "t.zarr")
+    assert list(c2lst.get.lineage(back)["function"]) == [f"step{k}" for k in range(6)]
+
+
 def test_lineage_is_a_frame_of_parsed_records(adapted_base):
     frame = c2lst.get.lineage(adapted_base)
     assert list(frame.columns) == [

@@ -131,7 +131,8 @@ def record_lineage(
         "seed": -1 if seed is None else int(seed),
         "input_table": "" if input_table is None else str(input_table),
         "model_sha256": json.dumps(dict(model_sha256 or {}), sort_keys=True),
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        # microseconds: calls within one second keep their order (run ids are random, so a store's key order is not)
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
     }
     store(adata, "lineage", run_id, record)
     return run_id
