@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,9 +17,6 @@ from c2lst import _records as records
 
 def test_lineage_keeps_call_order_within_one_second(tmp_path):
     """Records written in the same second stay oldest first after a zarr round trip (which sorts the run ids)."""
-    import anndata as ad
-    import numpy as np
-
     table = ad.AnnData(np.zeros((2, 1), np.float32))
     for k in range(6):
         records.record_lineage(table, function=f"step{k}", parameters={}, seed=None, input_table=None)

@@ -262,9 +262,10 @@ def budget_curve(
     weights = _check_weights(synthetic_weight)
     tunes = check_finetunes(real_finetune, p_kw.get("mode", "cnn"))
     batchings = check_batchings(batching, p_kw.get("mode", "cnn"))
-    for w, ft in ((w, ft) for w in weights for ft in tunes):  # refuse what fit_predictor would, before adaptation
-        check_early_stopping(p_kw.get("early_stopping", False), p_kw.get("validation_fraction", 0.25),
-                             p_kw.get("mode", "cnn"), _weight_grid(w), ft, p_kw.get("validation_folds", 1))
+    for w in weights:  # refuse what fit_predictor would, before any adaptation
+        for ft in tunes:
+            check_early_stopping(p_kw.get("early_stopping", False), p_kw.get("validation_fraction", 0.25),
+                                 p_kw.get("mode", "cnn"), _weight_grid(w), ft, p_kw.get("validation_folds", 1))
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
                                          arms, patch_key)
     from ._central import resolve_central
