@@ -103,6 +103,7 @@ def test_plan_budget_is_a_paired_non_inferiority_test():
     assert plan["fraction"] == 0.1  # paired differences are tight, so non-inferiority is shown at 0.1
     assert plan["fraction_real"] == 0.5
     assert plan["saving"] == pytest.approx(0.2)
+    assert plan["caveats"] == []  # a falling real-only curve, a non-inferior arm at half: nothing to flag
     gain = plan["gain"].set_index("fraction")
     assert gain.loc[0.1, "gain"] == pytest.approx(0.0954, abs=1e-3)
     assert gain.loc[0.1, "ci_low"] > 0
@@ -111,6 +112,33 @@ def test_plan_budget_is_a_paired_non_inferiority_test():
     # a noisy arm whose mean is above the reference's lower CI bound is not enough (the old lenient rule)
     noisy = _curve({("real", 1.0): ref, ("real+synthetic", 0.1): [0.2, 0.9, 0.3, 0.8, 0.55]})
     assert c2lst.tl.plan_budget(noisy, margin=0.02)["fraction"] is None
+
+
+def test_plan_budget_names_a_flat_curve_and_a_coarse_grid(caplog):
+    ref = [0.50, 0.60, 0.55, 0.45, 0.65]
+    # real alone needs all spots; the arm misses at 0.25 and the grid has no 0.5: a factor of two cannot show
+    coarse = _curve({("real", 1.0): ref, ("real", 0.25): [v - 0.05 for v in ref],
+                     ("real+synthetic", 0.25): [v - 0.03 - 0.01 * (i % 2) for i, v in enumerate(ref)]})
+    with caplog.at_level("WARNING", logger="c2lst"):
+        plan = c2lst.tl.plan_budget(coarse, margin=0.02)
+    assert plan["fraction"] is None and plan["fraction_real"] == 1.0
+    assert len(plan["caveats"]) == 1 and "add 0.5 to `fractions`" in plan["caveats"][0]
+    assert "largest fraction of 'real+synthetic' at or below 0.5 is 0.25" in plan["caveats"][0]
+    assert plan["caveats"][0] in caplog.text  # also logged
+    # with 0.5 on the grid (missed too) the goal was testable: no caveat
+    testable = pd.concat([coarse, _curve({("real+synthetic", 0.5): [v - 0.04 for v in ref]})])
+    assert c2lst.tl.plan_budget(testable, margin=0.02)["caveats"] == []
+    # a smaller real fraction above all spots: the curve is flat or the reference under-trained
+    flat = _curve({("real", 1.0): ref, ("real", 0.5): [v + 0.01 + 0.002 * (i % 2) for i, v in enumerate(ref)],
+                   ("real", 0.25): [v - 0.05 for v in ref], ("real+synthetic", 0.25): list(ref)})
+    plan = c2lst.tl.plan_budget(flat, margin=0.02)
+    assert plan["fraction_real"] == 0.5 and plan["fraction"] == 0.25
+    assert len(plan["caveats"]) == 1 and "fraction 0.5 score above all of them (paired +0.011" in plan["caveats"][0]
+    # non-inferior already at the smallest fraction run: how few suffice is unknown
+    early = _curve({("real", 1.0): ref, ("real", 0.25): [v - 0.001 * (i % 2) for i, v in enumerate(ref)],
+                    ("real+synthetic", 0.25): list(ref)})  # the grid caveat would only repeat it
+    caveats = c2lst.tl.plan_budget(early, margin=0.02)["caveats"]
+    assert len(caveats) == 1 and "smallest fraction run (0.25)" in caveats[0]
 
 
 @pytest.mark.parametrize(
@@ -200,6 +228,10 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert summary["adapter"]["ratio"] < 0.10
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "Spot budget" in report
+    # plan_budget's caveats reach the summary and the report, one line each
+    assert isinstance(summary["plan_budget_caveats"], list)
+    assert report.count("- Caveat: ") == len(summary["plan_budget_caveats"])
+    assert all(c in report for c in summary["plan_budget_caveats"])
     # the demo starts from the shipped central model; `pretrain=True` trains one on the simulated corpus
     assert summary["central"]["name"] == "tiny-sim" and "shipped model `tiny-sim`" in report
     assert summary["central"]["steps"] == 6000

@@ -188,6 +188,7 @@ def run_demo(
         "budget_verdict": _verdict(plan),
         "plan_budget_fraction": plan["fraction"],
         "plan_budget_fraction_real": plan["fraction_real"],
+        "plan_budget_caveats": plan["caveats"],
         "all_real_mean_r": plan["reference_mean"],
         "prediction_mean_r_in_sample": float(metrics["pearson_r"].mean()),
     }
@@ -300,6 +301,7 @@ def _report(s: dict, plan: dict, zarr_path: Path) -> str:
         f"Smallest fraction non-inferior to all real spots (paired, margin {plan['margin']} r): real+synthetic "
         f"{name(frac)}, real alone {name(frac_real)}.",
         "",
+        *([*(f"- Caveat: {c}" for c in plan["caveats"]), ""] if plan["caveats"] else []),
         f"In-sample check (a predictor trained and scored on all real spots, not a held-out figure): mean r "
         f"{s['prediction_mean_r_in_sample']:.3f}; `gene_correlation.png` and `spatial_expression.png` show it.",
         "",

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._logging import logger
 from ..metrics import mean_ci, paired_ci
 
 
@@ -66,7 +67,23 @@ def plan_budget(
     for real spots alone), ``saving`` (``fraction / fraction_real`` when both exist: below 1 means synthesis
     saves spots), ``margin``, ``ci``, ``n_repeats``, ``differences`` (per arm and fraction: mean, CI and n of
     the paired difference to the reference, and ``non_inferior``), ``gain`` (per fraction: ``arm`` minus
-    ``"real"`` at the same fraction, paired) and ``table`` (per arm and fraction: mean and CI of ``metric``).
+    ``"real"`` at the same fraction, paired), ``table`` (per arm and fraction: mean and CI of ``metric``) and
+    ``caveats``: plain sentences, each also logged as a warning, for what makes the answer hard to read. They
+    name a real-only curve that is flat or falls (a smaller fraction of real spots scores above all of them:
+    the slide saturates there, or the all-spot fit is under-trained), a grid that cannot show a saving of a
+    half (no fraction of ``arm`` at half of ``fraction_real``, and none smaller non-inferior), and real spots
+    non-inferior already at the smallest fraction run (how few suffice is not known, nor the saving).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rows = [("real", 1.0, 0.60), ("real", 0.5, 0.57), ("real", 0.25, 0.50), ("real+synthetic", 0.5, 0.60),
+    ...         ("real+synthetic", 0.25, 0.55)]
+    >>> curve = pd.DataFrame([{"condition": c, "fraction": f, "repeat": r, "pearson_r": v + 0.01 * r}
+    ...                       for r in range(4) for c, f, v in rows])
+    >>> plan = plan_budget(curve, margin=0.02)
+    >>> plan["fraction"], plan["fraction_real"], plan["caveats"]
+    (0.5, 1.0, [])
     """
     needed = {"fraction", "condition", "repeat", metric}
     if not isinstance(curve, pd.DataFrame) or not needed <= set(curve.columns):
@@ -110,6 +127,9 @@ def plan_budget(
         dm, dlo, dhi, n = paired_ci(vals.to_numpy(), base.reindex(vals.index).to_numpy(), ci=ci)
         gain_rows.append({"fraction": float(frac), "gain": dm, "ci_low": dlo, "ci_high": dhi, "n": n})
     f_arm, f_real = smallest(arm), smallest("real")
+    caveats = _caveats(diffs, arm, f_real)
+    for text in caveats:
+        logger.warning(text)
     return {
         "fraction": f_arm,
         "fraction_real": f_real,
@@ -121,7 +141,45 @@ def plan_budget(
         "differences": diffs,
         "gain": pd.DataFrame(gain_rows, columns=["fraction", "gain", "ci_low", "ci_high", "n"]),
         "table": pd.DataFrame(table_rows),
+        "caveats": caveats,
     }
+
+
+def _caveats(diffs: pd.DataFrame, arm: str, f_real: float | None) -> list[str]:
+    """Name what makes a plan hard to read: a flat real-only curve, a grid too coarse for a factor of two."""
+    out = []
+    real = diffs[(diffs["condition"] == "real") & (diffs["fraction"] < 1 - 1e-9)]
+    above = real[real["difference"] > 0]
+    if len(above):
+        top = above.loc[above["difference"].idxmax()]
+        out.append(
+            f"real spots alone at fraction {top['fraction']:g} score above all of them (paired "
+            f"{top['difference']:+.3f} [{top['ci_low']:+.3f}, {top['ci_high']:+.3f}]): the slide saturates there, or "
+            "the all-spot fit is under-trained (raise the predictor's `n_steps` or use "
+            "`predictor_kwargs={'early_stopping': True}`); either way smaller fractions look non-inferior sooner."
+        )
+    if f_real is None:
+        return out
+    if len(real) and f_real < 1 - 1e-9 and np.isclose(f_real, real["fraction"].min()):
+        out.append(
+            f"real spots alone are non-inferior already at the smallest fraction run ({f_real:g}); how few "
+            "suffice is not known, so the saving is not either: add smaller `fractions`."
+        )
+        return out
+    arm_rows = diffs[diffs["condition"] == arm]
+    half = f_real / 2
+    at_or_below = arm_rows[arm_rows["fraction"] <= half + 1e-9]
+    if len(arm_rows) and not at_or_below["non_inferior"].any() and not np.isclose(at_or_below["fraction"], half).any():
+        largest = (
+            f"the largest fraction of {arm!r} at or below {half:g} is {at_or_below['fraction'].max():g}"
+            if len(at_or_below)
+            else f"no fraction of {arm!r} at or below {half:g} was run"
+        )
+        out.append(
+            f"the grid cannot show a saving of a half: real spots alone need fraction {f_real:g}, and {largest}; "
+            f"add {half:g} to `fractions` to test a factor of two."
+        )
+    return out
 
 
 def _weight_label(value: Any) -> float | str:
