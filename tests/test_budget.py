@@ -141,6 +141,19 @@ def test_plan_budget_names_a_flat_curve_and_a_coarse_grid(caplog):
     assert len(caveats) == 1 and "smallest fraction run (0.25)" in caveats[0]
 
 
+def test_plan_budget_names_an_outlying_repeat():
+    ref = [0.50, 0.60, 0.55, 0.45, 0.65, 0.58, 0.52, 0.61]
+    loss = [-0.10, -0.12, -0.09, -0.11, -0.10, -0.13, -0.08, -0.11]
+    low = _curve({("real", 1.0): ref, ("real", 0.1): [v + d for v, d in zip(ref, loss, strict=True)],
+                  ("real+synthetic", 0.1): [v - 0.002 * (i % 2) for i, v in enumerate(ref)]})
+    assert c2lst.tl.plan_budget(low, margin=0.02)["caveats"] == []  # ordinary spread: nothing to flag
+    bad = low.copy()
+    bad.loc[(bad["condition"] == "real") & (bad["fraction"] == 0.1) & (bad["repeat"] == 3), "pearson_r"] = 0.05
+    caveats = c2lst.tl.plan_budget(bad, margin=0.02)["caveats"]
+    assert len(caveats) == 1
+    assert "repeat 3 of 'real' at fraction 0.1 (-0.400 against a median of -0.105)" in caveats[0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [

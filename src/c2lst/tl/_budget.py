@@ -260,12 +260,13 @@ def budget_curve(
         if key in p_kw:
             raise ValueError(f"pass `{key}=` to `budget_curve` itself, not in `predictor_kwargs`.")
     weights = _check_weights(synthetic_weight)
-    tunes = check_finetunes(real_finetune, p_kw.get("mode", "cnn"))
-    batchings = check_batchings(batching, p_kw.get("mode", "cnn"))
+    mode = p_kw.get("mode", "cnn")
+    tunes = check_finetunes(real_finetune, mode)
+    batchings = check_batchings(batching, mode)
     for w in weights:  # refuse what fit_predictor would, before any adaptation
         for ft in tunes:
             check_early_stopping(p_kw.get("early_stopping", False), p_kw.get("validation_fraction", 0.25),
-                                 p_kw.get("mode", "cnn"), _weight_grid(w), ft, p_kw.get("validation_folds", 1))
+                                 mode, _weight_grid(w), ft, p_kw.get("validation_folds", 1))
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
                                          arms, patch_key)
     from ._central import resolve_central

@@ -72,7 +72,10 @@ def plan_budget(
     name a real-only curve that is flat or falls (a smaller fraction of real spots scores above all of them:
     the slide saturates there, or the all-spot fit is under-trained), a grid that cannot show a saving of a
     half (no fraction of ``arm`` at half of ``fraction_real``, and none smaller non-inferior), and real spots
-    non-inferior already at the smallest fraction run (how few suffice is not known, nor the saving).
+    non-inferior already at the smallest fraction run (how few suffice is not known, nor the saving), and a
+    repeat whose paired difference to all spots lies more than 5 robust standard deviations (1.4826 times the
+    median absolute deviation, with at least 5 repeats) from the median of its arm and fraction: a degenerate
+    training subset that can decide a mean over few repeats.
 
     Examples
     --------
@@ -104,12 +107,13 @@ def plan_budget(
             f"`curve` has {ref.index.nunique()} repeat(s) of the all-real reference; a paired test needs at "
             "least 3 (run `budget_curve` with `n_repeats>=3`; 8 or more for useful intervals)."
         )
-    rows, table_rows = [], []
+    rows, table_rows, outliers = [], [], []
     for (cond, frac), grp in curve.groupby(["condition", "fraction"], sort=True):
         vals = grp.set_index("repeat")[metric]
         m, lo, hi, _ = mean_ci(vals.to_numpy(), ci=ci)
         table_rows.append({"condition": cond, "fraction": float(frac), "mean": m, "ci_low": lo, "ci_high": hi,
                            "n": len(vals)})
+        outliers += _outlying_repeats(vals - ref.reindex(vals.index), cond, float(frac))
         dm, dlo, dhi, n = paired_ci(vals.to_numpy(), ref.reindex(vals.index).to_numpy(), ci=ci)
         rows.append({"condition": cond, "fraction": float(frac), "difference": dm, "ci_low": dlo, "ci_high": dhi,
                      "n": n, "non_inferior": bool(n >= 3 and dlo > -margin)})
@@ -128,6 +132,12 @@ def plan_budget(
         gain_rows.append({"fraction": float(frac), "gain": dm, "ci_low": dlo, "ci_high": dhi, "n": n})
     f_arm, f_real = smallest(arm), smallest("real")
     caveats = _caveats(diffs, arm, f_real)
+    if outliers:
+        caveats.append(
+            "one repeat lies far from the others (more than 5 robust SDs from the median paired difference to all "
+            f"spots): {'; '.join(outliers)}. A degenerate training subset can decide a mean over few repeats; "
+            "look at that repeat's spots, or run more repeats."
+        )
     for text in caveats:
         logger.warning(text)
     return {
@@ -143,6 +153,20 @@ def plan_budget(
         "table": pd.DataFrame(table_rows),
         "caveats": caveats,
     }
+
+
+def _outlying_repeats(diff: pd.Series, cond: str, frac: float) -> list[str]:
+    """Name the repeats whose paired difference lies more than 5 robust SDs (1.4826 MAD) from the median."""
+    diff = diff[np.isfinite(diff.to_numpy(dtype=float))]
+    if len(diff) < 5:
+        return []
+    med = float(diff.median())
+    spread = 1.4826 * float((diff - med).abs().median())
+    if spread <= 0:
+        return []
+    far = diff[(diff - med).abs() > 5 * spread]
+    return [f"repeat {rep} of {cond!r} at fraction {frac:g} ({d:+.3f} against a median of {med:+.3f})"
+            for rep, d in far.items()]
 
 
 def _caveats(diffs: pd.DataFrame, arm: str, f_real: float | None) -> list[str]:
