@@ -205,6 +205,8 @@ def main() -> None:
         print(plan["gain"].round(4).to_string(index=False))
         print(f"smallest non-inferior fraction: {arm} {plan['fraction']}, real {plan['fraction_real']}"
               f", saving {plan['saving']}")
+        for text in plan["caveats"]:
+            print(f"caveat: {text}")
     between = weight_differences(curve, variants, arm)
     if len(between):
         print(f"\n{arm}: paired difference of each weight / real_finetune / batching to {variant_label(*variants[0])} "
@@ -240,6 +242,7 @@ def main() -> None:
                 "fraction": p["fraction"],
                 "fraction_real": p["fraction_real"],
                 "saving": p["saving"],
+                "caveats": p["caveats"],
                 "differences": p["differences"].round(4).to_dict(orient="records"),
                 "gain": p["gain"].round(4).to_dict(orient="records"),
             }

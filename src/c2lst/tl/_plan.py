@@ -177,7 +177,7 @@ def _caveats(diffs: pd.DataFrame, arm: str, f_real: float | None) -> list[str]:
     if len(above):
         top = above.loc[above["difference"].idxmax()]
         out.append(
-            f"real spots alone at fraction {top['fraction']:g} score above all of them (paired "
+            f"real spots alone at fraction {top['fraction']:g} score above all of them on average (paired "
             f"{top['difference']:+.3f} [{top['ci_low']:+.3f}, {top['ci_high']:+.3f}]): the slide saturates there, or "
             "the all-spot fit is under-trained (raise the predictor's `n_steps` or use "
             "`predictor_kwargs={'early_stopping': True}`); either way smaller fractions look non-inferior sooner."
