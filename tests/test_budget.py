@@ -151,6 +151,7 @@ def test_plan_budget_names_an_outlying_repeat():
     bad.loc[(bad["condition"] == "real") & (bad["fraction"] == 0.1) & (bad["repeat"] == 3), "pearson_r"] = 0.05
     caveats = c2lst.tl.plan_budget(bad, margin=0.02)["caveats"]
     assert len(caveats) == 1
+    assert caveats[0].startswith("a repeat lies far from the others")
     assert "repeat 3 of 'real' at fraction 0.1 (-0.400 against a median of -0.105)" in caveats[0]
 
 

@@ -71,7 +71,7 @@ def plan_budget(
     ``caveats``: plain sentences, each also logged as a warning, for what makes the answer hard to read. They
     name a real-only curve that is flat or falls (a smaller fraction of real spots scores above all of them:
     the slide saturates there, or the all-spot fit is under-trained), a grid that cannot show a saving of a
-    half (no fraction of ``arm`` at half of ``fraction_real``, and none smaller non-inferior), and real spots
+    half (no fraction of ``arm`` at half of ``fraction_real``, and none smaller non-inferior), real spots
     non-inferior already at the smallest fraction run (how few suffice is not known, nor the saving), and a
     repeat whose paired difference to all spots lies more than 5 robust standard deviations (1.4826 times the
     median absolute deviation, with at least 5 repeats) from the median of its arm and fraction: a degenerate
@@ -134,9 +134,9 @@ def plan_budget(
     caveats = _caveats(diffs, arm, f_real)
     if outliers:
         caveats.append(
-            "one repeat lies far from the others (more than 5 robust SDs from the median paired difference to all "
-            f"spots): {'; '.join(outliers)}. A degenerate training subset can decide a mean over few repeats; "
-            "look at that repeat's spots, or run more repeats."
+            f"{'a repeat lies' if len(outliers) == 1 else 'repeats lie'} far from the others (more than 5 robust "
+            f"SDs from the median paired difference to all spots): {'; '.join(outliers)}. A degenerate training "
+            "subset can decide a mean over few repeats; look at its spots, or run more repeats."
         )
     for text in caveats:
         logger.warning(text)
