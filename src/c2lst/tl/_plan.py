@@ -113,8 +113,9 @@ def plan_budget(
         m, lo, hi, _ = mean_ci(vals.to_numpy(), ci=ci)
         table_rows.append({"condition": cond, "fraction": float(frac), "mean": m, "ci_low": lo, "ci_high": hi,
                            "n": len(vals)})
-        outliers += _outlying_repeats(vals - ref.reindex(vals.index), cond, float(frac))
-        dm, dlo, dhi, n = paired_ci(vals.to_numpy(), ref.reindex(vals.index).to_numpy(), ci=ci)
+        same = ref.reindex(vals.index)
+        outliers += _outlying_repeats(vals - same, cond, float(frac))
+        dm, dlo, dhi, n = paired_ci(vals.to_numpy(), same.to_numpy(), ci=ci)
         rows.append({"condition": cond, "fraction": float(frac), "difference": dm, "ci_low": dlo, "ci_high": dhi,
                      "n": n, "non_inferior": bool(n >= 3 and dlo > -margin)})
     diffs = pd.DataFrame(rows)
