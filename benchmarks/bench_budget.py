@@ -194,10 +194,11 @@ def main() -> None:
     added = [a for a in args.arms if a != "real"]
     arm = "real+synthetic" if "real+synthetic" in added else added[0]  # planned for; a control when alone
     variants = [(w, ft, b) for w in args.weights for ft in args.real_finetune for b in args.batching]
+    named = len(set(args.batching)) > 1  # label stacked rows as such beside mixed ones
     for w, ft, b in variants:
         plan = c2lst.tl.plan_budget(curve, margin=args.margin, synthetic_weight=w, arm=arm, real_finetune=ft,
                                     batching=b)
-        plans[variant_label(w, ft, b)] = plan
+        plans[variant_label(w, ft, b, named)] = plan
         print(f"\n== synthetic weight {w}, real_finetune {ft}, batching {b}: paired difference to 100% real "
               f"(margin {args.margin}) ==")
         print(plan["differences"].round(4).to_string(index=False))
@@ -207,9 +208,9 @@ def main() -> None:
               f", saving {plan['saving']}")
         for text in plan["caveats"]:
             print(f"caveat: {text}")
-    between = weight_differences(curve, variants, arm)
+    between = weight_differences(curve, variants, arm, named)
     if len(between):
-        print(f"\n{arm}: paired difference of each weight / real_finetune / batching to {variant_label(*variants[0])} "
+        print(f"\n{arm}: paired difference of each weight / real_finetune / batching to {variant_label(*variants[0], named)} "
               "(same rows, seeds):")
         print(between.round(4).to_string(index=False))
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
@@ -257,28 +258,34 @@ def main() -> None:
     print(json.dumps(out, default=float))
 
 
-def variant_label(weight, share: float, batching: str | None = None) -> str:
-    """One fit setting of the added arms: its weight, its staged-training share and mixed batches if so."""
-    return str(weight) + (f", real_finetune {share:g}" if share else "") + (", mixed" if batching == "mixed" else "")
+def variant_label(weight, share: float, batching: str | None = None, name_batching: bool = False) -> str:
+    """One fit setting of the added arms: its weight, its staged-training share and its batching.
+
+    The batching is named when several are compared (``name_batching``; ``None`` is the default, stacked), else
+    only mixed batches are.
+    """
+    named = f", {batching or 'stacked'}" if name_batching else ""
+    way = named or (", mixed" if batching == "mixed" else "")
+    return str(weight) + (f", real_finetune {share:g}" if share else "") + way
 
 
-def weight_differences(curve: pd.DataFrame, variants: list, arm: str) -> pd.DataFrame:
+def weight_differences(curve: pd.DataFrame, variants: list, arm: str, name_batching: bool = False) -> pd.DataFrame:
     """Paired r difference (mean, 95% CI) of each (weight, share, batching) to the first, per fraction and kind."""
     rows = []
     added = curve[curve["condition"] == arm]
-    label = [variant_label(w, ft, b) for w, ft, b in
+    label = [variant_label(w, ft, b, name_batching) for w, ft, b in
              zip(added["synthetic_weight"], added["real_finetune"], added["batching"], strict=True)]
     added = added.assign(w=label)
     scores = [c for c in curve.columns if c.startswith("pearson_r")]
-    first = variant_label(*variants[0])
+    first = variant_label(*variants[0], name_batching)
     for variant in variants[1:]:
         for f, at in added.groupby("fraction"):
-            a = at[at["w"] == variant_label(*variant)].set_index("repeat")
+            a = at[at["w"] == variant_label(*variant, name_batching)].set_index("repeat")
             b = at[at["w"] == first].set_index("repeat")
             common = a.index.intersection(b.index)
             if not len(common):
                 continue
-            row = {"weight": variant_label(*variant), "fraction": f}
+            row = {"weight": variant_label(*variant, name_batching), "fraction": f}
             for c in scores:
                 mean, low, high, _ = c2lst.metrics.paired_ci(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy())
                 row[c.replace("pearson_r", "diff")] = mean
