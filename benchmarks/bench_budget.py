@@ -6,7 +6,9 @@ simulated institutions, cached) and adapted per training subset; every arm train
 number of optimiser steps; arms of one (repeat, fraction) share split, subset and seeds, so differences are
 paired. Arms: ``real``, ``real+synthetic`` (synthesized from the training spots' own profiles), and two
 controls: ``real+null`` (patches from the null condition: images that ignore the expression) and
-``real+copy`` (each parent's own patch again: a perfect but redundant generator). Every added arm is fitted for
+``real+copy`` (each parent's own patch again: a perfect but redundant generator); ``synthetic``, ``null`` and
+``copy`` train on those rows alone (train on generated patches, test on real ones: how much a generated patch
+teaches against a real one, ``share`` between the null floor and the copies). Every added arm is fitted for
 each ``--weights`` loss weight of its added rows; ``auto`` lets each fit choose its weight (0, 0.1, 0.3 or 1) by
 grouped 3-fold validation on its own training spots, so synthesis that does not help can be switched off
 without looking at the test blocks; ``auto-gene`` makes that choice per gene (synthetic rows teach only the
@@ -54,6 +56,7 @@ import torch
 from _central_cache import central, corpus
 
 import c2lst
+from c2lst.tl._budget import SOLO
 from c2lst.tl._weights import CHOICES
 
 
@@ -115,8 +118,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.features != "default" and args.mode != "ridge":
         ap.error(f"--features {args.features} is a frozen feature space: pass --mode ridge.")
-    if "real" not in args.arms or len(set(args.arms)) < 2:
+    if "real" not in args.arms or not any(a.startswith("real+") for a in args.arms):
         ap.error("--arms needs 'real' (the reference) and at least one added arm, e.g. --arms real real+synthetic.")
+    if args.early_stopping and any(a in SOLO for a in args.arms):
+        ap.error(f"--arms {' '.join(a for a in args.arms if a in SOLO)} train on added rows alone and take no "
+                 "--early-stopping (it validates on real rows).")
     t0 = time.perf_counter()
     size = c2lst.models.PRESETS[args.preset]["sample_size"]
     if args.central:
@@ -191,7 +197,7 @@ def main() -> None:
         print("\nmean weight chosen per gene ('auto-gene'), all genes and per gene kind:")
         print(per_gene.groupby(["condition", "fraction"])[cols].mean().round(3).to_string())
     plans = {}
-    added = [a for a in args.arms if a != "real"]
+    added = [a for a in args.arms if a.startswith("real+")]
     arm = "real+synthetic" if "real+synthetic" in added else added[0]  # planned for; a control when alone
     variants = [(w, ft, b) for w in args.weights for ft in args.real_finetune for b in args.batching]
     named = len(set(args.batching)) > 1  # label stacked rows as such beside mixed ones
@@ -213,6 +219,11 @@ def main() -> None:
         print(f"\n{arm}: paired difference of each weight / real_finetune / batching to {variant_label(*variants[0], named)} "
               "(same rows, seeds):")
         print(between.round(4).to_string(index=False))
+    alone = solo_differences(curve)
+    if len(alone):
+        print("\ntrained on added rows alone (no real spot; same rows, seeds, steps), paired differences; "
+              "share = (synthetic - null) / (copy - null) of the means:")
+        print(alone.round(4).to_string(index=False))
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
     best_w = max(plans, key=lambda w: float(np.nanmean(plans[w]["gain"]["gain"])))
     plan = plans[best_w]
@@ -250,6 +261,7 @@ def main() -> None:
             for w, p in plans.items()
         },
         "weight_differences": between.round(4).to_dict(orient="records"),
+        "solo_differences": alone.round(4).to_dict(orient="records"),
         "worst_gain": worst,
         "seconds": time.perf_counter() - t0,
         "seconds_curve": t_curve,
@@ -292,6 +304,38 @@ def weight_differences(curve: pd.DataFrame, variants: list, arm: str, name_batch
                 if c == "pearson_r":
                     row["ci_low"], row["ci_high"] = low, high
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def solo_differences(curve: pd.DataFrame) -> pd.DataFrame:
+    """Paired r differences between the arms trained on added rows alone (and real alone), per fraction.
+
+    Rows: ``synthetic - null`` (what the condition teaches), ``copy - synthetic`` (what a perfect generator
+    would add), ``synthetic - real`` (generated rows against the real spots they came from) with the mean of
+    each gene kind, and ``share``: the synthetic arm's place between the null floor (0) and the copies (1).
+    """
+    pairs = [("synthetic", "null"), ("copy", "synthetic"), ("copy", "null"), ("synthetic", "real")]
+    scores = [c for c in curve.columns if c.startswith("pearson_r")]
+    rows = []
+    for f, at in curve.groupby("fraction"):
+        arms = {a: g.set_index("repeat") for a, g in at.groupby("condition") if a in (*SOLO, "real")}
+        for a, b in pairs:
+            if a not in arms or b not in arms:
+                continue
+            common = arms[a].index.intersection(arms[b].index)
+            row = {"pair": f"{a} - {b}", "fraction": f, "repeats": len(common)}
+            for c in scores:
+                mean, low, high, _ = c2lst.metrics.paired_ci(arms[a].loc[common, c].to_numpy(),
+                                                             arms[b].loc[common, c].to_numpy())
+                row[c.replace("pearson_r", "diff")] = mean
+                if c == "pearson_r":
+                    row["ci_low"], row["ci_high"] = low, high
+            rows.append(row)
+        if all(a in arms for a in ("synthetic", "null", "copy")):
+            m = {a: float(arms[a]["pearson_r"].mean()) for a in ("synthetic", "null", "copy")}
+            span = m["copy"] - m["null"]
+            rows.append({"pair": "share", "fraction": f, "repeats": len(arms["synthetic"]),
+                         "diff": (m["synthetic"] - m["null"]) / span if span else float("nan")})
     return pd.DataFrame(rows)
 
 

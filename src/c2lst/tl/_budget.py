@@ -32,7 +32,10 @@ SPLITS = ("spatial", "random")
 #: from the null condition (images that ignore the expression: a control no generator should fall below);
 #: ``"real+copy"`` adds copies of each parent's own patch (a perfect but redundant generator), or with unpaired
 #: ``conditions`` the other slide's own patches of the profiles the synthetic arm draws (a perfect generator).
-ARMS = ("real", "real+synthetic", "real+null", "real+copy")
+#: Arms that train on the added rows of ``"real+<name>"`` alone, without the real spots, on the same rows and
+#: steps: how much a predictor learns from generated patches by themselves (train on generated, test on real).
+SOLO = {"synthetic": "real+synthetic", "null": "real+null", "copy": "real+copy"}
+ARMS = ("real", "real+synthetic", "real+null", "real+copy", *SOLO)
 CONDITIONS = ARMS[:2]  # the default arms
 GENE_SELECTION = ("train", "given")
 
@@ -114,7 +117,11 @@ def budget_curve(
         parent's own patch, repeated ``n_per_condition`` times; with unpaired ``conditions``, the rows the
         synthetic arm is conditioned on, each with its own real patch from ``conditions.obsm[patch_key]`` and its
         expression prepared like the repeat's: what a perfect generator would add. With ``"mixup"`` it stays the
-        parents' copies, since a mixture has no real patch).
+        parents' copies, since a mixture has no real patch). ``"synthetic"``, ``"null"`` and ``"copy"`` train on
+        those arms' added rows alone (the same rows, seeds and steps, weight 1, no real spot): train on generated
+        patches, test on real ones. Set against ``"copy"``, ``"synthetic"`` says how much of what a real patch
+        teaches the generated ones teach; ``"null"`` is their floor. They take no ``early_stopping``, which
+        validates on real rows.
     n_per_condition
         Added rows per real training spot.
     synthetic_weight
@@ -193,8 +200,9 @@ def budget_curve(
     predictor's feature space: ``"cnn"``, ``"morphometric"``, ``"central"`` or ``"backbone"``),
     ``synthetic_weight`` (NaN for ``"real"``, ``"auto"`` or ``"auto-gene"`` for weights chosen per fit),
     ``real_finetune`` (NaN for ``"real"``), ``batching`` (NaN for ``"real"`` and ridge), ``chosen_weight`` (the
-    weight the fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"``), ``n_real``,
-    ``n_synthetic``, ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
+    weight the fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"`` and the arms of added rows
+    alone), ``n_real`` and ``n_synthetic`` (the real and added rows the fit trained on; ``n_real`` is 0 for
+    ``"synthetic"``, ``"null"`` and ``"copy"``), ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
     visible in the image, ``smooth`` genes follow spatial fields only), with ``"auto-gene"`` also
@@ -259,6 +267,12 @@ def budget_curve(
     for key in ("synthetic_weight", "real_finetune", "batching"):
         if key in p_kw:
             raise ValueError(f"pass `{key}=` to `budget_curve` itself, not in `predictor_kwargs`.")
+    solo = [a for a in arms if a in SOLO]
+    if solo and p_kw.get("early_stopping", False):
+        raise ValueError(
+            f"`arms` has {solo}, which train on added rows alone, but `predictor_kwargs` asks for early stopping, "
+            "which validates on real rows; drop those arms or early stopping."
+        )
     weights = _check_weights(synthetic_weight)
     mode = p_kw.get("mode", "cnn")
     tunes = check_finetunes(real_finetune, mode)
@@ -267,8 +281,9 @@ def budget_curve(
         for ft in tunes:
             check_early_stopping(p_kw.get("early_stopping", False), p_kw.get("validation_fraction", 0.25),
                                  mode, _weight_grid(w), ft, p_kw.get("validation_folds", 1))
+    sources = list(dict.fromkeys(SOLO.get(a, a) for a in arms))  # the rows each arm needs
     cond_label, other = check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction,
-                                         arms, patch_key)
+                                         sources, patch_key)
     from ._central import resolve_central
 
     model = resolve_central(central, table)
@@ -310,7 +325,8 @@ def budget_curve(
         gene_kind = None if kinds is None else kinds.reindex(genes).to_numpy()
         extra: dict[str, AnnData] = {}
         todo = [a for a in arms if a == "real" or any(np.isclose(f, syn_fracs))]
-        if any(a in ("real+synthetic", "real+null") for a in todo):
+        needed = {SOLO.get(a, a) for a in todo}
+        if any(a in ("real+synthetic", "real+null") for a in needed):
             cond_kw = conditions_kwargs(cond_label, other, record, n_real, n_per_condition, rseed)
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
@@ -318,24 +334,26 @@ def budget_curve(
             adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
                   unlabelled=un, **{"overwrite": True, **a_kw})
             for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
-                if arm not in todo:
+                if arm not in needed:
                     continue
                 kw = {**s_kw, **cond_kw} if guidance is None else {**s_kw, **cond_kw, "guidance_scale": guidance}
                 extra[arm] = synthesize(real, central=model, seed=rseed, patch_key=patch_key,
                                         key_added=arm.replace("+", "_"), progress=False, **kw)
-        if "real+copy" in todo and cond_label == "unpaired":  # the same profiles as the synthetic arm
+        if "real+copy" in needed and cond_label == "unpaired":  # the same profiles as the synthetic arm
             idx = unpaired_rows(other, n_real * n_per_condition, rseed)
             extra["real+copy"] = unpaired_copy_arm(other, idx, real, patch_key, expr_key, apply_expression)
-        elif "real+copy" in todo:
+        elif "real+copy" in needed:
             extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
-        fits = [(a, w, ft, b) for a in todo for w in ([math.nan] if a == "real" else weights)
-                for ft in ([math.nan] if a == "real" else tunes) for b in ([math.nan] if a == "real" else batchings)]
+        fits = [(a, w, ft, b) for a in todo for w in ([math.nan] if a == "real" or a in SOLO else weights)
+                for ft in ([math.nan] if a == "real" or a in SOLO else tunes)
+                for b in ([math.nan] if a == "real" or a in SOLO else batchings)]
         for arm, w, ft, b in fits:
-            tables = [real] if arm == "real" else [real, extra[arm]]
+            plain = arm == "real" or arm in SOLO  # one kind of row: no weight, share or batching
+            tables = [real] if arm == "real" else [extra[SOLO[arm]]] if arm in SOLO else [real, extra[arm]]
             pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
-                                 synthetic_weight=1.0 if arm == "real" else w,
-                                 real_finetune=0.0 if arm == "real" else ft,
-                                 batching=None if arm == "real" else b, **p_kw)
+                                 synthetic_weight=1.0 if plain else w,
+                                 real_finetune=0.0 if plain else ft,
+                                 batching=None if plain else b, **p_kw)
             rows.append({
                 "fraction": f,
                 "repeat": r,
@@ -345,9 +363,9 @@ def budget_curve(
                 "synthetic_weight": w,
                 "real_finetune": ft,
                 "batching": math.nan if b is None else b,
-                "chosen_weight": math.nan if arm == "real" else float(pred.training["synthetic_weight"]),
-                "n_real": int(n_real),
-                "n_synthetic": 0 if arm == "real" else int(extra[arm].n_obs),
+                "chosen_weight": math.nan if plain else float(pred.training["synthetic_weight"]),
+                "n_real": int(pred.training["n_real"]),
+                "n_synthetic": int(pred.training["n_synthetic"]),
                 "n_test": int(test.sum()),
                 "n_steps": int(pred.training.get("n_steps", 0)),
                 **score_run(pred, held, expr_key, patch_key, gene_kind),

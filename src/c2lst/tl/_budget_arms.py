@@ -70,9 +70,9 @@ def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_
     if "real+copy" in arms:  # the perfect generator for unpaired profiles: their own real patches
         if patch_key not in conditions.obsm:
             raise KeyError(
-                f"`arms` has 'real+copy', whose rows for unpaired `conditions` are the other slide's own patches "
-                f"(a perfect generator for those profiles), but `conditions.obsm` lacks {patch_key!r}; run "
-                "`c2lst.pp.extract_patches` on the other slide (same `size`) or drop 'real+copy'."
+                f"`arms` has 'real+copy' or 'copy', whose rows for unpaired `conditions` are the other slide's own "
+                f"patches (a perfect generator for those profiles), but `conditions.obsm` lacks {patch_key!r}; run "
+                "`c2lst.pp.extract_patches` on the other slide (same `size`) or drop the copy arms."
             )
         theirs, ours = np.shape(conditions.obsm[patch_key])[1:], np.shape(table.obsm[patch_key])[1:]
         if theirs != ours:
