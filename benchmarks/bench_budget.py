@@ -6,8 +6,8 @@ simulated institutions, cached) and adapted per training subset; every arm train
 number of optimiser steps; arms of one (repeat, fraction) share split, subset and seeds, so differences are
 paired. Arms: ``real``, ``real+synthetic`` (synthesized from the training spots' own profiles), and two
 controls: ``real+null`` (patches from the null condition: images that ignore the expression) and
-``real+copy`` (each parent's own patch again: a perfect but redundant generator); ``synthetic``, ``null`` and
-``copy`` train on those rows alone (train on generated patches, test on real ones: how much a generated patch
+``real+copy`` (each parent's own patch again: a perfect but redundant generator); ``synthetic-only``, ``null-only``
+and ``copy-only`` train on those rows alone (train on generated patches, test on real ones: how much a generated patch
 teaches against a real one, ``share`` between the null floor and the copies). Every added arm is fitted for
 each ``--weights`` loss weight of its added rows; ``auto`` lets each fit choose its weight (0, 0.1, 0.3 or 1) by
 grouped 3-fold validation on its own training spots, so synthesis that does not help can be switched off
@@ -222,7 +222,7 @@ def main() -> None:
     alone = solo_differences(curve)
     if len(alone):
         print("\ntrained on added rows alone (no real spot; same rows, seeds, steps), paired differences; "
-              "share = (synthetic - null) / (copy - null) of the means:")
+              "share = (synthetic-only - null-only) / (copy-only - null-only) of the means:")
         print(alone.round(4).to_string(index=False))
     # the default weight: the one with the best mean gain over the augmented fractions (reported as tuned)
     best_w = max(plans, key=lambda w: float(np.nanmean(plans[w]["gain"]["gain"])))
@@ -310,11 +310,13 @@ def weight_differences(curve: pd.DataFrame, variants: list, arm: str, name_batch
 def solo_differences(curve: pd.DataFrame) -> pd.DataFrame:
     """Paired r differences between the arms trained on added rows alone (and real alone), per fraction.
 
-    Rows: ``synthetic - null`` (what the condition teaches), ``copy - synthetic`` (what a perfect generator
-    would add), ``synthetic - real`` (generated rows against the real spots they came from) with the mean of
+    Rows: ``synthetic-only - null-only`` (what the condition teaches), ``copy-only - synthetic-only`` (what a
+    perfect generator would add), ``synthetic-only - real`` (generated rows against the real spots they came
+    from) with the mean of
     each gene kind, and ``share``: the synthetic arm's place between the null floor (0) and the copies (1).
     """
-    pairs = [("synthetic", "null"), ("copy", "synthetic"), ("copy", "null"), ("synthetic", "real")]
+    pairs = [("synthetic-only", "null-only"), ("copy-only", "synthetic-only"), ("copy-only", "null-only"),
+             ("synthetic-only", "real")]
     scores = [c for c in curve.columns if c.startswith("pearson_r")]
     rows = []
     for f, at in curve.groupby("fraction"):
@@ -331,10 +333,10 @@ def solo_differences(curve: pd.DataFrame) -> pd.DataFrame:
                 if c == "pearson_r":
                     row["ci_low"], row["ci_high"] = low, high
             rows.append(row)
-        if all(a in arms for a in ("synthetic", "null", "copy")):
-            m = {a: float(arms[a]["pearson_r"].mean()) for a in ("synthetic", "null", "copy")}
+        if all(a in arms for a in SOLO):
+            m = {a.removesuffix("-only"): float(arms[a]["pearson_r"].mean()) for a in SOLO}
             span = m["copy"] - m["null"]
-            rows.append({"pair": "share", "fraction": f, "repeats": len(arms["synthetic"]),
+            rows.append({"pair": "share", "fraction": f, "repeats": len(arms["synthetic-only"]),
                          "diff": (m["synthetic"] - m["null"]) / span if span else float("nan")})
     return pd.DataFrame(rows)
 

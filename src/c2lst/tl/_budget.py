@@ -17,15 +17,18 @@ from ._budget_arms import (
     check_batchings,
     check_conditions,
     check_finetunes,
+    check_fractions,
+    check_weights,
     conditions_kwargs,
     copy_arm,
+    kind_weights,
     repeat_table,
     score_run,
     unpaired_copy_arm,
     unpaired_rows,
 )
 from ._steps import check_early_stopping
-from ._weights import CHOICES, _weight_grid, hold_out_units, spatial_blocks
+from ._weights import _weight_grid, hold_out_units, spatial_blocks
 
 SPLITS = ("spatial", "random")
 #: Training sets compared by :func:`budget_curve` at each fraction. ``"real+null"`` adds patches generated
@@ -34,7 +37,7 @@ SPLITS = ("spatial", "random")
 #: ``conditions`` the other slide's own patches of the profiles the synthetic arm draws (a perfect generator).
 #: Arms that train on the added rows of ``"real+<name>"`` alone, without the real spots, on the same rows and
 #: steps: how much a predictor learns from generated patches by themselves (train on generated, test on real).
-SOLO = {"synthetic": "real+synthetic", "null": "real+null", "copy": "real+copy"}
+SOLO = {"synthetic-only": "real+synthetic", "null-only": "real+null", "copy-only": "real+copy"}
 ARMS = ("real", "real+synthetic", "real+null", "real+copy", *SOLO)
 CONDITIONS = ARMS[:2]  # the default arms
 GENE_SELECTION = ("train", "given")
@@ -117,10 +120,10 @@ def budget_curve(
         parent's own patch, repeated ``n_per_condition`` times; with unpaired ``conditions``, the rows the
         synthetic arm is conditioned on, each with its own real patch from ``conditions.obsm[patch_key]`` and its
         expression prepared like the repeat's: what a perfect generator would add. With ``"mixup"`` it stays the
-        parents' copies, since a mixture has no real patch). ``"synthetic"``, ``"null"`` and ``"copy"`` train on
+        parents' copies, since a mixture has no real patch). ``"synthetic-only"``, ``"null-only"`` and ``"copy-only"`` train on
         those arms' added rows alone (the same rows, seeds and steps, weight 1, no real spot): train on generated
-        patches, test on real ones. Set against ``"copy"``, ``"synthetic"`` says how much of what a real patch
-        teaches the generated ones teach; ``"null"`` is their floor. They take no ``early_stopping``, which
+        patches, test on real ones. Set against ``"copy-only"``, ``"synthetic-only"`` says how much of what a real patch
+        teaches the generated ones teach; ``"null-only"`` is their floor. They take no ``early_stopping``, which
         validates on real rows.
     n_per_condition
         Added rows per real training spot.
@@ -202,7 +205,7 @@ def budget_curve(
     ``real_finetune`` (NaN for ``"real"``), ``batching`` (NaN for ``"real"`` and ridge), ``chosen_weight`` (the
     weight the fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"`` and the arms of added rows
     alone), ``n_real`` and ``n_synthetic`` (the real and added rows the fit trained on; ``n_real`` is 0 for
-    ``"synthetic"``, ``"null"`` and ``"copy"``), ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
+    ``"synthetic-only"``, ``"null-only"`` and ``"copy-only"``), ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
     visible in the image, ``smooth`` genes follow spatial fields only), with ``"auto-gene"`` also
@@ -220,8 +223,8 @@ def budget_curve(
     from ._synthesize import synthesize
 
     table = as_table(sdata, table_key, arg="sdata")
-    fractions = _check_fractions(fractions, "fractions")
-    syn_fracs = fractions if synthetic_fractions is None else _check_fractions(synthetic_fractions, "synthetic_fractions")
+    fractions = check_fractions(fractions, "fractions")
+    syn_fracs = fractions if synthetic_fractions is None else check_fractions(synthetic_fractions, "synthetic_fractions")
     arms = list(arms) if not isinstance(arms, str) else [arms]
     bad = [a for a in arms if a not in ARMS]
     if not arms or bad or len(set(arms)) != len(arms):
@@ -273,7 +276,7 @@ def budget_curve(
             f"`arms` has {solo}, which train on added rows alone, but `predictor_kwargs` asks for early stopping, "
             "which validates on real rows; drop those arms or early stopping."
         )
-    weights = _check_weights(synthetic_weight)
+    weights = check_weights(synthetic_weight)
     mode = p_kw.get("mode", "cnn")
     tunes = check_finetunes(real_finetune, mode)
     batchings = check_batchings(batching, mode)
@@ -369,43 +372,9 @@ def budget_curve(
                 "n_test": int(test.sum()),
                 "n_steps": int(pred.training.get("n_steps", 0)),
                 **score_run(pred, held, expr_key, patch_key, gene_kind),
-                **_kind_weights(pred, gene_kind),
+                **kind_weights(pred, gene_kind),
             })
         logger.info("budget: fraction %.2f repeat %d: %s", f, r,
                     ", ".join(f"{row['condition']} r={row['pearson_r']:.3f}" for row in rows[-len(fits):]))
     return pd.DataFrame(rows)
 
-
-def _kind_weights(pred, gene_kind) -> dict[str, float]:
-    """Mean chosen weight per gene kind (``chosen_weight_<kind>``) of a fit with weights per gene."""
-    per_gene = pred.training.get("synthetic_weight_genes")
-    if per_gene is None or gene_kind is None:
-        return {}
-    w = np.array([per_gene[g] for g in pred.genes])
-    return {f"chosen_weight_{k}": float(w[gene_kind == k].mean()) for k in sorted(set(gene_kind))}
-
-
-def _check_weights(weight: float | str | Sequence[float | str]) -> list[float | str]:
-    values = list(weight) if isinstance(weight, Sequence) and not isinstance(weight, str) else [weight]
-    ok = values and all(
-        v in CHOICES
-        if isinstance(v, str)
-        else not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) and v >= 0
-        for v in values
-    )
-    if not ok or len(set(values)) != len(values):
-        raise ValueError(
-            f"`synthetic_weight={weight!r}` must be a number >= 0, one of {list(CHOICES)} or a sequence of distinct "
-            "ones (e.g. (0.3, 'auto-gene'))."
-        )
-    return [v if isinstance(v, str) else float(v) for v in values]
-
-
-def _check_fractions(fractions: Sequence[float], name: str) -> list[float]:
-    try:
-        values = [float(f) for f in fractions]
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}={fractions!r}` must be a sequence of numbers in (0, 1].") from None
-    if not values or any(not np.isfinite(f) or not (0 < f <= 1) for f in values):
-        raise ValueError(f"`{name}={values}` must be non-empty values in (0, 1]; e.g. (0.1, 0.25, 1.0).")
-    return values

@@ -1,4 +1,4 @@
-"""The runs of :func:`c2lst.tl.budget_curve`: each repeat's table, the synthetic arms' conditions, and scoring."""
+"""The runs of :func:`c2lst.tl.budget_curve`: the checks of its options, each repeat's table, the synthetic arms' conditions and scoring."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._weights import check_batching, check_real_finetune
+from ._weights import CHOICES, check_batching, check_real_finetune
 
 
 def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_fraction, arms, patch_key):
@@ -70,7 +70,7 @@ def check_conditions(conditions, table, record, gene_selection, syn_fracs, test_
     if "real+copy" in arms:  # the perfect generator for unpaired profiles: their own real patches
         if patch_key not in conditions.obsm:
             raise KeyError(
-                f"`arms` has 'real+copy' or 'copy', whose rows for unpaired `conditions` are the other slide's own "
+                f"`arms` has 'real+copy' or 'copy-only', whose rows for unpaired `conditions` are the other slide's own "
                 f"patches (a perfect generator for those profiles), but `conditions.obsm` lacks {patch_key!r}; run "
                 "`c2lst.pp.extract_patches` on the other slide (same `size`) or drop the copy arms."
             )
@@ -221,4 +221,39 @@ def _distinct(value: Any, check: Callable[[Any], Any], message: str) -> list:
     values = [check(v) for v in values]
     if not values or len(set(values)) != len(values):
         raise ValueError(message)
+    return values
+
+
+def kind_weights(pred, gene_kind) -> dict[str, float]:
+    """Mean chosen weight per gene kind (``chosen_weight_<kind>``) of a fit with weights per gene."""
+    per_gene = pred.training.get("synthetic_weight_genes")
+    if per_gene is None or gene_kind is None:
+        return {}
+    w = np.array([per_gene[g] for g in pred.genes])
+    return {f"chosen_weight_{k}": float(w[gene_kind == k].mean()) for k in sorted(set(gene_kind))}
+
+
+def check_weights(weight: float | str | Sequence[float | str]) -> list[float | str]:
+    values = list(weight) if isinstance(weight, Sequence) and not isinstance(weight, str) else [weight]
+    ok = values and all(
+        v in CHOICES
+        if isinstance(v, str)
+        else not isinstance(v, bool) and isinstance(v, int | float) and np.isfinite(v) and v >= 0
+        for v in values
+    )
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(
+            f"`synthetic_weight={weight!r}` must be a number >= 0, one of {list(CHOICES)} or a sequence of distinct "
+            "ones (e.g. (0.3, 'auto-gene'))."
+        )
+    return [v if isinstance(v, str) else float(v) for v in values]
+
+
+def check_fractions(fractions: Sequence[float], name: str) -> list[float]:
+    try:
+        values = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}={fractions!r}` must be a sequence of numbers in (0, 1].") from None
+    if not values or any(not np.isfinite(f) or not (0 < f <= 1) for f in values):
+        raise ValueError(f"`{name}={values}` must be non-empty values in (0, 1]; e.g. (0.1, 0.25, 1.0).")
     return values
