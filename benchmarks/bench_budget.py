@@ -311,9 +311,9 @@ def solo_differences(curve: pd.DataFrame) -> pd.DataFrame:
     """Paired r differences between the arms trained on added rows alone (and real alone), per fraction.
 
     Rows: ``synthetic-only - null-only`` (what the condition teaches), ``copy-only - synthetic-only`` (what a
-    perfect generator would add), ``synthetic-only - real`` (generated rows against the real spots they came
-    from) with the mean of
-    each gene kind, and ``share``: the synthetic arm's place between the null floor (0) and the copies (1).
+    perfect generator would add) and ``synthetic-only - real`` (generated rows against the real spots their
+    generator was adapted on), each with the mean per gene kind; and ``share``, the synthetic arm's place
+    between the null floor (0) and the copies (1).
     """
     pairs = [("synthetic-only", "null-only"), ("copy-only", "synthetic-only"), ("copy-only", "null-only"),
              ("synthetic-only", "real")]

@@ -120,11 +120,11 @@ def budget_curve(
         parent's own patch, repeated ``n_per_condition`` times; with unpaired ``conditions``, the rows the
         synthetic arm is conditioned on, each with its own real patch from ``conditions.obsm[patch_key]`` and its
         expression prepared like the repeat's: what a perfect generator would add. With ``"mixup"`` it stays the
-        parents' copies, since a mixture has no real patch). ``"synthetic-only"``, ``"null-only"`` and ``"copy-only"`` train on
-        those arms' added rows alone (the same rows, seeds and steps, weight 1, no real spot): train on generated
-        patches, test on real ones. Set against ``"copy-only"``, ``"synthetic-only"`` says how much of what a real patch
-        teaches the generated ones teach; ``"null-only"`` is their floor. They take no ``early_stopping``, which
-        validates on real rows.
+        parents' copies, since a mixture has no real patch). ``"synthetic-only"``, ``"null-only"`` and
+        ``"copy-only"`` train on those arms' added rows alone (the same rows, seeds and steps, weight 1, no real
+        spot): train on generated patches, test on real ones. Set against ``"copy-only"``,
+        ``"synthetic-only"`` says how much of what a real patch teaches the generated ones teach;
+        ``"null-only"`` is their floor. They take no ``early_stopping``, which validates on real rows.
     n_per_condition
         Added rows per real training spot.
     synthetic_weight
@@ -205,7 +205,8 @@ def budget_curve(
     ``real_finetune`` (NaN for ``"real"``), ``batching`` (NaN for ``"real"`` and ridge), ``chosen_weight`` (the
     weight the fit used, the mean over genes for ``"auto-gene"``; NaN for ``"real"`` and the arms of added rows
     alone), ``n_real`` and ``n_synthetic`` (the real and added rows the fit trained on; ``n_real`` is 0 for
-    ``"synthetic-only"``, ``"null-only"`` and ``"copy-only"``), ``n_test``, ``n_steps`` (predictor optimiser steps), ``pearson_r`` (mean over genes),
+    ``"synthetic-only"``, ``"null-only"`` and ``"copy-only"``), ``n_test``, ``n_steps`` (predictor optimiser
+    steps), ``pearson_r`` (mean over genes),
     ``mse``, ``moran_difference`` (mean absolute Moran's I difference, predicted vs observed) and, when the table
     has ``var["c2lst_gene_kind"]`` (simulated data), ``pearson_r_<kind>`` per gene kind (``marker`` genes are
     visible in the image, ``smooth`` genes follow spatial fields only), with ``"auto-gene"`` also
