@@ -294,17 +294,23 @@ def weight_differences(curve: pd.DataFrame, variants: list, arm: str, name_batch
         for f, at in added.groupby("fraction"):
             a = at[at["w"] == variant_label(*variant, name_batching)].set_index("repeat")
             b = at[at["w"] == first].set_index("repeat")
-            common = a.index.intersection(b.index)
-            if not len(common):
+            if not len(a.index.intersection(b.index)):
                 continue
-            row = {"weight": variant_label(*variant, name_batching), "fraction": f}
-            for c in scores:
-                mean, low, high, _ = c2lst.metrics.paired_ci(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy())
-                row[c.replace("pearson_r", "diff")] = mean
-                if c == "pearson_r":
-                    row["ci_low"], row["ci_high"] = low, high
-            rows.append(row)
+            rows.append({"weight": variant_label(*variant, name_batching), "fraction": f,
+                         **paired_differences(a, b, scores)})
     return pd.DataFrame(rows)
+
+
+def paired_differences(a: pd.DataFrame, b: pd.DataFrame, scores: list[str]) -> dict[str, float]:
+    """Mean paired difference ``a - b`` of each score over the repeats both have (index: repeat), 95% CI of r."""
+    common = a.index.intersection(b.index)
+    row = {}
+    for c in scores:
+        mean, low, high, _ = c2lst.metrics.paired_ci(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy())
+        row[c.replace("pearson_r", "diff")] = mean
+        if c == "pearson_r":
+            row["ci_low"], row["ci_high"] = low, high
+    return row
 
 
 def solo_differences(curve: pd.DataFrame) -> pd.DataFrame:
@@ -325,14 +331,8 @@ def solo_differences(curve: pd.DataFrame) -> pd.DataFrame:
             if a not in arms or b not in arms:
                 continue
             common = arms[a].index.intersection(arms[b].index)
-            row = {"pair": f"{a} - {b}", "fraction": f, "repeats": len(common)}
-            for c in scores:
-                mean, low, high, _ = c2lst.metrics.paired_ci(arms[a].loc[common, c].to_numpy(),
-                                                             arms[b].loc[common, c].to_numpy())
-                row[c.replace("pearson_r", "diff")] = mean
-                if c == "pearson_r":
-                    row["ci_low"], row["ci_high"] = low, high
-            rows.append(row)
+            rows.append({"pair": f"{a} - {b}", "fraction": f, "repeats": len(common),
+                         **paired_differences(arms[a], arms[b], scores)})
         if all(a in arms for a in SOLO):
             m = {a.removesuffix("-only"): float(arms[a]["pearson_r"].mean()) for a in SOLO}
             span = m["copy"] - m["null"]
