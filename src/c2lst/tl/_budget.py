@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -348,16 +349,15 @@ def budget_curve(
             extra["real+copy"] = unpaired_copy_arm(other, idx, real, patch_key, expr_key, apply_expression)
         elif "real+copy" in needed:
             extra["real+copy"] = copy_arm(real, n_per_condition, patch_key, expr_key)
-        fits = [(a, w, ft, b) for a in todo for w in ([math.nan] if a == "real" or a in SOLO else weights)
-                for ft in ([math.nan] if a == "real" or a in SOLO else tunes)
-                for b in ([math.nan] if a == "real" or a in SOLO else batchings)]
+        plain = {"real", *SOLO}  # one kind of row: no weight, share or batching
+        fits = [(a, *v) for a in todo
+                for v in ([(math.nan,) * 3] if a in plain else itertools.product(weights, tunes, batchings))]
         for arm, w, ft, b in fits:
-            plain = arm == "real" or arm in SOLO  # one kind of row: no weight, share or batching
             tables = [real] if arm == "real" else [extra[SOLO[arm]]] if arm in SOLO else [real, extra[arm]]
             pred = fit_predictor(tables, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
-                                 synthetic_weight=1.0 if plain else w,
-                                 real_finetune=0.0 if plain else ft,
-                                 batching=None if plain else b, **p_kw)
+                                 synthetic_weight=1.0 if arm in plain else w,
+                                 real_finetune=0.0 if arm in plain else ft,
+                                 batching=None if arm in plain else b, **p_kw)
             rows.append({
                 "fraction": f,
                 "repeat": r,
@@ -367,7 +367,7 @@ def budget_curve(
                 "synthetic_weight": w,
                 "real_finetune": ft,
                 "batching": math.nan if b is None else b,
-                "chosen_weight": math.nan if plain else float(pred.training["synthetic_weight"]),
+                "chosen_weight": math.nan if arm in plain else float(pred.training["synthetic_weight"]),
                 "n_real": int(pred.training["n_real"]),
                 "n_synthetic": int(pred.training["n_synthetic"]),
                 "n_test": int(test.sum()),
