@@ -97,3 +97,35 @@ def test_extract_takes_the_physical_scale(tmp_path):
     assert float(given["um_per_unit"]) == 0.25 and float(auto["um_per_unit"]) != 0.25
     with pytest.raises(ValueError, match="mpp"):
         main(["extract", store, "--patch-um", "40", "--mpp", "-1"])
+
+
+@pytest.mark.slow
+def test_budget_takes_its_arms_and_another_sections_store(tmp_path, tiny_central, capsys):
+    """`--arms` reaches tl.budget_curve, and `--conditions STORE` conditions the synthetic arm on that store's table."""
+    store, other_store = str(tmp_path / "slide.zarr"), str(tmp_path / "other.zarr")
+    c2lst.datasets.simulated_visium(n_spots=60, seed=3).write(store)
+    other = c2lst.datasets.simulated_visium(n_spots=60, seed=103, panel_seed=3)  # same tissue type, new spots
+    c2lst.pp.extract_patches(other, size=32, progress=False)  # the copy arms read its real patches
+    other.tables["table"].obs_names = [f"other_{name}" for name in other.tables["table"].obs_names]
+    other.write(other_store)
+    assert main(["extract", store, "--size", "32"]) == 0
+    assert main(["prepare", store, "--n-top-genes", "12"]) == 0
+
+    budget = ["budget", store, "--central", str(tiny_central[1]), "--fractions", "1.0", "--n-repeats", "1"]
+    budget += ["--adapt-steps", "1", "--n-steps", "1", "--n-per-condition", "1", "--mode", "ridge"]
+    arms = ["--arms", "real", "real+synthetic", "real+copy", "copy-only"]
+    assert main([*budget, *arms, "--conditions", other_store, "--out", str(tmp_path / "curve.csv")]) == 0
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    assert set(curve["condition"]) == {"real", "real+synthetic", "real+copy", "copy-only"}
+    assert set(curve["conditions"]) == {"unpaired"} and curve["pearson_r"].notna().all()
+    assert main([*budget, "--arms", "real", "real+null", "--conditions", "mixup", "--out", str(tmp_path / "mix.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "mix.csv")["condition"]) == {"real", "real+null"}
+
+    bad = ["--out", str(tmp_path / "bad.csv")]
+    with pytest.raises(ValueError, match="neither 'mixup' nor a zarr store"):
+        main([*budget, "--conditions", str(tmp_path / "nowhere.zarr"), *bad])
+    with pytest.raises(KeyError, match="--conditions-table nope"):
+        main([*budget, "--conditions", other_store, "--conditions-table", "nope", *bad])
+    with pytest.raises(ValueError, match="arms"):
+        main([*budget, "--arms", "real", "real+nonsense", *bad])
+    assert not (tmp_path / "bad.csv").exists()

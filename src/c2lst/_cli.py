@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -125,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--central", required=True, help="central model directory or a shipped name (tiny-sim)")
     b.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     b.add_argument("--n-repeats", type=int, default=8)
+    b.add_argument("--arms", nargs="+", default=["real", "real+synthetic"], metavar="ARM",
+                   help="arms of the curve (tl.budget_curve): real, real+synthetic, and the controls real+null, "
+                        "real+copy, synthetic-only, null-only, copy-only; default: real real+synthetic")
+    b.add_argument("--conditions", default=None, metavar="mixup|STORE",
+                   help="profiles the synthetic arm is conditioned on: the training spots (default), 'mixup' "
+                        "(mixtures of them), or another section's zarr store whose table --conditions-table holds "
+                        "its raw counts (unpaired expression of the same tissue type)")
+    b.add_argument("--conditions-table", default="table", help="table of the --conditions store (default: table)")
     b.add_argument("--n-per-condition", type=int, default=2)
     b.add_argument("--adapt-steps", type=int, default=800)
     b.add_argument("--n-steps", type=int, default=20, help="denoising steps of the synthesis")
@@ -173,14 +182,15 @@ def _weight(value: str) -> float | str:
     return weight
 
 
-def _read(args: argparse.Namespace):
+def _read(args: argparse.Namespace, check: bool = True):
     import spatialdata
 
     from ._utils import get_table, quiet_io_warnings
 
     with quiet_io_warnings():
         sd = spatialdata.read_zarr(args.zarr)
-    get_table(sd, args.table_key)  # a clear error before any work
+    if check:
+        get_table(sd, args.table_key)  # a clear error before any work
     return sd
 
 
@@ -304,8 +314,19 @@ def _budget(args: argparse.Namespace) -> int:
     from . import tl
 
     sd = _read(args)
+    conditions = args.conditions
+    if conditions not in (None, "mixup"):  # another section's store: its table, read before any work
+        if not os.path.isdir(conditions):
+            raise ValueError(f"`--conditions {conditions}` is neither 'mixup' nor a zarr store; pass 'mixup' or the "
+                             "path of another section's store (its table holds raw counts of the same genes).")
+        other = _read(argparse.Namespace(zarr=conditions, table_key=None), check=False)
+        if args.conditions_table not in other.tables:
+            raise KeyError(f"`--conditions-table {args.conditions_table}` is not a table of {conditions}; its tables: "
+                           f"{sorted(other.tables)}. Pass one of them.")
+        conditions = other.tables[args.conditions_table]
     curve = tl.budget_curve(
         sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
+        arms=args.arms, conditions=conditions,
         n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
         synthesize_kwargs={"n_steps": args.n_steps},
         predictor_kwargs={"mode": args.mode, **({"early_stopping": True, "validation_folds": args.validation_folds}
