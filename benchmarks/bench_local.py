@@ -12,6 +12,8 @@ the parents' real patches (ceiling) and shuffled conditions (null), over all gen
 ``marker`` genes. The reader never sees the parents it is scored on: the slide's spots are split in two halves,
 each half's synthetic rows are read by a ridge fitted on the other half (cross-fitting), and the two halves'
 figures are averaged. (Another simulated slide would not do: each slide draws its own gene programmes.)
+(e) with ``--adapt-spots N --unseen``: the same reading for profiles the adapter never saw (half of the spots
+not adapted on, read by a ridge fitted on the other half), as the unpaired conditions of the budget runs are.
 
 Run: ``python benchmarks/bench_local.py`` (``small`` preset, 240 spots, 500 + 500 training steps: about
 35 min on 2 CPU cores; ``--preset tiny`` for a few minutes). Prints figures and one JSON line.
@@ -49,9 +51,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="adaptation seed")
     ap.add_argument("--adapt-spots", type=int, default=None,
                     help="adapt on this many random spots only (the budget regime); the others train the reader")
+    ap.add_argument("--unseen", action="store_true",
+                    help="with --adapt-spots: also condition on spots neither adapted on nor read (half of the "
+                         "others; the reader is fitted on the other half), as unpaired profiles are in the budget")
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank of the adapter")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden width of the gene encoder")
     ap.add_argument("--raw-batches", type=int, default=2,
                     help="time the raw UNet on this many batches only and scale per forward (0: all)")
     args = ap.parse_args()
+    if args.unseen and not args.adapt_spots:
+        ap.error("--unseen needs --adapt-spots (the spots not adapted on supply the unseen profiles)")
     shipped = c2lst.datasets.pretrained_central(args.central) if args.central else None
     if shipped is not None:
         args.preset = shipped.config.get("preset", args.preset)  # (b) times an untrained copy of its architecture
@@ -78,7 +87,8 @@ def main() -> None:
         corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3, progress=False
     )
     c2lst.tl.adapt(table, central=central, n_steps=args.adapt_steps, batch_size=16, lr=1e-3,
-                   encoder_lr=args.encoder_lr, timestep_bias=args.timestep_bias, seed=args.seed, progress=False)
+                   encoder_lr=args.encoder_lr, timestep_bias=args.timestep_bias, rank=args.rank, hidden=args.hidden, seed=args.seed,
+                   progress=False)
     t_train = time.perf_counter() - t_start
 
     # (a) synthesis vs raw UNet compute (same forwards: 2x batch with guidance)
@@ -132,6 +142,11 @@ def main() -> None:
         readers = [(table[h], c2lst.tl.fit_predictor(table[~h].copy(), mode="ridge", progress=False))
                    for h in (half, ~half)]
 
+    if args.unseen:  # half of the spots not adapted on give the profiles, the other half trains their reader
+        side = np.random.default_rng(1).permutation(others.n_obs) < others.n_obs // 2
+        unseen = others[side].copy()
+        unseen_reader = c2lst.tl.fit_predictor(others[~side].copy(), mode="ridge", progress=False)
+
     def read_back(syn):
         """Reader figures, averaged over the readers."""
         parts = []
@@ -168,6 +183,17 @@ def main() -> None:
         d = read_back(syn)
         d["recovery"] = d["mean_synthetic_r"] / d["mean_real_r"] if d["mean_real_r"] > 0 else float("nan")
         by_guidance[w]["reader"] = d
+        if args.unseen:  # (e) profiles the adapter never saw, read by a ridge that never saw them either
+            c2lst.tl.synthesize(local, central=central, conditions=unseen, n_steps=args.steps, guidance_scale=w,
+                                batch_size=bs, key_added="c2lst_unseen", progress=False, overwrite=True)
+            e = c2lst.tl.evaluate_conditioning(unseen, local.tables["c2lst_unseen"], predictor=unseen_reader,
+                                               progress=False)
+            marker = e.loc[genes_kind == "marker"]
+            by_guidance[w]["unseen"] = {
+                **{k: float(e.attrs[k]) for k in ("mean_synthetic_r", "mean_real_r", "mean_shuffled_r")},
+                **{f"marker_{c}": float(marker[c].mean()) for c in ("synthetic_r", "real_r", "shuffled_r")},
+                "recovery": float(e.attrs["mean_synthetic_r"] / e.attrs["mean_real_r"]),
+            }
     truth = comp["true_n_cells"].to_numpy()
     rho_syn, rho_real, rho_shuffled = (by_guidance[args.guidance[0]][k] for k in ("synthetic", "real", "shuffled"))
 
@@ -179,6 +205,9 @@ def main() -> None:
         "adapt_steps": args.adapt_steps,
         "encoder_lr": args.encoder_lr,
         "timestep_bias": args.timestep_bias,
+        "rank": args.rank,
+        "hidden": args.hidden,
+        "sampler_steps": args.steps,
         "seed": args.seed,
         "torch_threads": torch.get_num_threads(),
         "synthesis_s": t_syn,
@@ -218,6 +247,14 @@ def main() -> None:
         print(f"    guidance {w:g}: all genes {d['mean_synthetic_r']:.3f} / {d['mean_real_r']:.3f} / "
               f"{d['mean_shuffled_r']:.3f} (recovery {d['recovery']:.2f}); marker genes "
               f"{d['marker_synthetic_r']:.3f} / {d['marker_real_r']:.3f} / {d['marker_shuffled_r']:.3f}")
+    if args.unseen:
+        print(f"(e) unseen profiles ({unseen.n_obs} spots neither adapted on nor read), reader r: synthetic / "
+              "real patches of those spots (ceiling) / shuffled (null)")
+        for w, r in by_guidance.items():
+            d = r["unseen"]
+            print(f"    guidance {w:g}: all genes {d['mean_synthetic_r']:.3f} / {d['mean_real_r']:.3f} / "
+                  f"{d['mean_shuffled_r']:.3f} (recovery {d['recovery']:.2f}); marker genes "
+                  f"{d['marker_synthetic_r']:.3f} / {d['marker_real_r']:.3f} / {d['marker_shuffled_r']:.3f}")
     print(json.dumps(out, default=float))
 
 
