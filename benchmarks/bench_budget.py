@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--timestep-bias", type=float, default=0.0,
                     help="adaptation timesteps of conditioned spots drawn with density ~ t**bias (0: uniform)")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank of the adapter")
+    ap.add_argument("--condition-noise", type=float, default=0.0,
+                    help="adaptation: Gaussian noise on the training profiles, in units of each gene's spread")
     ap.add_argument("--hidden", type=int, default=64, help="hidden width of the gene encoder")
     ap.add_argument("--synth-steps", type=int, default=15)
     ap.add_argument("--synthetic-per-spot", type=int, default=3)
@@ -166,7 +168,8 @@ def main() -> None:
         seed=args.seed,
         progress=True,
         adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3, "encoder_lr": args.encoder_lr,
-                      "timestep_bias": args.timestep_bias, "rank": args.rank, "hidden": args.hidden},
+                      "timestep_bias": args.timestep_bias, "rank": args.rank, "hidden": args.hidden,
+                      "condition_noise": args.condition_noise},
         synthesize_kwargs={"steps": args.synth_steps, "guidance_scale": args.guidance},
         predictor_kwargs=p_kw,
     )

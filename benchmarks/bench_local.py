@@ -55,6 +55,8 @@ def main() -> None:
                     help="with --adapt-spots: also condition on spots neither adapted on nor read (half of the "
                          "others; the reader is fitted on the other half), as unpaired profiles are in the budget")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank of the adapter")
+    ap.add_argument("--condition-noise", type=float, default=0.0,
+                    help="adaptation: Gaussian noise on the training profiles, in units of each gene's spread")
     ap.add_argument("--hidden", type=int, default=64, help="hidden width of the gene encoder")
     ap.add_argument("--raw-batches", type=int, default=2,
                     help="time the raw UNet on this many batches only and scale per forward (0: all)")
@@ -87,7 +89,8 @@ def main() -> None:
         corpus, preset=args.preset, n_steps=args.pretrain_steps, batch_size=16, lr=1e-3, progress=False
     )
     c2lst.tl.adapt(table, central=central, n_steps=args.adapt_steps, batch_size=16, lr=1e-3,
-                   encoder_lr=args.encoder_lr, timestep_bias=args.timestep_bias, rank=args.rank, hidden=args.hidden, seed=args.seed,
+                   encoder_lr=args.encoder_lr, timestep_bias=args.timestep_bias, rank=args.rank, hidden=args.hidden,
+                   condition_noise=args.condition_noise, seed=args.seed,
                    progress=False)
     t_train = time.perf_counter() - t_start
 
@@ -206,6 +209,7 @@ def main() -> None:
         "encoder_lr": args.encoder_lr,
         "timestep_bias": args.timestep_bias,
         "rank": args.rank,
+        "condition_noise": args.condition_noise,
         "hidden": args.hidden,
         "sampler_steps": args.steps,
         "seed": args.seed,

@@ -40,9 +40,12 @@ def test_the_chain_runs_on_a_store(tmp_path, tiny_central, capsys):
         main(adapt)
     with pytest.raises(ValueError, match="timestep_bias"):  # refused before training; the store keeps its adapter
         main([*adapt, "--overwrite", "--timestep-bias", "-1"])
-    assert main([*adapt, "--overwrite", "--timestep-bias", "1"]) == 0
+    with pytest.raises(ValueError, match="condition_noise"):
+        main([*adapt, "--overwrite", "--condition-noise", "-1"])
+    assert main([*adapt, "--overwrite", "--timestep-bias", "1", "--condition-noise", "0.3"]) == 0
     runs = c2lst.get.lineage(spatialdata.read_zarr(store), function="c2lst.tl.adapt")["parameters"]
     assert [r["timestep_bias"] for r in runs] == [0.0, 1.0]  # oldest first; the refused calls left no record
+    assert [r["condition_noise"] for r in runs] == [0.0, 0.3]
 
     assert main(["synthesize", store, "--n-steps", "1", "--n-per-condition", "1"]) == 0
     assert spatialdata.read_zarr(store).tables["c2lst_synthetic"].n_obs == 120

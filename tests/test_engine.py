@@ -137,6 +137,8 @@ _BAD = [
     ({"encoder_lr": 1e-3}, ValueError, "`encoder_lr`.*LocalModel only"),
     ({"timestep_bias": 1.0}, ValueError, "`timestep_bias`.*LocalModel only"),
     ({"timestep_bias": -1.0}, ValueError, "`timestep_bias`"),
+    ({"condition_noise": 0.5}, ValueError, "`condition_noise`.*LocalModel only"),
+    ({"condition_noise": -1.0}, ValueError, "`condition_noise`"),
 ]
 
 

@@ -248,6 +248,26 @@ def test_adapt_unlabelled_images_encoder_lr_and_timestep_bias(sim_sdata, tiny_ce
     assert all(np.array_equal(w0[k], w5[k]) for k in w0)
 
 
+def test_adapt_condition_noise_jitters_the_profiles_reproducibly(sim_sdata, tiny_central):
+    """Noise on the training profiles changes the adapter, is recorded, is the same for the same seed, and 0 is
+    the run without the option (no extra draw from the step's generator)."""
+    _, path = tiny_central
+    paired = sim_sdata.tables["table"][:20].copy()
+    kw = {"central": str(path), "n_steps": 3, "batch_size": 8, "seed": 0, "progress": False}
+
+    def weights(t):
+        return t.uns["c2lst"]["local"]["c2lst_local"]["weights"]
+
+    plain, zero = (c2lst.tl.adapt(paired, copy=True, **kw, **extra) for extra in ({}, {"condition_noise": 0}))
+    assert all(np.array_equal(weights(plain)[k], weights(zero)[k]) for k in weights(plain))
+    noisy, again = (c2lst.tl.adapt(paired, copy=True, condition_noise=0.5, **kw) for _ in range(2))
+    assert all(np.array_equal(weights(noisy)[k], weights(again)[k]) for k in weights(noisy))
+    last = "encoder.net.3.weight"  # the encoder's output layer: it saw other inputs
+    assert not np.array_equal(weights(noisy)[last], weights(plain)[last])
+    rec = [r for r in noisy.uns["c2lst"]["lineage"].values() if r["function"] == "c2lst.tl.adapt"][-1]
+    assert json.loads(rec["parameters"])["condition_noise"] == 0.5
+
+
 # ----------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
@@ -310,6 +330,9 @@ def test_central_sha_mismatch(adapted_sdata):
         (lambda t: t, {"encoder_lr": 0.0}, ValueError, "encoder_lr"),
         (lambda t: t, {"timestep_bias": -0.5}, ValueError, "timestep_bias.*>= 0"),
         (lambda t: t, {"timestep_bias": "high"}, TypeError, "timestep_bias"),
+        (lambda t: t, {"condition_noise": -0.5}, ValueError, "condition_noise.*>= 0"),
+        (lambda t: t, {"condition_noise": float("nan")}, ValueError, "condition_noise"),
+        (lambda t: t, {"condition_noise": "some"}, TypeError, "condition_noise"),
         (lambda t: t, {"unlabelled_fraction": 1.0}, ValueError, "unlabelled_fraction"),
         (lambda t: t, {"unlabelled": np.zeros((4, 16, 16, 3), np.uint8)}, ValueError, "same `size=`"),
         (lambda t: t, {"unlabelled": ad.AnnData(np.zeros((2, 1), np.float32))}, KeyError, "unlabelled"),

@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--timestep-bias", type=float, default=0.0,
                    help="timesteps of conditioned spots drawn with density ~ t**bias (0: uniform; tl.adapt)")
+    a.add_argument("--condition-noise", type=float, default=0.0,
+                   help="Gaussian noise on the training profiles, in units of each gene's spread (0: none; tl.adapt)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--key-added", default="c2lst_local")
     a.add_argument("--overwrite", action="store_true", help="replace an adapter of the same key")
@@ -282,7 +284,8 @@ def _adapt(args: argparse.Namespace) -> int:
     from . import tl
 
     kw = {"central": args.central, "n_steps": args.n_steps, "batch_size": args.batch_size, "lr": args.lr}
-    kw |= {"timestep_bias": args.timestep_bias, "seed": args.seed, "key_added": args.key_added, "overwrite": args.overwrite}
+    kw |= {"timestep_bias": args.timestep_bias, "condition_noise": args.condition_noise, "seed": args.seed}
+    kw |= {"key_added": args.key_added, "overwrite": args.overwrite}
     return _annotate(args, "adapter", lambda sd: tl.adapt(sd, table_key=args.table_key, **kw))
 
 

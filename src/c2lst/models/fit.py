@@ -37,6 +37,7 @@ def fit_denoiser(
     lr: float,
     encoder_lr: float | None = None,
     timestep_bias: float = 0.0,
+    condition_noise: float = 0.0,
     seed: int = 0,
     ema: bool = True,
     mixed_precision: str = "no",
@@ -76,6 +77,10 @@ def fit_denoiser(
         conditional loss falls at high noise, where the image's content is decided. Rows with the condition
         dropped and unlabelled rows stay uniform (the null branch learns every noise level). ``0``: uniform for
         all rows, drawn exactly as before the option existed.
+    condition_noise
+        Standard deviation, in units of each gene's spread over the training spots, of Gaussian noise added to
+        the profiles of the spots that keep their condition, drawn afresh every step (a local model only).
+        ``0`` (default): the profiles as measured.
     seed
         Seeds batches, augmentation, noise and condition dropout (initialisation is the model's own).
     ema
@@ -138,6 +143,9 @@ def fit_denoiser(
     timestep_bias = check_nonneg_float(timestep_bias, "timestep_bias")
     if not local and timestep_bias:
         raise ValueError("`timestep_bias` applies to a LocalModel only (it biases the conditional loss); pass 0.")
+    condition_noise = check_nonneg_float(condition_noise, "condition_noise")
+    if not local and condition_noise:
+        raise ValueError("`condition_noise` applies to a LocalModel only (it perturbs the conditions); pass 0.")
     if not local:
         for name, value in (("conditions", conditions), ("unlabelled", unlabelled), ("encoder_lr", encoder_lr)):
             if value is not None:
@@ -165,6 +173,7 @@ def fit_denoiser(
     n_un = 0 if un is None else round(unlabelled_fraction * batch_size)
     cond_dropout = float(model.adapter_config["cond_dropout"]) if local else 0.0
     n_train_t = int(scheduler.config.num_train_timesteps)
+    spread = None if expr_t is None or not condition_noise else condition_noise * expr_t.std(0, unbiased=False)
 
     def loss_fn(m: torch.nn.Module, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
         idx = pick(batch_size - n_un, gen)
@@ -177,6 +186,8 @@ def fit_denoiser(
             return denoising_loss(m, scheduler, x, gen)
         expr_b = expr_t[idx]
         drop = torch.rand(batch_size - n_un, generator=gen) < cond_dropout
+        if spread is not None:  # drawn only when asked, so the default run's random stream is unchanged
+            expr_b = expr_b + torch.randn(expr_b.shape, generator=gen) * spread
         if n_un:
             expr_b = torch.cat([expr_b, torch.zeros(n_un, expr_t.shape[1])])
             drop = torch.cat([drop, torch.ones(n_un, dtype=torch.bool)])
@@ -195,6 +206,7 @@ def fit_denoiser(
             "lr": lr,
             "encoder_lr": encoder_lr,
             **({"timestep_bias": timestep_bias} if timestep_bias else {}),
+            **({"condition_noise": condition_noise} if condition_noise else {}),
             "ema": bool(ema),
             "seed": seed,
             "n_patches": n,

@@ -42,6 +42,7 @@ def adapt(
     lr: float = 1e-3,
     encoder_lr: float | None = None,
     timestep_bias: float = 0.0,
+    condition_noise: float = 0.0,
     batch_size: int = 16,
     cond_dropout: float = 0.1,
     hidden: int = 64,
@@ -93,6 +94,11 @@ def adapt(
         ``0`` (default): uniform, as before the option existed. On the simulator with the shipped ``tiny-sim``
         model and 15 sampler steps, a bias of 1 or 2 lowered how much expression a reader finds in the synthetic
         patches (benchmarks page); it is there for larger models and other samplers.
+    condition_noise
+        Gaussian noise added to the training profiles at every step, with standard deviation
+        ``condition_noise`` times each gene's spread over the spots (dropped conditions stay null). A few spots
+        let the gene encoder memorise their profiles; jittered profiles ask it to map their neighbourhoods, which
+        is what synthesis from new profiles (``synthesize(conditions=...)``) needs. ``0`` (default): none.
     rank
         LoRA rank.
     cond_dropout
@@ -150,6 +156,7 @@ def adapt(
     lr = check_positive_float(lr, "lr")
     encoder_lr = lr if encoder_lr is None else check_positive_float(encoder_lr, "encoder_lr")
     timestep_bias = check_nonneg_float(timestep_bias, "timestep_bias")
+    condition_noise = check_nonneg_float(condition_noise, "condition_noise")
     cond_dropout = check_nonneg_float(cond_dropout, "cond_dropout")
     if cond_dropout >= 1:
         raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}.")
@@ -206,6 +213,7 @@ def adapt(
         "lr": lr,
         "encoder_lr": encoder_lr,
         "timestep_bias": timestep_bias,
+        "condition_noise": condition_noise,
         "batch_size": batch_size,
         "cond_dropout": cond_dropout,
         "hidden": hidden,
@@ -227,11 +235,13 @@ def adapt(
     fingerprint.pop("n_steps")
     if not timestep_bias:  # checkpoints written before the option resume unchanged
         fingerprint.pop("timestep_bias")
+    if not condition_noise:
+        fingerprint.pop("condition_noise")
     # the engine encodes the patches, sets the encoder's statistics from `expr` and runs the shared loop
     result = fit_denoiser(
         local, patches, conditions=expr, unlabelled=un, unlabelled_fraction=unlabelled_fraction,
         n_steps=n_steps, batch_size=batch_size, lr=lr, encoder_lr=encoder_lr, timestep_bias=timestep_bias,
-        seed=seed, ema=ema,
+        condition_noise=condition_noise, seed=seed, ema=ema,
         mixed_precision=mixed_precision, device=device, output_dir=out, resume=resume,
         fingerprint=fingerprint, progress=progress, desc="adapt",
     )  # fmt: skip
