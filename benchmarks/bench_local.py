@@ -246,20 +246,21 @@ def main() -> None:
     print(f"(d) reader (ridge on {'the spots not adapted on' if others is not None else 'the other half'}) on "
           "synthetic patches vs the conditioning profile, "
           "Pearson r: synthetic / real parents (ceiling) / shuffled (null)")
-    for w, r in by_guidance.items():
-        d = r["reader"]
-        print(f"    guidance {w:g}: all genes {d['mean_synthetic_r']:.3f} / {d['mean_real_r']:.3f} / "
-              f"{d['mean_shuffled_r']:.3f} (recovery {d['recovery']:.2f}); marker genes "
-              f"{d['marker_synthetic_r']:.3f} / {d['marker_real_r']:.3f} / {d['marker_shuffled_r']:.3f}")
+    print_readings(by_guidance, "reader")
     if args.unseen:
         print(f"(e) unseen profiles ({unseen.n_obs} spots neither adapted on nor read), reader r: synthetic / "
               "real patches of those spots (ceiling) / shuffled (null)")
-        for w, r in by_guidance.items():
-            d = r["unseen"]
-            print(f"    guidance {w:g}: all genes {d['mean_synthetic_r']:.3f} / {d['mean_real_r']:.3f} / "
-                  f"{d['mean_shuffled_r']:.3f} (recovery {d['recovery']:.2f}); marker genes "
-                  f"{d['marker_synthetic_r']:.3f} / {d['marker_real_r']:.3f} / {d['marker_shuffled_r']:.3f}")
+        print_readings(by_guidance, "unseen")
     print(json.dumps(out, default=float))
+
+
+def print_readings(by_guidance: dict, key: str) -> None:
+    """One line per guidance of the reader figures stored under ``key`` ("reader" or "unseen")."""
+    for w, r in by_guidance.items():
+        d = r[key]
+        print(f"    guidance {w:g}: all genes {d['mean_synthetic_r']:.3f} / {d['mean_real_r']:.3f} / "
+              f"{d['mean_shuffled_r']:.3f} (recovery {d['recovery']:.2f}); marker genes "
+              f"{d['marker_synthetic_r']:.3f} / {d['marker_real_r']:.3f} / {d['marker_shuffled_r']:.3f}")
 
 
 if __name__ == "__main__":
