@@ -150,19 +150,21 @@ def main() -> None:
         unseen = others[side].copy()
         unseen_reader = c2lst.tl.fit_predictor(others[~side].copy(), mode="ridge", progress=False)
 
-    def read_back(syn):
-        """Reader figures, averaged over the readers."""
+    def read_back(syn, readers):
+        """Reader figures, averaged over ``readers`` (pairs of parents and the ridge that reads them)."""
         parts = []
         for parents, reader in readers:
             mine = syn[syn.obs["c2lst_parent"].astype(str).isin(parents.obs_names)]
             parts.append(c2lst.tl.evaluate_conditioning(parents, mine, predictor=reader, progress=False))
         marker = [p.loc[genes_kind == "marker"] for p in parts]
-        return {
+        d = {
             **{k: float(np.mean([p.attrs[k] for p in parts]))
                for k in ("mean_synthetic_r", "mean_real_r", "mean_shuffled_r")},
             **{f"marker_{c}": float(np.mean([m[c].mean() for m in marker]))
                for c in ("synthetic_r", "real_r", "shuffled_r")},
         }
+        d["recovery"] = d["mean_synthetic_r"] / d["mean_real_r"] if d["mean_real_r"] > 0 else float("nan")
+        return d
 
     # (c) conditioning: nuclei density of synthesized patches vs ground truth of their parents
     by_guidance = {}
@@ -183,20 +185,11 @@ def main() -> None:
             "mean_nuclei_synthetic": float(comp["synthetic_n_nuclei"].mean()),
             "mean_nuclei_real": float(comp["real_n_nuclei"].mean()),
         }
-        d = read_back(syn)
-        d["recovery"] = d["mean_synthetic_r"] / d["mean_real_r"] if d["mean_real_r"] > 0 else float("nan")
-        by_guidance[w]["reader"] = d
+        by_guidance[w]["reader"] = read_back(syn, readers)
         if args.unseen:  # (e) profiles the adapter never saw, read by a ridge that never saw them either
             c2lst.tl.synthesize(local, central=central, conditions=unseen, n_steps=args.steps, guidance_scale=w,
                                 batch_size=bs, key_added="c2lst_unseen", progress=False, overwrite=True)
-            e = c2lst.tl.evaluate_conditioning(unseen, local.tables["c2lst_unseen"], predictor=unseen_reader,
-                                               progress=False)
-            marker = e.loc[genes_kind == "marker"]
-            by_guidance[w]["unseen"] = {
-                **{k: float(e.attrs[k]) for k in ("mean_synthetic_r", "mean_real_r", "mean_shuffled_r")},
-                **{f"marker_{c}": float(marker[c].mean()) for c in ("synthetic_r", "real_r", "shuffled_r")},
-                "recovery": float(e.attrs["mean_synthetic_r"] / e.attrs["mean_real_r"]),
-            }
+            by_guidance[w]["unseen"] = read_back(local.tables["c2lst_unseen"], [(unseen, unseen_reader)])
     truth = comp["true_n_cells"].to_numpy()
     rho_syn, rho_real, rho_shuffled = (by_guidance[args.guidance[0]][k] for k in ("synthetic", "real", "shuffled"))
 
