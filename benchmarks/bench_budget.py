@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default=None,
+                    help="folder keeping each finished run; the same command again resumes an interrupted curve")
     args = ap.parse_args()
     if args.features != "default" and args.mode != "ridge":
         ap.error(f"--features {args.features} is a frozen feature space: pass --mode ridge.")
@@ -167,6 +169,7 @@ def main() -> None:
         unlabelled=args.unlabelled,
         seed=args.seed,
         progress=True,
+        checkpoint=args.checkpoint,
         adapt_kwargs={"n_steps": args.adapt_steps, "lr": 1e-3, "encoder_lr": args.encoder_lr,
                       "timestep_bias": args.timestep_bias, "rank": args.rank, "hidden": args.hidden,
                       "condition_noise": args.condition_noise},

@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
                         "its raw counts (unpaired expression of the same tissue type)")
     b.add_argument("--conditions-table", default="table", help="table of the --conditions store (default: table)")
     b.add_argument("--n-per-condition", type=int, default=2)
+    b.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="folder that keeps each finished (repeat, fraction) run; the same command again resumes an "
+                        "interrupted curve from it (tl.budget_curve(checkpoint=))")
     b.add_argument("--adapt-steps", type=int, default=800)
     b.add_argument("--n-steps", type=int, default=20, help="denoising steps of the synthesis")
     b.add_argument("--mode", default="cnn", choices=["cnn", "ridge"], help="predictor (default: cnn)")
@@ -335,7 +338,7 @@ def _budget(args: argparse.Namespace) -> int:
         predictor_kwargs={"mode": args.mode, **({"early_stopping": True, "validation_folds": args.validation_folds}
                                                 if args.early_stopping else {})},
         synthetic_weight=args.synthetic_weight, real_finetune=args.real_finetune,
-        batching=args.batching, seed=args.seed,
+        batching=args.batching, seed=args.seed, checkpoint=args.checkpoint,
     )  # fmt: skip
     curve.to_csv(args.out, index=False)
     if args.n_repeats >= 3:  # a paired interval needs repeats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from ._budget_arms import (
     unpaired_copy_arm,
     unpaired_rows,
 )
+from ._budget_resume import open_run_log
 from ._steps import check_early_stopping
 from ._weights import _weight_grid, hold_out_units, spatial_blocks
 
@@ -90,6 +92,7 @@ def budget_curve(
     predictor_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Measure image→expression accuracy against the number of real spots, with and without synthesis.
 
@@ -196,6 +199,11 @@ def budget_curve(
         Seeds splits, subsets, adaptation, synthesis and predictors.
     progress
         Show a progress bar over the runs.
+    checkpoint
+        Folder (created if absent) that keeps each finished (repeat, fraction) run with a fingerprint of the slide,
+        central model and settings. Called again with it, finished runs are read back, not redone: the result equals
+        one uninterrupted call's (runs are seeded by repeat and fraction); a larger ``n_repeats`` extends the curve.
+        A folder of another configuration is refused (``ValueError``) and left as it is.
 
     Returns
     -------
@@ -292,6 +300,12 @@ def budget_curve(
     from ._central import resolve_central
 
     model = resolve_central(central, table)
+    log = open_run_log(checkpoint, table=table, model=model, other=other, record=record,
+        expr_key=expr_key, patch_key=patch_key, fractions=fractions, synthetic_fractions=syn_fracs, arms=arms,
+        n_per_condition=n_per_condition, synthetic_weight=weights, real_finetune=tunes, batching=batchings,
+        split=split, test_fraction=test_fraction, n_blocks=n_blocks, gene_selection=gene_selection,
+        unlabelled=unlabelled, conditions=cond_label, adapt_kwargs=adapt_kwargs,
+        synthesize_kwargs=synthesize_kwargs, predictor_kwargs=p_kw, seed=seed)
     if p_kw.get("features") == "central" and p_kw.get("central") is None:
         p_kw["central"] = model
     kinds = table.var["c2lst_gene_kind"].astype(str) if "c2lst_gene_kind" in table.var else None
@@ -303,6 +317,9 @@ def budget_curve(
     bar = _progress(runs, enabled=progress, desc="budget curve", unit="run")
     repeat_data: dict[int, tuple] = {}
     for r, f in bar:
+        if log is not None and (r, f) in log.done:  # finished by an earlier call with this checkpoint
+            rows.extend(log.done[(r, f)])
+            continue
         rseed = seed + 1000 * r
         if r not in repeat_data:
             test = (
@@ -377,5 +394,7 @@ def budget_curve(
             })
         logger.info("budget: fraction %.2f repeat %d: %s", f, r,
                     ", ".join(f"{row['condition']} r={row['pearson_r']:.3f}" for row in rows[-len(fits):]))
+        if log is not None:
+            log.add(r, f, rows[-len(fits):])
     return pd.DataFrame(rows)
 
