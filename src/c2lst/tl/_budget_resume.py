@@ -131,6 +131,7 @@ class RunLog:
                     "was edited or corrupted. Delete the folder to start over."
                 ) from None
             done[key] = rows
+        logger.info("budget: %d finished runs read back from %s", len(done), folder)
         return cls(folder, mine, done)
 
     def add(self, repeat: int, fraction: float, rows: list[dict[str, Any]]) -> None:
