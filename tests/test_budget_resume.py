@@ -118,6 +118,7 @@ def test_budget_checkpoint_bad_input(sim_sdata, tiny_central, tmp_path):
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / FINGERPRINT_FILE).write_text("{not json")
-    with pytest.raises(ValueError, match="unreadable"):
-        tiny_budget(sim_sdata, central, checkpoint=broken)
+    for text in ("{not json", "[1, 2]"):
+        (broken / FINGERPRINT_FILE).write_text(text)
+        with pytest.raises(ValueError, match="unreadable"):
+            tiny_budget(sim_sdata, central, checkpoint=broken)

@@ -103,20 +103,28 @@ class RunLog:
                 )
             return cls(folder, mine, done)
         try:
-            saved = json.loads(meta.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            saved = json.loads(meta.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise TypeError("not a JSON object")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
             raise ValueError(
                 f"`checkpoint={str(checkpoint)!r}`: {FINGERPRINT_FILE} is unreadable ({type(err).__name__}); delete "
                 "the folder to start over."
             ) from None
         if saved != mine:
-            diff = sorted(k for k in set(saved) | set(mine) if not isinstance(saved, dict) or saved.get(k) != mine.get(k))
+            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             raise ValueError(
                 f"`checkpoint={str(checkpoint)!r}` holds runs of a different budget curve (it differs in {diff}); "
                 "pass the original settings to resume it, or another folder for this one. Nothing was overwritten."
             )
         runs = folder / RUNS_FILE
-        text = runs.read_text(encoding="utf-8") if runs.is_file() else ""
+        try:
+            text = runs.read_text(encoding="utf-8") if runs.is_file() else ""
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"`checkpoint={str(checkpoint)!r}`: {RUNS_FILE} is unreadable ({type(err).__name__}); delete the "
+                "folder to start over."
+            ) from None
         lines = text.split("\n")
         if lines[-1]:  # no newline after it: the last line of an interrupted write; that run is done again
             logger.warning("budget: %s ends in an incomplete line; that run is repeated", runs)
