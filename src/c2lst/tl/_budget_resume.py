@@ -165,11 +165,12 @@ class RunLog:
         """Cut a last line that an interrupted write left without its newline, so the next line starts clean."""
         if not runs.is_file() or runs.stat().st_size == 0:
             return
-        data = runs.read_bytes()
-        if data.endswith(b"\n"):
-            return
         with open(runs, "r+b") as fh:
-            fh.truncate(data.rfind(b"\n") + 1)
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":  # the usual case: read one byte, not the log
+                return
+            fh.seek(0)
+            fh.truncate(fh.read().rfind(b"\n") + 1)
 
 
 def open_run_log(checkpoint: str | os.PathLike | None, *, table: AnnData, model: Any, other: AnnData | None,
