@@ -9,7 +9,7 @@ import pytest
 from _eval_helpers import tiny_budget
 
 import c2lst.tl._predict
-from c2lst.tl._budget_resume import FINGERPRINT_FILE, RUNS_FILE
+from c2lst.tl._budget_resume import FINGERPRINT_FILE, RUNS_FILE, RunLog
 
 FIT = c2lst.tl._predict.fit_predictor  # the real one, before any test replaces it
 
@@ -116,6 +116,10 @@ def test_budget_checkpoint_bad_input(sim_sdata, tiny_central, tmp_path):
         tiny_budget(sim_sdata, central, checkpoint=fresh, fractions=(0.0, 1.0))
     assert not fresh.exists()
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    cut = tmp_path / "cut"  # killed between the fingerprint's temporary file and its rename: still ours
+    cut.mkdir()
+    (cut / FINGERPRINT_FILE).with_suffix(".tmp").write_text("{")
+    assert RunLog.open(cut, {"seed": 0}).done == {}
     broken = tmp_path / "broken"
     broken.mkdir()
     for text in ("{not json", "[1, 2]"):

@@ -96,7 +96,7 @@ class RunLog:
             return cls(folder, mine, done)
         meta = folder / FINGERPRINT_FILE
         if not meta.is_file():
-            if any(folder.iterdir()):
+            if any(p.name != meta.with_suffix(".tmp").name for p in folder.iterdir()):  # a cut first write is ours
                 raise ValueError(
                     f"`checkpoint={str(checkpoint)!r}` is a folder with other files and no {FINGERPRINT_FILE}: it is "
                     "not a budget_curve checkpoint. Pass an empty or new folder."
