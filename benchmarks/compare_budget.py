@@ -38,8 +38,7 @@ def scores(path: str) -> pd.Series:
 
 
 def interval(diff: list[float] | np.ndarray) -> dict[str, float]:
-    diff = np.asarray(diff, dtype=float)
-    mean, low, high, n = c2lst.metrics.paired_ci(diff, np.zeros_like(diff))
+    mean, low, high, n = c2lst.metrics.mean_ci(diff)
     return {"diff": round(mean, 4), "ci_low": round(low, 4), "ci_high": round(high, 4), "n": int(n)}
 
 
