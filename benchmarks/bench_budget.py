@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64, help="hidden width of the gene encoder")
     ap.add_argument("--synth-steps", type=int, default=15)
     ap.add_argument("--synthetic-per-spot", type=int, default=3)
+    ap.add_argument("--synthetic-candidates", type=int, default=1,
+                    help="best-of-k: candidates per synthetic row, the one a ridge reader of the labelled spots "
+                         "reads closest to its profile is kept (1: no selection)")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--predictor-steps", type=int, default=200,
                     help="every predictor's optimiser steps (with --early-stopping: every predictor's cap)")
@@ -161,6 +164,7 @@ def main() -> None:
         synthetic_fractions=args.synthetic_fractions or [f for f in args.fractions if f < 1],
         arms=args.arms,
         n_per_condition=args.synthetic_per_spot,
+        n_candidates=args.synthetic_candidates,
         synthetic_weight=args.weights,
         real_finetune=args.real_finetune,
         batching=args.batching,

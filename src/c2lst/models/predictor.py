@@ -160,12 +160,14 @@ class ExpressionPredictor(PredictorPersistence):
             return 0
         return int(self._tensors["coef"].numel() + self._tensors["intercept"].numel())
 
+    @property
+    def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene mean and spread (float32) of the fitted training expression: predictions are on this scale."""
+        return self._tensors["target_mean"].numpy(), self._tensors["target_std"].numpy()
+
     def __repr__(self) -> str:
-        state = "fitted" if self.is_fitted else "not fitted"
-        return (
-            f"ExpressionPredictor(mode={self.mode!r}, features={self.feature_space!r}, "
-            f"n_genes={len(self.genes)}, {state})"
-        )
+        return (f"ExpressionPredictor(mode={self.mode!r}, features={self.feature_space!r}, "
+                f"n_genes={len(self.genes)}, {'fitted' if self.is_fitted else 'not fitted'})")
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -373,9 +375,7 @@ class ExpressionPredictor(PredictorPersistence):
         Predictions on the scale of the training expression.
         """
         if not self.is_fitted:
-            raise RuntimeError(
-                "this ExpressionPredictor is not fitted; call `fit` or `ExpressionPredictor.from_pretrained`."
-            )
+            raise RuntimeError("this ExpressionPredictor is not fitted; call `fit` or `from_pretrained`.")
         patches = _features.check_patches(patches)
         if patches.shape[1] != self.patch_size:
             raise ValueError(

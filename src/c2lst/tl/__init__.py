@@ -14,6 +14,7 @@ from ._plan import plan_budget
 from ._predict import fit_predictor
 from ._predict_expression import predict_expression
 from ._pretrain import pretrain, pretrained_on
+from ._select import select_synthetic
 from ._synthesize import synthesize
 
 __all__: list[str] = [
@@ -36,5 +37,6 @@ __all__: list[str] = [
     "prediction_metrics",
     "pretrain",
     "pretrained_on",
+    "select_synthetic",
     "synthesize",
 ]

@@ -23,6 +23,7 @@ from ._budget_arms import (
     check_weights,
     conditions_kwargs,
     copy_arm,
+    generated_arms,
     kind_weights,
     repeat_table,
     score_run,
@@ -75,6 +76,7 @@ def budget_curve(
     synthetic_fractions: Sequence[float] | None = None,
     arms: Sequence[str] = CONDITIONS,
     n_per_condition: int = 2,
+    n_candidates: int = 1,
     synthetic_weight: float | str | Sequence[float | str] = 0.3,
     real_finetune: float | Sequence[float] = 0.0,
     batching: str | Sequence[str] | None = None,
@@ -131,6 +133,10 @@ def budget_curve(
         ``"null-only"`` is their floor. They take no ``early_stopping``, which validates on real rows.
     n_per_condition
         Added rows per real training spot.
+    n_candidates
+        Best-of-k synthesis: generate ``n_candidates`` patches per added row and keep the one a ridge reader,
+        fitted on the run's labelled spots only, reads closest to its profile (:func:`c2lst.tl.select_synthetic`).
+        1 (default) keeps every patch. The ``"real+null"`` control is never selected.
     synthetic_weight
         Loss weight of added rows relative to real rows (see :func:`c2lst.tl.fit_predictor`). A sequence fits
         every added arm once per weight on the same synthetic rows (column ``synthetic_weight``); choose one in
@@ -228,9 +234,7 @@ def budget_curve(
     """
     from .._utils import quiet_io_warnings
     from ..pp._expression import apply_expression, prepare_expression
-    from ._adapt import adapt
     from ._predict import fit_predictor
-    from ._synthesize import synthesize
 
     table = as_table(sdata, table_key, arg="sdata")
     fractions = check_fractions(fractions, "fractions")
@@ -246,6 +250,7 @@ def budget_curve(
     if not (0 < test_fraction < 1):
         raise ValueError(f"`test_fraction={test_fraction}` must be in (0, 1).")
     n_per_condition = check_positive_int(n_per_condition, "n_per_condition")
+    n_candidates = check_positive_int(n_candidates, "n_candidates")
     n_repeats = check_positive_int(n_repeats, "n_repeats")
     n_blocks = check_positive_int(n_blocks, "n_blocks")
     seed = check_seed(seed)
@@ -302,7 +307,7 @@ def budget_curve(
     model = resolve_central(central, table)
     log = open_run_log(checkpoint, table=table, model=model, other=other, record=record,
         expr_key=expr_key, patch_key=patch_key, fractions=fractions, synthetic_fractions=syn_fracs, arms=arms,
-        n_per_condition=n_per_condition, synthetic_weight=weights, real_finetune=tunes, batching=batchings,
+        n_per_condition=n_per_condition, n_candidates=n_candidates, synthetic_weight=weights, real_finetune=tunes, batching=batchings,
         split=split, test_fraction=test_fraction, n_blocks=n_blocks, gene_selection=gene_selection,
         unlabelled=unlabelled, conditions=cond_label, adapt_kwargs=adapt_kwargs,
         synthesize_kwargs=synthesize_kwargs, predictor_kwargs=p_kw, seed=seed)
@@ -352,15 +357,9 @@ def budget_curve(
             cond_kw = conditions_kwargs(cond_label, other, record, n_real, n_per_condition, rseed)
             others = np.setdiff1d(pool, train_idx)
             un = np.asarray(base.obsm[patch_key])[others] if unlabelled and len(others) else None
-            # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
-            adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=rseed, progress=False,
-                  unlabelled=un, **{"overwrite": True, **a_kw})
-            for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
-                if arm not in needed:
-                    continue
-                kw = {**s_kw, **cond_kw} if guidance is None else {**s_kw, **cond_kw, "guidance_scale": guidance}
-                extra[arm] = synthesize(real, central=model, seed=rseed, patch_key=patch_key,
-                                        key_added=arm.replace("+", "_"), progress=False, **kw)
+            extra.update(generated_arms(real, needed, model=model, unlabelled=un, adapt_kwargs=a_kw,
+                                        synthesize_kwargs={**s_kw, **cond_kw}, n_candidates=n_candidates,
+                                        seed=rseed, expr_key=expr_key, patch_key=patch_key))
         if "real+copy" in needed and cond_label == "unpaired":  # the same profiles as the synthetic arm
             idx = unpaired_rows(other, n_real * n_per_condition, rseed)
             extra["real+copy"] = unpaired_copy_arm(other, idx, real, patch_key, expr_key, apply_expression)

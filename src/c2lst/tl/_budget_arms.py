@@ -111,6 +111,40 @@ def conditions_kwargs(label, other, record, n_real, per_spot, seed) -> dict[str,
     return {"conditions": cond, "n_per_condition": 1}
 
 
+def generated_arms(real: AnnData, needed: set[str], *, model: Any, unlabelled: np.ndarray | None,
+                   adapt_kwargs: dict[str, Any], synthesize_kwargs: dict[str, Any], n_candidates: int, seed: int,
+                   expr_key: str, patch_key: str) -> dict[str, AnnData]:
+    """Adapt on one run's labelled spots ``real`` and synthesize the ``"real+synthetic"`` / ``"real+null"`` rows.
+
+    With ``n_candidates > 1`` each synthetic row is the best of that many candidates for its profile, as read by
+    a ridge fitted on ``real`` (:func:`c2lst.tl.select_synthetic`); the null control is drawn as it is.
+    """
+    from ._adapt import adapt
+    from ._predict import fit_predictor
+    from ._select import select_synthetic
+    from ._synthesize import synthesize
+
+    # `real` is a fresh subset: an adapter it inherited from `adata` is replaced on purpose
+    adapt(real, central=model, expr_key=expr_key, patch_key=patch_key, seed=seed, progress=False,
+          unlabelled=unlabelled, **{"overwrite": True, **adapt_kwargs})
+    out: dict[str, AnnData] = {}
+    for arm, guidance in (("real+synthetic", None), ("real+null", 0.0)):
+        if arm not in needed:
+            continue
+        kw = dict(synthesize_kwargs) if guidance is None else {**synthesize_kwargs, "guidance_scale": guidance}
+        k = n_candidates if guidance is None else 1
+        n_keep = int(kw.get("n_per_condition", 1))
+        kw["n_per_condition"] = n_keep * k
+        out[arm] = synthesize(real, central=model, seed=seed, patch_key=patch_key, key_added=arm.replace("+", "_"),
+                              progress=False, **kw)
+        if k > 1:
+            reader = fit_predictor(real, mode="ridge", expr_key=expr_key, patch_key=patch_key, seed=seed,
+                                   progress=False)
+            out[arm] = select_synthetic(out[arm], predictor=reader, n_keep=n_keep, expr_key=expr_key,
+                                        patch_key=patch_key, progress=False)
+    return out
+
+
 def repeat_table(table, pool, gene_selection, record, expr_key, patch_key, prepare, apply) -> AnnData:
     """A light table of one repeat: patches, coordinates, raw counts and expression over genes chosen on ``pool``."""
     layer = str(record.get("layer", "X"))

@@ -119,7 +119,9 @@ def synthesize(
     -------
     ``None`` for a SpatialData, which gains the elements ``key_added`` (table), ``f"{key_added}_image"`` and
     ``f"{key_added}_spots"``; for an AnnData, the new synthetic table. The table has one row per synthetic
-    spot: ``obs["c2lst_synthetic"]=True``, ``obs["c2lst_parent"]``, ``obs["c2lst_seed"]``, ``obs["c2lst_run_id"]``;
+    spot: ``obs["c2lst_synthetic"]=True``, ``obs["c2lst_parent"]``, ``obs["c2lst_condition"]`` (the profile's
+    index in this run: rows sharing it are candidates of one profile), ``obs["c2lst_replicate"]``,
+    ``obs["c2lst_seed"]``, ``obs["c2lst_run_id"]``;
     ``X`` holds the conditioning expression in **count space** over the adapter's genes (the parent spot's raw
     counts for table/AnnData conditions; ``expm1`` of log-normalised profiles, i.e. counts per
     ``target_sum``, for DataFrame/array conditions); ``obsm[expr_key]`` the preprocessed profile the model
@@ -184,6 +186,7 @@ def synthesize(
         {
             "c2lst_synthetic": np.ones(n, dtype=bool),
             "c2lst_parent": conds.parents[cond_idx],
+            "c2lst_condition": cond_idx,
             "c2lst_replicate": np.tile(np.arange(n_per_condition), m),
             "c2lst_seed": seeds,
             "c2lst_run_id": run_id,
