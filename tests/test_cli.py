@@ -117,7 +117,8 @@ def test_budget_takes_its_arms_and_another_sections_store(tmp_path, tiny_central
     budget = ["budget", store, "--central", str(tiny_central[1]), "--fractions", "1.0", "--n-repeats", "1"]
     budget += ["--adapt-steps", "1", "--n-steps", "1", "--n-per-condition", "1", "--mode", "ridge"]
     arms = ["--arms", "real", "real+synthetic", "real+copy", "copy-only"]
-    unpaired = [*budget, *arms, "--conditions", other_store, "--checkpoint", str(tmp_path / "runs")]
+    unpaired = [*budget, *arms, "--conditions", other_store, "--checkpoint", str(tmp_path / "runs"), "--n-candidates",
+                "2"]
     assert main([*unpaired, "--out", str(tmp_path / "curve.csv")]) == 0
     curve = pd.read_csv(tmp_path / "curve.csv")
     assert (tmp_path / "runs" / "runs.jsonl").is_file()  # the same command again reads its finished run back

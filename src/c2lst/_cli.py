@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
                         "its raw counts (unpaired expression of the same tissue type)")
     b.add_argument("--conditions-table", default="table", help="table of the --conditions store (default: table)")
     b.add_argument("--n-per-condition", type=int, default=2)
+    b.add_argument("--n-candidates", type=int, default=1,
+                   help="best-of-k: candidates generated per synthetic row; the one a ridge reader of the run's "
+                        "labelled spots reads closest to its profile is kept (tl.select_synthetic; default 1: all)")
     b.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="folder that keeps each finished (repeat, fraction) run; the same command again resumes an "
                         "interrupted curve from it (tl.budget_curve(checkpoint=))")
@@ -333,7 +336,7 @@ def _budget(args: argparse.Namespace) -> int:
     curve = tl.budget_curve(
         sd, table_key=args.table_key, central=args.central, fractions=args.fractions, n_repeats=args.n_repeats,
         arms=args.arms, conditions=conditions,
-        n_per_condition=args.n_per_condition, adapt_kwargs={"n_steps": args.adapt_steps},
+        n_per_condition=args.n_per_condition, n_candidates=args.n_candidates, adapt_kwargs={"n_steps": args.adapt_steps},
         synthesize_kwargs={"n_steps": args.n_steps},
         predictor_kwargs={"mode": args.mode, **({"early_stopping": True, "validation_folds": args.validation_folds}
                                                 if args.early_stopping else {})},
