@@ -36,6 +36,21 @@ def sim_sdata_base():
     return sdata
 
 
+@pytest.fixture(scope="module")
+def halves(sim_sdata_base):
+    """(parents, reader): half the slide as the profiles / synthetic rows' parents, a ridge fitted on the other half.
+
+    Module scope: a module that adapts on ``parents`` keeps that state to itself.
+    """
+    import c2lst
+
+    table = sim_sdata_base.tables["table"]
+    is_parent = np.arange(table.n_obs) % 2 == 0
+    parents = table[is_parent].copy()
+    reader = c2lst.tl.fit_predictor(table[~is_parent].copy(), mode="ridge", progress=False)
+    return parents, reader
+
+
 @pytest.fixture
 def sim_sdata(sim_sdata_base):
     """A fresh in-memory copy of :func:`sim_sdata_base`."""

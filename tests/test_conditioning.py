@@ -11,16 +11,6 @@ from _reliability_helpers import state as snapshot
 import c2lst
 
 
-@pytest.fixture(scope="module")
-def halves(sim_sdata_base):
-    """(parents, reader): half the slide as the synthetic rows' parents, a ridge fitted on the other half."""
-    table = sim_sdata_base.tables["table"]
-    is_parent = np.arange(table.n_obs) % 2 == 0
-    parents = table[is_parent].copy()
-    reader = c2lst.tl.fit_predictor(table[~is_parent].copy(), mode="ridge", progress=False)
-    return parents, reader
-
-
 def _children(parents, patches=None, n_children: int = 2):
     """A synthetic table: ``n_children`` rows per parent with its profile and ``patches`` (default: its own)."""
     with warnings.catch_warnings():  # the repeated parents' names are replaced at once

@@ -13,16 +13,6 @@ import c2lst
 from c2lst.tl._select import reading_score
 
 
-@pytest.fixture(scope="module")
-def halves(sim_sdata_base):
-    """(parents, reader): half the slide as the profiles, a ridge fitted on the other half."""
-    table = sim_sdata_base.tables["table"]
-    is_parent = np.arange(table.n_obs) % 2 == 0
-    parents = table[is_parent].copy()
-    reader = c2lst.tl.fit_predictor(table[~is_parent].copy(), mode="ridge", progress=False)
-    return parents, reader
-
-
 def _candidates(parents, seed=0):
     """Two candidates per profile, in a random order: the parent's own patch, and a random other spot's patch."""
     rng = np.random.default_rng(seed)
