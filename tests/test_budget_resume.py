@@ -126,3 +126,47 @@ def test_budget_checkpoint_bad_input(sim_sdata, tiny_central, tmp_path):
         (broken / FINGERPRINT_FILE).write_text(text)
         with pytest.raises(ValueError, match="unreadable"):
             tiny_budget(sim_sdata, central, checkpoint=broken)
+
+
+def test_budget_checkpoint_two_writers_on_one_folder(tmp_path):
+    """Two calls on one folder: the second append is refused before it writes, and appends are serialised."""
+    folder = tmp_path / "shared"
+    rows = [{"condition": "real", "pearson_r": 0.5}]
+    first, second = RunLog.open(folder, {"seed": 0}), RunLog.open(folder, {"seed": 0})  # both before any run
+    first.add(0, 0.5, rows)
+    with pytest.raises(RuntimeError, match="another call appended"):
+        second.add(0, 0.5, rows)  # the same run again: it would be logged twice
+    assert len(_lines(folder)) == 1
+    first.add(0, 1.0, rows)  # the first writer carries on
+    assert RunLog.open(folder, {"seed": 0}).done.keys() == {(0, 0.5), (0, 1.0)}
+
+    other = RunLog.open(tmp_path / "race", {"seed": 1})  # another configuration, opened while the folder was new
+    RunLog.open(tmp_path / "race", {"seed": 0}).add(0, 0.5, rows)
+    with pytest.raises(RuntimeError, match="another configuration"):
+        other.add(0, 0.5, rows)
+    assert json.loads((tmp_path / "race" / FINGERPRINT_FILE).read_text())["seed"] == 0
+    assert len(_lines(tmp_path / "race")) == 1
+
+    cut = tmp_path / "cut"  # killed after creating the log but before the fingerprint landed: still ours
+    cut.mkdir()
+    (cut / RUNS_FILE).touch()
+    RunLog.open(cut, {"seed": 0}).add(0, 0.5, rows)
+    assert len(_lines(cut)) == 1
+
+
+def test_budget_checkpoint_append_waits_for_the_lock(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    import threading
+
+    log = RunLog.open(tmp_path / "locked", {"seed": 0})
+    (tmp_path / "locked").mkdir()
+    with open(tmp_path / "locked" / RUNS_FILE, "ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another process in the middle of its append
+        writer = threading.Thread(target=log.add, args=(0, 0.5, [{"pearson_r": 0.5}]))
+        writer.start()
+        writer.join(timeout=0.5)
+        assert writer.is_alive()  # blocked on the lock, not writing
+        assert (tmp_path / "locked" / RUNS_FILE).stat().st_size == 0
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+        writer.join()
+    assert len(_lines(tmp_path / "locked")) == 1

@@ -208,9 +208,9 @@ def budget_curve(
         Show a progress bar over the runs.
     checkpoint
         Folder (created if absent) that keeps each finished (repeat, fraction) run with a fingerprint of the slide,
-        central model and settings. Called again with it, finished runs are read back, not redone: the result equals
-        one uninterrupted call's (runs are seeded by repeat and fraction); a larger ``n_repeats`` extends the curve.
-        A folder of another configuration is refused (``ValueError``) and left as it is.
+        central model and settings. Called again with it, finished runs are read back, not redone (same result as
+        one uninterrupted call); a larger ``n_repeats`` extends the curve. Another configuration's folder raises
+        ``ValueError``, another call's runs appended while this one ran ``RuntimeError``; neither writes anything.
 
     Returns
     -------

@@ -6,13 +6,20 @@ JSON line, to ``runs.jsonl`` in the checkpoint folder, next to ``c2lst_fingerpri
 slide, the central model and every setting that changes a row. A later call with the same fingerprint reads
 the finished runs back and skips them; each run is seeded by its own (repeat, fraction), so the result is
 the same as an uninterrupted call's. ``n_repeats`` is outside the fingerprint: raising it extends a curve.
+
+Two calls may share a folder (two processes started on one configuration, say): each append takes an exclusive
+lock on ``runs.jsonl`` (``fcntl.flock`` where the platform has it) and first checks that the fingerprint is its
+own and that nobody appended since this call last read or wrote the log. Otherwise it raises before writing, so
+lines never interleave, a run is never logged twice, and one configuration's runs never land under another's
+fingerprint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,11 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._logging import logger
+
+try:  # POSIX; elsewhere appends are guarded by the checks in RunLog.add alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 RUNS_FILE = "runs.jsonl"
 FINGERPRINT_FILE = "c2lst_fingerprint.json"
@@ -73,10 +85,12 @@ def table_digest(table: AnnData, keys: Mapping[str, str]) -> str:
 class RunLog:
     """The finished runs of one :func:`budget_curve` configuration, kept in a checkpoint folder."""
 
-    def __init__(self, folder: Path, fingerprint: dict[str, Any], done: dict[tuple[int, float], list[dict]]):
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], done: dict[tuple[int, float], list[dict]],
+                 size: int = 0):
         self.folder = folder
         self.fingerprint = fingerprint
         self.done = done
+        self._size = size  # bytes of runs.jsonl when this call last read or wrote it
 
     @classmethod
     def open(cls, checkpoint: str | os.PathLike, fingerprint: Mapping[str, Any]) -> RunLog:
@@ -96,7 +110,8 @@ class RunLog:
             return cls(folder, mine, done)
         meta = folder / FINGERPRINT_FILE
         if not meta.is_file():
-            if any(p.name != meta.with_suffix(".tmp").name for p in folder.iterdir()):  # a cut first write is ours
+            ours = {meta.with_suffix(".tmp").name, RUNS_FILE}  # a first write cut before the fingerprint landed
+            if any(p.name not in ours or (p.name == RUNS_FILE and p.stat().st_size) for p in folder.iterdir()):
                 raise ValueError(
                     f"`checkpoint={str(checkpoint)!r}` is a folder with other files and no {FINGERPRINT_FILE}: it is "
                     "not a budget_curve checkpoint. Pass an empty or new folder."
@@ -119,7 +134,8 @@ class RunLog:
             )
         runs = folder / RUNS_FILE
         try:
-            text = runs.read_text(encoding="utf-8") if runs.is_file() else ""
+            raw = runs.read_bytes() if runs.is_file() else b""
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"`checkpoint={str(checkpoint)!r}`: {RUNS_FILE} is unreadable ({type(err).__name__}); delete the "
@@ -140,25 +156,57 @@ class RunLog:
                 ) from None
             done[key] = rows
         logger.info("budget: %d finished runs read back from %s", len(done), folder)
-        return cls(folder, mine, done)
+        return cls(folder, mine, done, size=len(raw))
 
     def add(self, repeat: int, fraction: float, rows: list[dict[str, Any]]) -> None:
-        """Append one finished run (its rows) and make it durable before the next run starts."""
-        if not self.folder.is_dir():
-            self.folder.mkdir(parents=True)
-        meta = self.folder / FINGERPRINT_FILE
-        if not meta.is_file():
-            tmp = meta.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True))
-            os.replace(tmp, meta)
+        """Append one finished run (its rows) and make it durable before the next run starts.
+
+        Raises ``RuntimeError``, writing nothing, when another call wrote to the folder since this one read it.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
         runs = self.folder / RUNS_FILE
-        self._drop_incomplete_tail(runs)
-        line = json.dumps({"repeat": int(repeat), "fraction": float(fraction), "rows": rows}, default=_plain)
-        with open(runs, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        with open(runs, "ab") as fh, self._locked(fh):
+            meta = self.folder / FINGERPRINT_FILE
+            if meta.is_file():
+                try:
+                    theirs = json.loads(meta.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                    theirs = None
+                if theirs != self.fingerprint:
+                    raise RuntimeError(
+                        f"`checkpoint={str(self.folder)!r}` was claimed by a budget curve of another configuration "
+                        "while this one ran; nothing was written. Pass another folder for this curve."
+                    )
+            else:
+                tmp = meta.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True))
+                os.replace(tmp, meta)
+            if os.fstat(fh.fileno()).st_size != self._size:
+                raise RuntimeError(
+                    f"`checkpoint={str(self.folder)!r}`: another call appended runs to {RUNS_FILE} while this one "
+                    "ran (two processes on one folder); nothing was written. Let one finish, then call again with "
+                    "the folder: the finished runs are read back."
+                )
+            self._drop_incomplete_tail(runs)
+            line = json.dumps({"repeat": int(repeat), "fraction": float(fraction), "rows": rows}, default=_plain)
+            fh.write((line + "\n").encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
+            self._size = os.fstat(fh.fileno()).st_size
         self.done[(int(repeat), float(fraction))] = rows
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(fh: Any) -> Iterator[None]:
+        """Hold an exclusive advisory lock on the open log for one append (waits for another process's append)."""
+        if fcntl is None:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     @staticmethod
     def _drop_incomplete_tail(runs: Path) -> None:
