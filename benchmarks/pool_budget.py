@@ -24,14 +24,16 @@ import c2lst
 SLIDE_STRIDE = 10_000
 
 
-def pooled_curve(paths: list[str]) -> pd.DataFrame:
+def read_curve(path: str) -> pd.DataFrame:
+    curve = pd.read_csv(path)
+    if "repeat" not in curve or curve["repeat"].max() >= SLIDE_STRIDE:
+        raise SystemExit(f"{path}: not a budget curve with fewer than {SLIDE_STRIDE} repeats.")
+    return curve
+
+
+def pooled_curve(curves: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate budget curves of several slides, giving every (slide, repeat) its own repeat number."""
-    parts = []
-    for slide, path in enumerate(paths):
-        curve = pd.read_csv(path)
-        if "repeat" not in curve or curve["repeat"].max() >= SLIDE_STRIDE:
-            raise SystemExit(f"{path}: not a budget curve with fewer than {SLIDE_STRIDE} repeats.")
-        parts.append(curve.assign(repeat=curve["repeat"] + slide * SLIDE_STRIDE, slide=slide))
+    parts = [c.assign(repeat=c["repeat"] + slide * SLIDE_STRIDE, slide=slide) for slide, c in enumerate(curves)]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -43,7 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     pd.set_option("display.width", 160)
     out = []
-    for name, curve in [*((p, pooled_curve([p])) for p in args.curves), ("pooled", pooled_curve(args.curves))]:
+    curves = {path: read_curve(path) for path in args.curves}  # each file read once
+    for name, curve in [*curves.items(), ("pooled", pooled_curve(list(curves.values())))]:
         plan = c2lst.tl.plan_budget(curve, margin=args.margin, arm=args.arm)
         diffs = pd.DataFrame(plan["differences"])
         gain = pd.DataFrame(plan["gain"])
